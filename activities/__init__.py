@@ -1,0 +1,1 @@
+"""Side effects: the PostgreSQL ledger, Stripe, email. Each idempotent by a business key."""

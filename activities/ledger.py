@@ -1,0 +1,413 @@
+"""The credit ledger on PostgreSQL.
+
+Every operation is one call of a PL/pgSQL function (migrations/versions/0001_ledger.sql): one round
+trip, serialised per organization by the wallet row lock, so concurrent debits never overdraw. Input is
+validated here before anything reaches the database; the function's status becomes a typed error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import tuple_row
+from psycopg_pool import AsyncConnectionPool
+
+from models.catalog import CATALOG, Catalog
+from models.credits import from_milli, to_milli
+from models.errors import (
+    BillingError,
+    ConcurrencyLimitExceeded,
+    HoldNotOpen,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidRequest,
+    TierNotAvailable,
+    UnknownOrganization,
+    UsageGuardPaused,
+    UserLimitExceeded,
+)
+from models.ledger_types import (
+    Alert,
+    Balance,
+    DebitResult,
+    GrantPack,
+    HoldResult,
+    LedgerWriteResult,
+    StartPeriod,
+    Transaction,
+    UsageGrouping,
+    UsageRow,
+)
+from models.pricing import cost_milli, validate_quantity
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
+
+_DEBIT = "SELECT * FROM ledger_debit(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_HOLD = "SELECT * FROM ledger_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_SETTLE = "SELECT * FROM ledger_settle(%s, %s, %s, %s)"
+_BALANCE = "SELECT * FROM ledger_balance(%s, %s)"
+_START = "SELECT * FROM ledger_start_period(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_GRANT = "SELECT * FROM ledger_grant_pack(%s, %s, %s, %s)"
+
+
+def check_id(kind: str, value: object) -> str:
+    """Organization ids, user ids and idempotency keys: non-empty, printable, at most 200 chars."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"{kind} must be a non-empty string, got {value!r}")
+    if not _ID.match(value):
+        raise InvalidRequest(
+            f"{kind} {value!r} must be 1-200 characters of letters, digits and _.:@/+- "
+            "(starting with a letter or digit)"
+        )
+    return value
+
+
+def check_time(name: str, value: datetime) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRequest(f"{name} must be a timezone-aware datetime, got {value!r}")
+    return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Priced:
+    action: str
+    tier: str | None
+    quantity: Decimal
+    country: str | None
+    user_id: str | None
+    cost: int
+
+
+class Ledger:
+    """Async access to the ledger. `clock` gives business time (the test kit controls it)."""
+
+    def __init__(
+        self, pool: AsyncConnectionPool[AsyncConnection[Any]], *, catalog: Catalog = CATALOG,
+        clock: Callable[[], datetime] = utcnow, hold_ttl: timedelta = timedelta(minutes=15),
+    ) -> None:
+        self.pool = pool
+        self.catalog = catalog
+        self.clock = clock
+        self.hold_ttl = hold_ttl
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int = 10, **kwargs: Any) -> Ledger:
+        async def configure(conn: AsyncConnection[Any]) -> None:
+            conn.prepare_threshold = 0  # every ledger call is a prepared statement from its first use
+
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            url, min_size=pool_size, max_size=pool_size, open=False, configure=configure,
+            kwargs={"autocommit": True, "row_factory": tuple_row},
+        )
+        await pool.open(wait=True)
+        return cls(pool, **kwargs)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(sql, params)
+            return await cur.fetchone()
+
+    def _now(self, now: datetime | None) -> datetime:
+        return check_time("now", now) if now is not None else self.clock()
+
+    def _price(
+        self, action: str, tier: str | None, quantity: int | Decimal, country: str | None, user_id: str | None
+    ) -> _Priced:
+        if not isinstance(action, str):
+            raise InvalidRequest(f"action must be a string, got {action!r}")
+        q = validate_quantity(quantity)
+        if q != q.quantize(Decimal("0.001")):
+            raise InvalidRequest(f"quantity has at most 3 decimal places, got {quantity}")
+        cost = cost_milli(action, q, tier, country, self.catalog)
+        return _Priced(action, tier, q, country.upper() if country else None,
+                       None if user_id is None else check_id("user_id", user_id), cost)
+
+    # -- metering ----------------------------------------------------------------------------------
+
+    async def debit(
+        self, org_id: str, action: str, *, idempotency_key: str, tier: str | None = None,
+        quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
+        now: datetime | None = None,
+    ) -> DebitResult:
+        check_id("org_id", org_id)
+        check_id("idempotency_key", idempotency_key)
+        p = self._price(action, tier, quantity, country, user_id)
+        at = self._now(now)
+        if p.cost == 0:  # credit-free actions are not metered
+            return DebitResult(org_id, idempotency_key, Decimal("0.000"), None, False)
+        row = await self._one(_DEBIT, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
+                                       p.user_id, p.cost, at))
+        assert row is not None
+        status, cost, available, replayed, a, b = row
+        await self._raise_for(status, org_id, idempotency_key, p, available, a, b)
+        return DebitResult(org_id, idempotency_key, from_milli(cost), from_milli(available), replayed)
+
+    async def hold(
+        self, org_id: str, action: str, *, idempotency_key: str, tier: str | None = None,
+        quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
+        ttl: timedelta | None = None, now: datetime | None = None,
+    ) -> HoldResult:
+        check_id("org_id", org_id)
+        check_id("idempotency_key", idempotency_key)
+        p = self._price(action, tier, quantity, country, user_id)
+        ttl = self.hold_ttl if ttl is None else ttl
+        if ttl <= timedelta(0):
+            raise InvalidRequest(f"a hold's ttl must be positive, got {ttl}")
+        at = self._now(now)
+        row = await self._one(_HOLD, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
+                                      p.user_id, p.cost, at + ttl, at))
+        assert row is not None
+        status, cost, available, replayed, a, b = row
+        await self._raise_for(status, org_id, idempotency_key, p, available, a, b)
+        return HoldResult(org_id, idempotency_key, from_milli(cost), from_milli(available), replayed, "open")
+
+    async def commit(self, org_id: str, idempotency_key: str, *, now: datetime | None = None) -> HoldResult:
+        return await self._settle(org_id, idempotency_key, True, now)
+
+    async def release(self, org_id: str, idempotency_key: str, *, now: datetime | None = None) -> HoldResult:
+        return await self._settle(org_id, idempotency_key, False, now)
+
+    async def _settle(self, org_id: str, key: str, commit: bool, now: datetime | None) -> HoldResult:
+        check_id("org_id", org_id)
+        check_id("idempotency_key", key)
+        row = await self._one(_SETTLE, (org_id, key, commit, self._now(now)))
+        assert row is not None
+        status, cost, available, replayed = row
+        if status == "unknown_org":
+            raise UnknownOrganization(org_id)
+        if status != "ok":
+            raise HoldNotOpen(org_id, key, status.removeprefix("hold_"))
+        return HoldResult(org_id, key, from_milli(cost), from_milli(available), replayed,
+                          "committed" if commit else "released")
+
+    @asynccontextmanager
+    async def holding(
+        self, org_id: str, action: str, *, idempotency_key: str, **kwargs: Any
+    ) -> AsyncIterator[HoldResult]:
+        """Reserve on enter; commit when the block succeeds, release when it raises."""
+        held = await self.hold(org_id, action, idempotency_key=idempotency_key, **kwargs)
+        now = kwargs.get("now")  # an explicit business time applies to the settlement too
+        try:
+            yield held
+        except BaseException:
+            await self.release(org_id, idempotency_key, now=now)
+            raise
+        await self.commit(org_id, idempotency_key, now=now)
+
+    async def _raise_for(
+        self, status: str, org_id: str, key: str, p: _Priced, available: int | None,
+        a: int | None, b: int | None,
+    ) -> None:
+        if status == "ok":
+            return
+        if status == "unknown_org":
+            raise UnknownOrganization(org_id)
+        if status == "conflict":
+            raise IdempotencyConflict(org_id, key)
+        if status == "tier":
+            async with self.pool.connection() as conn:  # cold path: name the plan in the message
+                cur = await conn.execute("SELECT plan FROM wallets WHERE org_id = %s", (org_id,))
+                row = await cur.fetchone()
+            raise TierNotAvailable(org_id, p.tier or "", row[0] if row else "?")
+        if status == "insufficient":
+            raise InsufficientCredits(org_id, from_milli(p.cost), from_milli(max(available or 0, 0)))
+        if status == "guard_paused":
+            raise UsageGuardPaused(org_id, p.action)
+        if status == "user_limit":
+            assert p.user_id is not None and a is not None and b is not None
+            raise UserLimitExceeded(org_id, p.user_id, from_milli(a), from_milli(b), from_milli(p.cost))
+        if status == "concurrency":
+            raise ConcurrencyLimitExceeded(org_id, a or 0)
+        if status.startswith("hold_"):
+            raise HoldNotOpen(org_id, key, status.removeprefix("hold_"))
+        raise BillingError(f"{org_id}: unexpected ledger status {status!r}")
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def balance(self, org_id: str, *, now: datetime | None = None) -> Balance:
+        check_id("org_id", org_id)
+        row = await self._one(_BALANCE, (org_id, self._now(now)))
+        if row is None or row[0] is None:
+            raise UnknownOrganization(org_id)
+        plan_name, plan, topup, held, allocation, consumed, start, end = row
+        return Balance(org_id, plan_name, from_milli(plan + topup - held), from_milli(plan),
+                       from_milli(topup), from_milli(held), from_milli(allocation), from_milli(consumed),
+                       start, end)
+
+    async def usage(
+        self, org_id: str, *, by: UsageGrouping = "action", since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRow]:
+        check_id("org_id", org_id)
+        column = {"action": "action", "tier": "tier", "user": "user_id"}.get(by)
+        if column is None:
+            raise InvalidRequest(f"usage is grouped by 'action', 'tier' or 'user', not {by!r}")
+        lo, hi = self._range(since, until)
+        await self._require_org(org_id)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {column}, count(*), sum(quantity), sum(cost) FROM usage_events "
+                "WHERE org_id = %s AND created_at >= %s AND created_at < %s "
+                f"GROUP BY {column} ORDER BY sum(cost) DESC, {column} NULLS LAST",
+                (org_id, lo, hi),
+            )
+            rows = await cur.fetchall()
+        return [UsageRow(k, n, Decimal(q), from_milli(c)) for k, n, q, c in rows]
+
+    async def transactions(
+        self, org_id: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Transaction]:
+        check_id("org_id", org_id)
+        lo, hi = self._range(since, until)
+        await self._require_org(org_id)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT e.id, e.created_at, e.kind, e.amount, b.grant_key, e.ref FROM ledger_entries e "
+                "LEFT JOIN buckets b ON b.id = e.bucket_id "
+                "WHERE e.org_id = %s AND e.created_at >= %s AND e.created_at < %s ORDER BY e.id",
+                (org_id, lo, hi),
+            )
+            rows = await cur.fetchall()
+        return [Transaction(i, at, kind, from_milli(amount), bucket, ref) for i, at, kind, amount, bucket, ref
+                in rows]
+
+    def _range(self, since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
+        lo = check_time("since", since) if since is not None else datetime(1970, 1, 1, tzinfo=UTC)
+        hi = check_time("until", until) if until is not None else datetime(9999, 1, 1, tzinfo=UTC)
+        if hi < lo:
+            raise InvalidRequest(f"until ({hi}) is before since ({lo})")
+        return lo, hi
+
+    async def _require_org(self, org_id: str) -> None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT 1 FROM wallets WHERE org_id = %s", (org_id,))
+            if await cur.fetchone() is None:
+                raise UnknownOrganization(org_id)
+
+    # -- grants (driven by the lifecycle workflows) ------------------------------------------------
+
+    async def start_period(self, req: StartPeriod) -> LedgerWriteResult:
+        check_id("org_id", req.org_id)
+        check_id("key", req.key)
+        plan = self.catalog.plan(req.plan)
+        check_time("period_start", req.period_start)
+        daily = plan.credits_per == "day"
+        if not daily:
+            if req.period_end is None or check_time("period_end", req.period_end) <= req.period_start:
+                raise InvalidRequest("a monthly plan's period needs an end after its start")
+        row = await self._one(_START, (
+            req.org_id, req.key, plan.name, list(plan.tiers), plan.max_concurrent_holds,
+            plan.credits_milli if daily else 0, plan.credits_milli, req.period_start,
+            None if daily else req.period_end, check_time("now", req.now),
+        ))
+        assert row is not None
+        status, available, replayed = row
+        if status == "conflict":
+            raise IdempotencyConflict(req.org_id, req.key)
+        return LedgerWriteResult(req.org_id, from_milli(available), replayed)
+
+    async def grant_pack(self, req: GrantPack) -> LedgerWriteResult:
+        check_id("org_id", req.org_id)
+        check_id("key", req.key)
+        amount = to_milli(req.credits)
+        if amount <= 0:
+            raise InvalidRequest(f"a grant must be positive, got {req.credits}")
+        row = await self._one(_GRANT, (req.org_id, req.key, amount, check_time("now", req.now)))
+        assert row is not None
+        status, available, replayed = row
+        if status == "unknown_org":
+            raise UnknownOrganization(req.org_id)
+        if status == "conflict":
+            raise IdempotencyConflict(req.org_id, req.key)
+        return LedgerWriteResult(req.org_id, from_milli(available), replayed)
+
+    # -- organization settings (cold path; serialised by the wallet lock) ---------------------------
+
+    @asynccontextmanager
+    async def _locked(self, org_id: str) -> AsyncIterator[AsyncConnection[Any]]:
+        check_id("org_id", org_id)
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT 1 FROM wallets WHERE org_id = %s FOR NO KEY UPDATE", (org_id,))
+            if await cur.fetchone() is None:
+                raise UnknownOrganization(org_id)
+            yield conn
+
+    async def set_user_limit(self, org_id: str, user_id: str, limit: Decimal | None) -> None:
+        """Credits a user may spend per period; user_id '*' sets the default for every user."""
+        if user_id != "*":
+            check_id("user_id", user_id)
+        milli = None if limit is None else to_milli(limit)
+        if milli is not None and milli < 0:
+            raise InvalidRequest(f"a user limit cannot be negative, got {limit}")
+        async with self._locked(org_id) as conn:
+            if milli is None:
+                await conn.execute("DELETE FROM user_limits WHERE org_id = %s AND user_id = %s", (org_id, user_id))
+            else:
+                await conn.execute(
+                    "INSERT INTO user_limits VALUES (%s, %s, %s) ON CONFLICT (org_id, user_id) "
+                    "DO UPDATE SET limit_milli = EXCLUDED.limit_milli", (org_id, user_id, milli))
+            await conn.execute(
+                "UPDATE wallets SET has_user_limits = EXISTS (SELECT 1 FROM user_limits WHERE org_id = %s) "
+                "WHERE org_id = %s", (org_id, org_id))
+
+    async def set_usage_guard(
+        self, org_id: str, action: str, *, max_uses: int | None, window: timedelta = timedelta(hours=1)
+    ) -> None:
+        """More than `max_uses` uses of `action` within `window` pauses it until `resume_action`."""
+        self.catalog.action(action)
+        if max_uses is not None and (not isinstance(max_uses, int) or max_uses < 1):
+            raise InvalidRequest(f"max_uses must be a positive integer, got {max_uses!r}")
+        seconds = int(window.total_seconds())
+        if seconds < 1:
+            raise InvalidRequest(f"a usage guard's window must be at least a second, got {window}")
+        async with self._locked(org_id) as conn:
+            if max_uses is None:
+                await conn.execute("DELETE FROM usage_guards WHERE org_id = %s AND action = %s", (org_id, action))
+            else:
+                await conn.execute(
+                    "INSERT INTO usage_guards (org_id, action, max_uses, window_seconds) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (org_id, action) DO UPDATE SET max_uses = EXCLUDED.max_uses, "
+                    "window_seconds = EXCLUDED.window_seconds", (org_id, action, max_uses, seconds))
+            await conn.execute(
+                "UPDATE wallets SET has_guards = EXISTS (SELECT 1 FROM usage_guards WHERE org_id = %s) "
+                "WHERE org_id = %s", (org_id, org_id))
+
+    async def resume_action(self, org_id: str, action: str) -> bool:
+        """An admin lifts a usage-guard pause. Returns whether the action was paused."""
+        self.catalog.action(action)
+        async with self._locked(org_id) as conn:
+            cur = await conn.execute(
+                "UPDATE usage_guards SET paused_at = NULL WHERE org_id = %s AND action = %s "
+                "AND paused_at IS NOT NULL", (org_id, action))
+            return cur.rowcount == 1
+
+    async def set_low_balance_alert(self, org_id: str, threshold: Decimal | None) -> None:
+        milli = None if threshold is None else to_milli(threshold)
+        if milli is not None and milli < 0:
+            raise InvalidRequest(f"a low-balance threshold cannot be negative, got {threshold}")
+        async with self._locked(org_id) as conn:
+            await conn.execute(
+                "UPDATE wallets SET low_balance_threshold = %s, low_balance_armed = true WHERE org_id = %s",
+                (milli, org_id))
+
+    async def pending_alerts(self, org_id: str | None = None) -> list[Alert]:
+        """Alerts recorded by debits and not yet sent (the email work stamps them sent)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT id, org_id, kind, period_key, detail, created_at FROM alerts "
+                "WHERE sent_at IS NULL AND (%s::text IS NULL OR org_id = %s) ORDER BY id", (org_id, org_id))
+            return [Alert(*r) for r in await cur.fetchall()]

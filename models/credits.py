@@ -1,0 +1,35 @@
+"""Credits are exact decimals with 3 places, stored as integer milli-credits. Never floats."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+from models.errors import InvalidRequest
+
+MILLI = 1000
+_THOUSANDTH = Decimal("0.001")
+
+
+def to_milli(credits: Decimal | int | str) -> int:
+    """Exact conversion; refuses floats and values finer than a milli-credit."""
+    if isinstance(credits, float | bool):
+        raise InvalidRequest(f"credits must be Decimal, int or str, not {type(credits).__name__}")
+    try:
+        value = Decimal(credits)
+    except (InvalidOperation, ValueError) as exc:
+        raise InvalidRequest(f"not a number of credits: {credits!r}") from exc
+    if not value.is_finite():
+        raise InvalidRequest(f"not a finite number of credits: {credits!r}")
+    milli = value * MILLI
+    if milli != milli.to_integral_value():
+        raise InvalidRequest(f"credits have at most 3 decimal places: {credits!r}")
+    return int(milli)
+
+
+def round_milli(value: Decimal) -> int:
+    """Milli-credits from an exact product, rounded half-up (only reached for fractional quantities)."""
+    return int((value * MILLI).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def from_milli(milli: int) -> Decimal:
+    return (Decimal(milli) / MILLI).quantize(_THOUSANDTH)

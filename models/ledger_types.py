@@ -1,0 +1,98 @@
+"""Typed inputs and results of the ledger: plain dataclasses (usable as Temporal payloads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+UsageGrouping = Literal["action", "tier", "user"]
+
+
+@dataclass(frozen=True)
+class DebitResult:
+    org_id: str
+    idempotency_key: str
+    cost: Decimal
+    available: Decimal | None  # None for credit-free actions, which are not metered
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    org_id: str
+    idempotency_key: str
+    cost: Decimal
+    available: Decimal
+    replayed: bool
+    status: Literal["open", "committed", "released"]
+
+
+@dataclass(frozen=True)
+class Balance:
+    org_id: str
+    plan_name: str
+    available: Decimal      # plan + topup - held
+    plan: Decimal           # live plan credits (this period's allocation left, or today's free credits)
+    topup: Decimal          # pack credits, never expire
+    held: Decimal           # reserved by open holds
+    allocation: Decimal     # this period's plan allocation
+    consumed_this_period: Decimal
+    period_start: datetime
+    period_end: datetime | None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key: str | None         # the action, tier or user id (None: no tier / no user)
+    uses: int
+    quantity: Decimal
+    credits: Decimal
+
+
+@dataclass(frozen=True)
+class Transaction:
+    id: int
+    at: datetime
+    kind: Literal["grant", "debit", "expire", "adjust", "hold", "release"]
+    credits: Decimal        # signed: grants positive, debits and expiries negative
+    bucket: str | None      # the bucket's grant key (None for hold reservations)
+    ref: str                # the business key that caused it
+
+
+@dataclass(frozen=True)
+class StartPeriod:
+    """Open the wallet if needed and start an allocation period for `plan` (idempotent by `key`)."""
+
+    org_id: str
+    key: str
+    plan: str
+    period_start: datetime
+    period_end: datetime | None  # None for the free plan (its credits are per UTC day)
+    now: datetime
+
+
+@dataclass(frozen=True)
+class GrantPack:
+    org_id: str
+    key: str
+    credits: Decimal
+    now: datetime
+
+
+@dataclass(frozen=True)
+class LedgerWriteResult:
+    org_id: str
+    available: Decimal
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    org_id: str
+    kind: Literal["plan_80", "plan_100", "low_balance", "usage_guard_paused"]
+    period_key: str
+    detail: str
+    created_at: datetime

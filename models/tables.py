@@ -1,0 +1,148 @@
+"""The ledger's tables as SQLAlchemy 2 metadata: the typed map of the schema.
+
+The migrations own the DDL (migrations/versions/*.sql); tests/test_schema.py compares this metadata
+with the migrated database, so this file cannot drift from what is really there.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+TS = DateTime(timezone=True)
+
+wallets = Table(
+    "wallets", metadata,
+    Column("org_id", Text, primary_key=True),
+    Column("plan", Text, nullable=False),
+    Column("tiers", ARRAY(Text), nullable=False),
+    Column("max_holds", Integer, nullable=False),
+    Column("daily_grant", BigInteger, nullable=False),
+    Column("period_start", TS, nullable=False),
+    Column("period_end", TS),
+    Column("allocation", BigInteger, nullable=False),
+    Column("consumed", BigInteger, nullable=False),
+    Column("plan_remaining", BigInteger, nullable=False),
+    Column("plan_expires_at", TS),
+    Column("topup_remaining", BigInteger, nullable=False),
+    Column("held", BigInteger, nullable=False),
+    Column("open_holds", Integer, nullable=False),
+    Column("low_balance_threshold", BigInteger),
+    Column("low_balance_armed", Boolean, nullable=False),
+    Column("has_user_limits", Boolean, nullable=False),
+    Column("has_guards", Boolean, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
+buckets = Table(
+    "buckets", metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("org_id", Text, ForeignKey("wallets.org_id"), nullable=False),
+    Column("grant_key", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("granted", BigInteger, nullable=False),
+    Column("remaining", BigInteger, nullable=False),
+    Column("expires_at", TS),
+    Column("created_at", TS, nullable=False),
+    UniqueConstraint("org_id", "grant_key"),
+)
+
+ledger_entries = Table(
+    "ledger_entries", metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("org_id", Text, nullable=False),
+    Column("bucket_id", BigInteger, ForeignKey("buckets.id")),
+    Column("kind", Text, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("ref", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+)
+
+usage_events = Table(
+    "usage_events", metadata,
+    Column("org_id", Text, primary_key=True),
+    Column("idem_key", Text, primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("tier", Text),
+    Column("quantity", Numeric, nullable=False),
+    Column("country", Text),
+    Column("user_id", Text),
+    Column("cost", BigInteger, nullable=False),
+    Column("available", BigInteger, nullable=False),
+    Column("created_at", TS, nullable=False),
+)
+
+holds = Table(
+    "holds", metadata,
+    Column("org_id", Text, ForeignKey("wallets.org_id"), primary_key=True),
+    Column("idem_key", Text, primary_key=True),
+    Column("action", Text, nullable=False),
+    Column("tier", Text),
+    Column("quantity", Numeric, nullable=False),
+    Column("country", Text),
+    Column("user_id", Text),
+    Column("cost", BigInteger, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("expires_at", TS, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("settled_at", TS),
+)
+
+user_limits = Table(
+    "user_limits", metadata,
+    Column("org_id", Text, ForeignKey("wallets.org_id"), primary_key=True),
+    Column("user_id", Text, primary_key=True),
+    Column("limit_milli", BigInteger, nullable=False),
+)
+
+user_usage = Table(
+    "user_usage", metadata,
+    Column("org_id", Text, primary_key=True),
+    Column("user_id", Text, primary_key=True),
+    Column("period_start", TS, primary_key=True),
+    Column("consumed", BigInteger, nullable=False),
+)
+
+usage_guards = Table(
+    "usage_guards", metadata,
+    Column("org_id", Text, ForeignKey("wallets.org_id"), primary_key=True),
+    Column("action", Text, primary_key=True),
+    Column("max_uses", Integer, nullable=False),
+    Column("window_seconds", Integer, nullable=False),
+    Column("paused_at", TS),
+)
+
+alerts = Table(
+    "alerts", metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("org_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("period_key", Text, nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("sent_at", TS),
+    UniqueConstraint("org_id", "kind", "period_key"),
+)
+
+wallet_ops = Table(
+    "wallet_ops", metadata,
+    Column("org_id", Text, primary_key=True),
+    Column("op_key", Text, primary_key=True),
+    Column("request", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+)

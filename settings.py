@@ -1,0 +1,41 @@
+"""Settings from the environment, each with the embedded default of DESIGN.md section 3 when unset."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(name, "").strip()
+    return value or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None      # None: embedded PostgreSQL under data_dir/postgres
+    temporal_address: str | None = None  # None: embedded dev server
+    temporal_namespace: str = "default"
+    task_queue: str = "billing"
+    stripe_api_key: str | None = None    # None: localstripe on loopback
+    smtp_url: str | None = None          # None: local SMTP sink writing data_dir/mail/*.eml
+    data_dir: Path = field(default_factory=lambda: ROOT / ".data")
+    db_pool_size: int = 10
+    hold_ttl_seconds: int = 900
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            database_url=_env("DATABASE_URL"),
+            temporal_address=_env("TEMPORAL_ADDRESS"),
+            temporal_namespace=_env("TEMPORAL_NAMESPACE") or "default",
+            task_queue=_env("BILLING_TASK_QUEUE") or "billing",
+            stripe_api_key=_env("STRIPE_API_KEY"),
+            smtp_url=_env("SMTP_URL"),
+            data_dir=Path(_env("BILLING_DATA_DIR") or ROOT / ".data"),
+            db_pool_size=int(_env("BILLING_DB_POOL_SIZE") or 10),
+            hold_ttl_seconds=int(_env("BILLING_HOLD_TTL_SECONDS") or 900),
+        )

