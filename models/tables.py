@@ -37,6 +37,7 @@ wallets = Table(
     Column("consumed", BigInteger, nullable=False),
     Column("plan_remaining", BigInteger, nullable=False),
     Column("plan_expires_at", TS),
+    Column("plan_bucket_id", BigInteger),
     Column("topup_remaining", BigInteger, nullable=False),
     Column("held", BigInteger, nullable=False),
     Column("open_holds", Integer, nullable=False),
@@ -65,7 +66,7 @@ ledger_entries = Table(
     "ledger_entries", metadata,
     Column("id", BigInteger, primary_key=True),
     Column("org_id", Text, nullable=False),
-    Column("bucket_id", BigInteger, ForeignKey("buckets.id")),
+    Column("bucket_id", BigInteger),
     Column("kind", Text, nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("ref", Text, nullable=False),
@@ -124,6 +125,8 @@ usage_guards = Table(
     Column("action", Text, primary_key=True),
     Column("max_uses", Integer, nullable=False),
     Column("window_seconds", Integer, nullable=False),
+    Column("window_start", TS),
+    Column("uses", Integer, nullable=False),
     Column("paused_at", TS),
 )
 

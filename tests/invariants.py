@@ -30,6 +30,9 @@ INVARIANTS: dict[str, str] = {
         LEFT JOIN LATERAL (SELECT coalesce(sum(cost), 0) AS open_cost, count(*) AS n FROM holds
                            WHERE org_id = w.org_id AND status = 'open') h ON true
         WHERE w.held <> r.entries OR w.held <> h.open_cost OR w.open_holds <> h.n""",
+    "I0 every bucket entry names a bucket of its own organization": """
+        SELECT e.id, e.org_id, e.bucket_id FROM ledger_entries e LEFT JOIN buckets b ON b.id = e.bucket_id
+        WHERE e.bucket_id IS NOT NULL AND (b.id IS NULL OR b.org_id <> e.org_id)""",
     "I4 at most one live plan bucket per wallet": """
         SELECT org_id, count(*) FROM buckets WHERE kind = 'plan' AND remaining > 0
         GROUP BY org_id HAVING count(*) > 1""",

@@ -19,6 +19,7 @@ CREATE TABLE wallets (
     consumed              bigint NOT NULL DEFAULT 0 CHECK (consumed >= 0),
     plan_remaining        bigint NOT NULL DEFAULT 0 CHECK (plan_remaining >= 0),
     plan_expires_at       timestamptz,
+    plan_bucket_id        bigint,        -- the live plan bucket: the debit's fast path draws it directly
     topup_remaining       bigint NOT NULL DEFAULT 0 CHECK (topup_remaining >= 0),
     held                  bigint NOT NULL DEFAULT 0 CHECK (held >= 0),
     open_holds            integer NOT NULL DEFAULT 0 CHECK (open_holds >= 0),
@@ -42,12 +43,13 @@ CREATE TABLE buckets (
     UNIQUE (org_id, grant_key),
     CHECK ((kind = 'plan') = (expires_at IS NOT NULL))
 );
-CREATE INDEX buckets_live ON buckets (org_id, expires_at, id) WHERE remaining > 0;
+-- Not partial on remaining: draws then update buckets as HOT updates (no index entry per debit).
+CREATE INDEX buckets_draw_order ON buckets (org_id, expires_at, id);
 
 CREATE TABLE ledger_entries (
     id          bigserial PRIMARY KEY,
     org_id      text NOT NULL,
-    bucket_id   bigint REFERENCES buckets (id),
+    bucket_id   bigint,  -- no FK: its check would share-lock the bucket row the debit just updated
     kind        text NOT NULL CHECK (kind IN ('grant', 'debit', 'expire', 'adjust', 'hold', 'release')),
     amount      bigint NOT NULL,
     ref         text NOT NULL,
@@ -55,7 +57,6 @@ CREATE TABLE ledger_entries (
     CHECK ((bucket_id IS NULL) = (kind IN ('hold', 'release')))
 );
 CREATE INDEX ledger_entries_org_time ON ledger_entries (org_id, created_at, id);
-CREATE INDEX ledger_entries_bucket ON ledger_entries (bucket_id);
 
 CREATE TABLE usage_events (
     org_id        text NOT NULL,
@@ -110,10 +111,11 @@ CREATE TABLE usage_guards (
     action          text NOT NULL,
     max_uses        integer NOT NULL CHECK (max_uses > 0),
     window_seconds  integer NOT NULL CHECK (window_seconds > 0),
+    window_start    timestamptz,           -- fixed windows: uses counted since window_start
+    uses            integer NOT NULL DEFAULT 0,
     paused_at       timestamptz,
     PRIMARY KEY (org_id, action)
 );
-CREATE INDEX usage_events_guard ON usage_events (org_id, action, created_at);
 
 -- Alerts are recorded once per (org, kind, period_key) by the debit transaction; the email work sends
 -- them and stamps sent_at.
@@ -173,6 +175,7 @@ BEGIN
             END LOOP;
         END IF;
         w.plan_expires_at := NULL;
+        w.plan_bucket_id := NULL;
     END IF;
     IF w.daily_grant > 0 AND w.plan_expires_at IS NULL THEN
         v_day := date_trunc('day', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
@@ -186,6 +189,7 @@ BEGIN
                 VALUES (w.org_id, v_bucket, 'grant', w.daily_grant,
                         'daily:' || to_char(v_day AT TIME ZONE 'UTC', 'YYYY-MM-DD'), p_now);
             w.plan_remaining := w.plan_remaining + w.daily_grant;
+            w.plan_bucket_id := v_bucket;
         END IF;
         w.plan_expires_at := v_day + interval '1 day';
         w.period_start := v_day;
@@ -256,16 +260,19 @@ BEGIN
     RETURN w;
 END $$;
 
+-- plpgsql (not sql) so the UPDATE's plan is cached per session instead of planned on every call.
 CREATE FUNCTION ledger_save(w wallets, p_now timestamptz) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     UPDATE wallets SET plan = w.plan, tiers = w.tiers, max_holds = w.max_holds, daily_grant = w.daily_grant,
         period_start = w.period_start, period_end = w.period_end, allocation = w.allocation,
         consumed = w.consumed, plan_remaining = w.plan_remaining, plan_expires_at = w.plan_expires_at,
+        plan_bucket_id = w.plan_bucket_id,
         topup_remaining = w.topup_remaining, held = w.held, open_holds = w.open_holds,
         low_balance_threshold = w.low_balance_threshold, low_balance_armed = w.low_balance_armed,
         updated_at = p_now
-    WHERE org_id = w.org_id
-$$;
+    WHERE org_id = w.org_id;
+END $$;
 
 -- Checks shared by debit and hold: usage guard, then the per-user limit. Returns NULL when allowed,
 -- else (status, detail_a, detail_b).
@@ -284,9 +291,8 @@ BEGIN
             IF g.paused_at IS NOT NULL THEN
                 status := 'guard_paused'; RETURN;
             END IF;
-            SELECT count(*) INTO v_uses FROM (
-                SELECT 1 FROM usage_events WHERE org_id = w.org_id AND action = p_action
-                   AND created_at > p_now - make_interval(secs => g.window_seconds) LIMIT g.max_uses) s;
+            v_uses := CASE WHEN g.window_start + make_interval(secs => g.window_seconds) > p_now
+                           THEN g.uses ELSE 0 END;
             IF v_uses >= g.max_uses THEN
                 -- This use would be one too many: pause the action (kept: the refusal is the point).
                 UPDATE usage_guards SET paused_at = p_now WHERE org_id = w.org_id AND action = p_action;
@@ -310,12 +316,24 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION ledger_count_user(w wallets, p_user text, p_cost bigint) RETURNS void
-LANGUAGE sql AS $$
-    INSERT INTO user_usage (org_id, user_id, period_start, consumed)
-    SELECT w.org_id, p_user, w.period_start, p_cost WHERE w.has_user_limits AND p_user IS NOT NULL
-    ON CONFLICT (org_id, user_id, period_start) DO UPDATE SET consumed = user_usage.consumed + EXCLUDED.consumed
-$$;
+-- Count a successful use against the usage guard's window and the user's period limit.
+CREATE FUNCTION ledger_count_use(w wallets, p_action text, p_user text, p_cost bigint, p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF w.has_guards THEN
+        UPDATE usage_guards SET
+            uses = CASE WHEN window_start + make_interval(secs => window_seconds) > p_now THEN uses + 1 ELSE 1 END,
+            window_start = CASE WHEN window_start + make_interval(secs => window_seconds) > p_now
+                                THEN window_start ELSE p_now END
+        WHERE org_id = w.org_id AND action = p_action;
+    END IF;
+    IF w.has_user_limits AND p_user IS NOT NULL THEN
+        INSERT INTO user_usage (org_id, user_id, period_start, consumed)
+            VALUES (w.org_id, p_user, w.period_start, p_cost)
+            ON CONFLICT (org_id, user_id, period_start)
+            DO UPDATE SET consumed = user_usage.consumed + EXCLUDED.consumed;
+    END IF;
+END $$;
 
 ------------------------------------------------------------------------------------------------------
 -- Entry points. Each is one statement from the client: one round trip.
@@ -332,44 +350,83 @@ DECLARE
     w wallets%ROWTYPE;
     u usage_events%ROWTYPE;
     v_before bigint;
+    v_refreshed boolean := false;
 BEGIN
     replayed := false; cost := p_cost;
     SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
     IF NOT FOUND THEN status := 'unknown_org'; RETURN; END IF;
-    SELECT * INTO u FROM usage_events WHERE org_id = p_org AND idem_key = p_key;
-    IF FOUND THEN
-        replayed := true; cost := u.cost; available := u.available;
-        IF u.source <> 'debit' OR u.action <> p_action OR u.tier IS DISTINCT FROM p_tier
-           OR u.quantity <> p_qty OR u.country IS DISTINCT FROM p_country OR u.user_id IS DISTINCT FROM p_user THEN
-            status := 'conflict';
-        ELSE
-            status := 'ok';
-        END IF;
-        RETURN;
+    IF w.open_holds > 0 OR w.plan_expires_at <= p_now OR (w.plan_expires_at IS NULL AND w.daily_grant > 0) THEN
+        w := ledger_refresh(w, p_now);
+        v_refreshed := true;
     END IF;
-    w := ledger_refresh(w, p_now);
     IF p_tier IS NOT NULL AND NOT (p_tier = ANY (w.tiers)) THEN
         status := 'tier';
     ELSE
-        SELECT * INTO status, detail_a, detail_b FROM ledger_policy(w, p_action, p_user, p_cost, p_key, p_now);
+        IF w.has_guards OR (w.has_user_limits AND p_user IS NOT NULL) THEN
+            SELECT * INTO status, detail_a, detail_b FROM ledger_policy(w, p_action, p_user, p_cost, p_key, p_now);
+        END IF;
         IF status IS NULL AND p_cost > w.plan_remaining + w.topup_remaining - w.held THEN
             status := 'insufficient';
         END IF;
     END IF;
     available := w.plan_remaining + w.topup_remaining - w.held;
+    IF status IS NULL THEN
+        -- Claim the idempotency key; the primary key arbitrates, so a repeat is found without a lookup.
+        INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
+                                  available, created_at)
+            VALUES (p_org, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_cost,
+                    available - p_cost, p_now)
+            ON CONFLICT (org_id, idem_key) DO NOTHING;
+        IF NOT FOUND THEN
+            status := 'repeat';
+        END IF;
+    END IF;
     IF status IS NOT NULL THEN
-        PERFORM ledger_save(w, p_now);  -- keeps what ledger_refresh caught up; the debit itself wrote nothing
+        -- Nothing of this debit is written. A repeat of a key that already succeeded returns the first
+        -- result (whatever the balance is now); different content under the same key is a conflict.
+        SELECT * INTO u FROM usage_events WHERE org_id = p_org AND idem_key = p_key;
+        IF FOUND THEN
+            replayed := true; cost := u.cost; available := u.available; detail_a := NULL; detail_b := NULL;
+            IF u.source <> 'debit' OR u.action <> p_action OR u.tier IS DISTINCT FROM p_tier
+               OR u.quantity <> p_qty OR u.country IS DISTINCT FROM p_country
+               OR u.user_id IS DISTINCT FROM p_user THEN
+                status := 'conflict';
+            ELSE
+                status := 'ok';
+            END IF;
+        END IF;
+        IF v_refreshed THEN
+            PERFORM ledger_save(w, p_now);  -- keep what ledger_refresh caught up with
+        END IF;
         RETURN;
     END IF;
     v_before := w.consumed;
-    w := ledger_draw(w, p_cost, p_key, p_now);
-    w := ledger_alerts(w, v_before, p_key, p_now);
-    PERFORM ledger_count_user(w, p_user, p_cost);
-    available := w.plan_remaining + w.topup_remaining - w.held;
-    INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
-                              available, created_at)
-        VALUES (p_org, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_cost, available, p_now);
-    PERFORM ledger_save(w, p_now);
+    IF w.plan_remaining >= p_cost THEN
+        -- Fast path: the live plan bucket is the soonest to expire (packs never do) and covers it all.
+        UPDATE buckets SET remaining = remaining - p_cost WHERE id = w.plan_bucket_id;
+        INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
+            VALUES (p_org, w.plan_bucket_id, 'debit', -p_cost, p_key, p_now);
+        w.plan_remaining := w.plan_remaining - p_cost;
+        w.consumed := w.consumed + p_cost;
+    ELSE
+        w := ledger_draw(w, p_cost, p_key, p_now);
+    END IF;
+    available := available - p_cost;
+    IF w.low_balance_armed AND available < w.low_balance_threshold
+       OR (w.allocation > 0 AND w.consumed * 5 >= w.allocation * 4 AND v_before < w.allocation) THEN
+        w := ledger_alerts(w, v_before, p_key, p_now);
+        v_refreshed := true;
+    END IF;
+    IF w.has_guards OR w.has_user_limits THEN
+        PERFORM ledger_count_use(w, p_action, p_user, p_cost, p_now);
+    END IF;
+    IF v_refreshed THEN
+        PERFORM ledger_save(w, p_now);
+    ELSE
+        UPDATE wallets SET plan_remaining = w.plan_remaining, topup_remaining = w.topup_remaining,
+                           consumed = w.consumed, updated_at = p_now
+        WHERE org_id = p_org;
+    END IF;
     status := 'ok';
 END $$;
 
@@ -458,7 +515,9 @@ BEGIN
                 w := ledger_draw(w, v_charge, 'hold:' || p_key, p_now);
             END IF;
             w := ledger_alerts(w, v_before, 'hold:' || p_key, p_now);
-            PERFORM ledger_count_user(w, h.user_id, v_charge);
+            IF w.has_guards OR w.has_user_limits THEN
+                PERFORM ledger_count_use(w, h.action, h.user_id, v_charge, p_now);
+            END IF;
             INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
                                       available, created_at)
                 VALUES (p_org, 'hold:' || p_key, 'hold', h.action, h.tier, h.quantity, h.country, h.user_id,
@@ -519,7 +578,7 @@ BEGIN
     END LOOP;
     w.plan := p_plan; w.tiers := p_tiers; w.max_holds := p_max_holds; w.daily_grant := p_daily_grant;
     w.period_start := p_period_start; w.period_end := p_period_end;
-    w.allocation := p_allocation; w.consumed := 0; w.plan_expires_at := NULL;
+    w.allocation := p_allocation; w.consumed := 0; w.plan_expires_at := NULL; w.plan_bucket_id := NULL;
     IF p_daily_grant = 0 AND p_allocation > 0 THEN
         INSERT INTO buckets (org_id, grant_key, kind, granted, remaining, expires_at, created_at)
             VALUES (p_org, p_key, 'plan', p_allocation, p_allocation, p_period_end, p_now)
@@ -528,6 +587,7 @@ BEGIN
             VALUES (p_org, v_bucket, 'grant', p_allocation, p_key, p_now);
         w.plan_remaining := p_allocation;
         w.plan_expires_at := p_period_end;
+        w.plan_bucket_id := v_bucket;
     END IF;
     w := ledger_refresh(w, p_now);  -- a daily plan gets today's credits now
     IF w.low_balance_threshold IS NOT NULL

@@ -1,0 +1,161 @@
+"""Ledger throughput against PostgreSQL's own ceiling, measured in one run on one fresh server.
+
+Baselines (pgbench, C): `pgbench -N` (simple-update across 1M accounts: "spread") and a script of one
+single-row UPDATE on one account ("hot": the row-lock ceiling of one wallet). Project: the real
+`Ledger.debit` path (price book, validation, one PL/pgSQL call) with the same number of clients and
+client threads (processes here), on wallets spread over the same count of organizations, then on one
+hot wallet. Every run checks zero overdraft and exact sums. Last line: spread_ratio=R1 hot_ratio=R2.
+
+    python -m bench.ledger [--clients 16] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from activities.ledger import Ledger  # noqa: E402
+from models.ledger_types import GrantPack, StartPeriod  # noqa: E402
+from stack.postgres import bin_dir, migrate, start_embedded  # noqa: E402
+
+T0 = datetime.now(UTC)
+BIG = Decimal("1000000000")  # enough credits that the spread run never runs dry
+
+
+def pgbench_tps(url: str, args: list[str], seconds: int, clients: int, threads: int) -> float:
+    host = url.split("host=")[1]
+    cmd = [str(bin_dir() / "pgbench"), "-h", host, "-U", "postgres", "-c", str(clients), "-j", str(threads),
+           "-T", str(seconds), *args, "postgres"]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    m = re.search(r"tps = ([\d.]+)", out)
+    assert m, out
+    return float(m.group(1))
+
+
+async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, start_at: float,
+                       tag: str) -> tuple[int, int]:
+    ledger = await Ledger.open(url, pool_size=clients)
+    done = refused = 0
+    stop = start_at + seconds
+
+    async def worker(i: int) -> None:
+        nonlocal done, refused
+        n = 0
+        org = orgs[i % len(orgs)]
+        while time.time() < stop:
+            try:
+                await ledger.debit(org, "ai_chat", tier="fast", idempotency_key=f"{tag}-{i}-{n}", now=T0)
+                done += 1
+            except Exception:
+                refused += 1
+            n += 1
+
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    await ledger.close()
+    return done, refused
+
+
+def _proc_main(args: tuple[str, list[str], int, float, float, str], q: mp.Queue) -> None:  # type: ignore[type-arg]
+    q.put(asyncio.run(_client_proc(*args)))
+
+
+def project_dps(url: str, orgs: list[str], clients: int, procs: int, seconds: float, tag: str) -> tuple[float, int]:
+    q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    start_at = time.time() + 1.5  # every process connected before the clock starts
+    per = [clients // procs + (1 if p < clients % procs else 0) for p in range(procs)]
+    ps = []
+    offset = 0
+    for p in range(procs):
+        mine = orgs[offset:offset + per[p]] if len(orgs) > 1 else orgs
+        offset += per[p]
+        proc = mp.Process(target=_proc_main, args=((url, mine, per[p], seconds, start_at, f"{tag}{p}"), q))
+        proc.start()
+        ps.append(proc)
+    results = [q.get() for _ in ps]
+    for proc in ps:
+        proc.join()
+    done = sum(r[0] for r in results)
+    refused = sum(r[1] for r in results)
+    return done / seconds, refused
+
+
+async def setup_wallets(url: str, n: int, credits: Decimal) -> list[str]:
+    ledger = await Ledger.open(url, pool_size=4)
+    orgs = [f"bench-{n}-{i}" for i in range(n)]
+    for org in orgs:
+        await ledger.start_period(StartPeriod(org, f"{org}:start", "pro", T0, T0 + timedelta(days=31), T0))
+        await ledger.grant_pack(GrantPack(org, f"{org}:pack", credits, T0))
+    await ledger.close()
+    return orgs
+
+
+async def check_exact(url: str, orgs: list[str], credits: Decimal) -> str:
+    """Zero overdraft and exact sums: granted - debited = stored balance, for every wallet."""
+    import psycopg
+
+    from tests.invariants import violations
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        broken = await violations(conn)
+        assert not broken, broken
+        cur = await conn.execute(
+            "SELECT w.org_id, w.plan_remaining + w.topup_remaining, "
+            "(SELECT coalesce(sum(cost), 0) FROM usage_events u WHERE u.org_id = w.org_id) "
+            "FROM wallets w WHERE w.org_id = ANY(%s)", (orgs,))
+        for org, bal, spent in await cur.fetchall():
+            granted = 10_000_000 + int(credits * 1000)
+            assert bal >= 0 and bal + spent == granted, (org, bal, spent)
+    return "ok"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2, help="pgbench -j, and the project's client processes")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--scale", type=int, default=10, help="pgbench scale (100k accounts each)")
+    a = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
+    url = start_embedded(root / "pg", delete_on_exit=True)
+    migrate(url)
+    host = url.split("host=")[1]
+    subprocess.run([str(bin_dir() / "pgbench"), "-i", "-q", "-s", str(a.scale), "-h", host, "-U", "postgres",
+                    "postgres"], check=True, capture_output=True)
+    hot_sql = root / "hot.sql"
+    hot_sql.write_text("UPDATE pgbench_accounts SET abalance = abalance - 1 WHERE aid = 1;\n")
+
+    spread_orgs = asyncio.run(setup_wallets(url, a.clients, BIG))
+    hot_orgs = asyncio.run(setup_wallets(url, 1, BIG))
+    print(f"server: PostgreSQL 18 (embedded), fsync on, {os.cpu_count()} cores; clients={a.clients} "
+          f"threads={a.threads} seconds={a.seconds}", flush=True)
+
+    base_spread = pgbench_tps(url, ["-N"], a.seconds, a.clients, a.threads)
+    print(f"baseline pgbench -N               {base_spread:10.0f} tps", flush=True)
+    proj_spread, refused = project_dps(url, spread_orgs, a.clients, a.threads, a.seconds, "s")
+    print(f"project  debit, wallet per client {proj_spread:10.0f} debits/s (refused {refused})", flush=True)
+
+    base_hot = pgbench_tps(url, ["-n", "-f", str(hot_sql)], a.seconds, a.clients, a.threads)
+    print(f"baseline single-row UPDATE (hot)  {base_hot:10.0f} tps", flush=True)
+    proj_hot, refused_hot = project_dps(url, hot_orgs, a.clients, a.threads, a.seconds, "h")
+    print(f"project  debit, one hot wallet    {proj_hot:10.0f} debits/s (refused {refused_hot})", flush=True)
+
+    print("exact sums, no overdraft:", asyncio.run(check_exact(url, spread_orgs + hot_orgs, BIG)), flush=True)
+    print(f"spread_ratio={proj_spread / base_spread:.2f} hot_ratio={proj_hot / base_hot:.2f}")
+
+
+if __name__ == "__main__":
+    main()
