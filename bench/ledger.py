@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from activities.ledger import Ledger  # noqa: E402
-from models.ledger_types import GrantPack, StartPeriod  # noqa: E402
-from stack.postgres import bin_dir, migrate, start_embedded  # noqa: E402
+from activities.ledger import Ledger
+from models.ledger_types import GrantPack, StartPeriod
+from stack.postgres import bin_dir, migrate, start_embedded
 
 T0 = datetime.now(UTC)
 BIG = Decimal("1000000000")  # enough credits that the spread run never runs dry

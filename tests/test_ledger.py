@@ -151,7 +151,7 @@ async def test_free_daily_credits_granted_lazily_once_per_utc_day(ledger: Ledger
 
 async def test_tier_not_in_plan_is_refused(ledger: Ledger, new_org: OrgFactory) -> None:
     org = await new_org("starter")
-    with pytest.raises(TierNotAvailable, match="'pro'.*starter"):
+    with pytest.raises(TierNotAvailable, match=r"'pro'.*starter"):
         await ledger.debit(org, "ai_chat", tier="pro", idempotency_key="k", now=T0)
     with pytest.raises(TierNotAvailable):
         await ledger.hold(org, "ai_chat", tier="ultra", idempotency_key="h", now=T0)

@@ -1,0 +1,25 @@
+"""The ledger's writes as Temporal activities, for the lifecycle workflows: one dataclass in, a typed
+result out, idempotent by the business key the workflow passes (never by run id)."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities.ledger import Ledger
+from models.ledger_types import GrantPack, LedgerWriteResult, StartPeriod
+
+
+class LedgerActivities:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    @activity.defn(name="ledger.start_period")
+    async def start_period(self, req: StartPeriod) -> LedgerWriteResult:
+        return await self.ledger.start_period(req)
+
+    @activity.defn(name="ledger.grant_pack")
+    async def grant_pack(self, req: GrantPack) -> LedgerWriteResult:
+        return await self.ledger.grant_pack(req)
+
+    def all(self) -> list[object]:
+        return [self.start_period, self.grant_pack]

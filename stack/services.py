@@ -1,0 +1,50 @@
+"""The whole stack with its embedded defaults: what runs where, resolved from Settings."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from temporalio.client import Client
+
+from settings import Settings
+from stack.postgres import migrate, start_embedded
+from stack.temporal import start_dev_server
+
+
+@dataclass(frozen=True)
+class Running:
+    database_url: str
+    database_embedded: bool
+    temporal_address: str
+    temporal_embedded: bool
+    temporal_ui: str | None
+    client: Client
+
+
+async def database(settings: Settings) -> tuple[str, bool]:
+    """The database URL (embedded PostgreSQL under .data/ when DATABASE_URL is unset), migrated."""
+    if settings.database_url:
+        url, embedded = settings.database_url, False
+    else:
+        url = await asyncio.to_thread(start_embedded, settings.data_dir / "postgres")
+        embedded = True
+    await asyncio.to_thread(migrate, url)
+    return url, embedded
+
+
+@asynccontextmanager
+async def running_stack(settings: Settings) -> AsyncIterator[Running]:
+    async with AsyncExitStack() as stack:
+        url, db_embedded = await database(settings)
+        if settings.temporal_address:
+            client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+            address, ui, t_embedded = settings.temporal_address, None, False
+        else:
+            env = await start_dev_server(settings.data_dir / "temporal.db")
+            stack.push_async_callback(env.shutdown)
+            client = env.client
+            address, ui, t_embedded = "localhost:7233", "http://localhost:8233", True
+        yield Running(url, db_embedded, address, t_embedded, ui, client)

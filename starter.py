@@ -1,0 +1,212 @@
+"""`BillingClient`, the async facade platform teams import, and the CLI over it.
+
+    from starter import BillingClient
+    billing = await BillingClient.connect()          # reads the environment (see settings.py)
+    await billing.debit("acme", action="ai_chat", tier="smart", idempotency_key="msg-42")
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from activities.ledger import Ledger, check_id, utcnow
+from models.catalog import CATALOG
+from models.errors import BillingError
+from models.ledger_types import (
+    Balance,
+    DebitResult,
+    HoldResult,
+    LedgerWriteResult,
+    StartPeriod,
+    Transaction,
+    UsageGrouping,
+    UsageRow,
+)
+from settings import Settings
+from stack.services import database
+
+
+class BillingClient:
+    """Meter usage and read balances (this release); subscriptions arrive with the lifecycle workflows."""
+
+    def __init__(self, ledger: Ledger, settings: Settings) -> None:
+        self.ledger = ledger
+        self.settings = settings
+
+    @classmethod
+    async def connect(
+        cls, settings: Settings | None = None, *, clock: Callable[[], datetime] = utcnow
+    ) -> BillingClient:
+        """Connect with `settings` (default: from the environment); an unset DATABASE_URL uses the
+        embedded PostgreSQL under .data/ (started if needed, migrated)."""
+        settings = settings or Settings.from_env()
+        url, _ = await database(settings)
+        ledger = await Ledger.open(url, pool_size=settings.db_pool_size, clock=clock,
+                                   hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+        return cls(ledger, settings)
+
+    async def close(self) -> None:
+        await self.ledger.close()
+
+    async def __aenter__(self) -> BillingClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- metering ----------------------------------------------------------------------------------
+    async def debit(
+        self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
+        quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
+    ) -> DebitResult:
+        """Charge the cost of `action` now; refused whole (InsufficientCredits) if it does not fit."""
+        return await self.ledger.debit(org_id, action, idempotency_key=idempotency_key, tier=tier,
+                                       quantity=quantity, user_id=user_id, country=country)
+
+    def hold(
+        self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
+        quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> Any:
+        """`async with billing.hold(...) as h:` reserves now, commits if the block succeeds, releases if
+        it raises; a hold left open past its TTL releases itself."""
+        return self.ledger.holding(org_id, action, idempotency_key=idempotency_key, tier=tier,
+                                   quantity=quantity, user_id=user_id, country=country, ttl=ttl)
+
+    async def balance(self, org_id: str) -> Balance:
+        return await self.ledger.balance(org_id)
+
+    async def usage(
+        self, org_id: str, *, by: UsageGrouping = "action", since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRow]:
+        return await self.ledger.usage(org_id, by=by, since=since, until=until)
+
+    async def transactions(
+        self, org_id: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Transaction]:
+        return await self.ledger.transactions(org_id, since=since, until=until)
+
+    # -- organization controls ---------------------------------------------------------------------
+    async def set_user_limit(self, org_id: str, user_id: str, limit: Decimal | None) -> None:
+        await self.ledger.set_user_limit(org_id, user_id, limit)
+
+    async def set_usage_guard(
+        self, org_id: str, action: str, *, max_uses: int | None, window: timedelta = timedelta(hours=1)
+    ) -> None:
+        await self.ledger.set_usage_guard(org_id, action, max_uses=max_uses, window=window)
+
+    async def resume_action(self, org_id: str, action: str) -> bool:
+        return await self.ledger.resume_action(org_id, action)
+
+    async def set_low_balance_alert(self, org_id: str, threshold: Decimal | None) -> None:
+        await self.ledger.set_low_balance_alert(org_id, threshold)
+
+    async def open_wallet(self, org_id: str, *, plan: str = "free") -> LedgerWriteResult:
+        """Open an organization's wallet on `plan` with a period starting now. Idempotent per org and
+        plan. (Subscriptions, arriving with the lifecycle workflow, open it themselves.)"""
+        check_id("org_id", org_id)
+        p = CATALOG.plan(plan)
+        now = self.ledger.clock()
+        end = None if p.credits_per == "day" else now + timedelta(days=30)
+        return await self.ledger.start_period(StartPeriod(org_id, f"{org_id}:open:{plan}", plan, now, end, now))
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+
+cli = typer.Typer(help="Billing engine: meter usage and read balances.", no_args_is_help=True)
+console = Console()
+
+
+@asynccontextmanager
+async def _client() -> AsyncIterator[BillingClient]:
+    billing = await BillingClient.connect()
+    try:
+        yield billing
+    finally:
+        await billing.close()
+
+
+def _run(coro_fn: Callable[[BillingClient], Any]) -> Any:
+    async def go() -> Any:
+        async with _client() as billing:
+            return await coro_fn(billing)
+
+    try:
+        return asyncio.run(go())
+    except BillingError as exc:
+        console.print(f"[red]{type(exc).__name__}[/red]: {exc.message}")
+        raise typer.Exit(2) from None
+
+
+@cli.command("open")
+def open_cmd(org_id: str, plan: Annotated[str, typer.Option()] = "free") -> None:
+    """Open an organization's wallet on a plan."""
+    r = _run(lambda b: b.open_wallet(org_id, plan=plan))
+    console.print(f"{org_id}: wallet on {plan}, {r.available} credits available")
+
+
+@cli.command()
+def debit(
+    org_id: str, action: str,
+    key: Annotated[str, typer.Option(help="idempotency key")],
+    tier: Annotated[str | None, typer.Option()] = None,
+    quantity: Annotated[str, typer.Option()] = "1",
+    user: Annotated[str | None, typer.Option()] = None,
+    country: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Charge one action now."""
+    r = _run(lambda b: b.debit(org_id, action=action, idempotency_key=key, tier=tier,
+                               quantity=Decimal(quantity), user_id=user, country=country))
+    note = " (repeat: first result)" if r.replayed else ""
+    console.print(f"{org_id}: charged {r.cost} credits, {r.available} available{note}")
+
+
+@cli.command()
+def balance(org_id: str) -> None:
+    """Show an organization's balance."""
+    b = _run(lambda c: c.balance(org_id))
+    t = Table(title=f"{org_id} on {b.plan_name}")
+    for col in ("available", "plan", "topup", "held", "allocation", "consumed this period"):
+        t.add_column(col, justify="right")
+    t.add_row(*(str(v) for v in (b.available, b.plan, b.topup, b.held, b.allocation, b.consumed_this_period)))
+    console.print(t)
+
+
+@cli.command()
+def usage(org_id: str, by: Annotated[str, typer.Option(help="action, tier or user")] = "action") -> None:
+    """Usage grouped by action, tier or user."""
+    rows = _run(lambda c: c.usage(org_id, by=by))  # type: ignore[arg-type]
+    t = Table(title=f"{org_id} usage by {by}")
+    for col in (by, "uses", "quantity", "credits"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r.key), str(r.uses), str(r.quantity), str(r.credits))
+    console.print(t)
+
+
+@cli.command()
+def transactions(org_id: str) -> None:
+    """The ledger entries of an organization."""
+    rows = _run(lambda c: c.transactions(org_id))
+    t = Table(title=f"{org_id} ledger")
+    for col in ("at", "kind", "credits", "bucket", "ref"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r.at.isoformat(timespec="seconds"), r.kind, str(r.credits), r.bucket or "", r.ref)
+    console.print(t)
+
+
+__all__ = ["Balance", "BillingClient", "DebitResult", "HoldResult"]
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,69 @@
+"""Run a worker with every workflow and activity, on the configured stack or on the embedded defaults.
+
+    python worker.py            # the main job: embedded PostgreSQL + Temporal dev server + worker
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.ledger import Ledger
+from activities.ledger_activities import LedgerActivities
+from settings import Settings
+from stack.services import Running, running_stack
+from workflows import ALL_WORKFLOWS
+
+
+def build_worker(client: Client, ledger: Ledger, task_queue: str) -> Worker:
+    activities: Sequence[object] = LedgerActivities(ledger).all()
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=ALL_WORKFLOWS,
+        activities=activities,  # type: ignore[arg-type]
+    )
+
+
+def banner(settings: Settings, run: Running) -> Table:
+    t = Table(title="billing engine: running", show_header=True, header_style="bold")
+    t.add_column("part")
+    t.add_column("where")
+    t.add_column("source")
+    db = run.database_url if run.database_embedded else run.database_url.split("@")[-1]
+    t.add_row("PostgreSQL (ledger)", db, "embedded, .data/postgres" if run.database_embedded else "DATABASE_URL")
+    t.add_row("Temporal", run.temporal_address, "embedded dev server" if run.temporal_embedded else "TEMPORAL_ADDRESS")
+    if run.temporal_ui:
+        t.add_row("Temporal UI", run.temporal_ui, "embedded dev server")
+    t.add_row("worker", f"task queue {settings.task_queue!r}", f"{len(ALL_WORKFLOWS)} workflows")
+    return t
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    console = Console()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_stack(settings) as run:
+        ledger = await Ledger.open(run.database_url, pool_size=settings.db_pool_size)
+        try:
+            async with build_worker(run.client, ledger, settings.task_queue):
+                console.print(banner(settings, run))
+                console.print("Ctrl-C stops the worker and the embedded services.")
+                await stop.wait()
+        finally:
+            await ledger.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
