@@ -16,9 +16,8 @@ from decimal import Decimal
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool
 
+from activities.pg import LeanPool
 from models.catalog import CATALOG, Catalog
 from models.credits import from_milli, to_milli
 from models.errors import (
@@ -45,7 +44,7 @@ from models.ledger_types import (
     UsageGrouping,
     UsageRow,
 )
-from models.pricing import cost_milli, validate_quantity
+from models.pricing import unit_cost_milli, units_cost_milli, validate_quantity
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
 
@@ -93,33 +92,26 @@ class Ledger:
     """Async access to the ledger. `clock` gives business time (the test kit controls it)."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[AsyncConnection[Any]], *, catalog: Catalog = CATALOG,
+        self, pool: LeanPool, *, catalog: Catalog = CATALOG,
         clock: Callable[[], datetime] = utcnow, hold_ttl: timedelta = timedelta(minutes=15),
     ) -> None:
         self.pool = pool
         self.catalog = catalog
         self.clock = clock
         self.hold_ttl = hold_ttl
+        self._unit_costs: dict[tuple[str, str | None, str | None], int] = {}
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 10, **kwargs: Any) -> Ledger:
-        async def configure(conn: AsyncConnection[Any]) -> None:
-            conn.prepare_threshold = 0  # every ledger call is a prepared statement from its first use
-
-        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            url, min_size=pool_size, max_size=pool_size, open=False, configure=configure,
-            kwargs={"autocommit": True, "row_factory": tuple_row},
-        )
-        await pool.open(wait=True)
+        pool = LeanPool(url, pool_size)
+        await pool.open()
         return cls(pool, **kwargs)
 
     async def close(self) -> None:
         await self.pool.close()
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(sql, params)
-            return await cur.fetchone()
+        return await self.pool.fetchone(sql, params)
 
     def _now(self, now: datetime | None) -> datetime:
         return check_time("now", now) if now is not None else self.clock()
@@ -132,7 +124,12 @@ class Ledger:
         q = validate_quantity(quantity)
         if q != q.quantize(Decimal("0.001")):
             raise InvalidRequest(f"quantity has at most 3 decimal places, got {quantity}")
-        cost = cost_milli(action, q, tier, country, self.catalog)
+        # Unit prices are cached per (action, tier, country): the catalog is immutable once loaded.
+        unit = self._unit_costs.get((action, tier, country))
+        if unit is None:
+            unit = unit_cost_milli(action, tier, country, self.catalog)
+            self._unit_costs[(action, tier, country)] = unit
+        cost = units_cost_milli(unit, q)
         return _Priced(action, tier, q, country.upper() if country else None,
                        None if user_id is None else check_id("user_id", user_id), cost)
 

@@ -56,7 +56,7 @@ async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, 
         org = orgs[i % len(orgs)]
         while time.time() < stop:
             try:
-                await ledger.debit(org, "ai_chat", tier="fast", idempotency_key=f"{tag}-{i}-{n}", now=T0)
+                await ledger.debit(org, "email_validation", idempotency_key=f"{tag}-{i}-{n}", now=T0)
                 done += 1
             except Exception:
                 refused += 1
@@ -96,7 +96,7 @@ async def setup_wallets(url: str, n: int, credits: Decimal) -> list[str]:
     ledger = await Ledger.open(url, pool_size=4)
     orgs = [f"bench-{n}-{i}" for i in range(n)]
     for org in orgs:
-        await ledger.start_period(StartPeriod(org, f"{org}:start", "pro", T0, T0 + timedelta(days=31), T0))
+        await ledger.start_period(StartPeriod(org, f"{org}:start", "enterprise", T0, T0 + timedelta(days=31), T0))
         await ledger.grant_pack(GrantPack(org, f"{org}:pack", credits, T0))
     await ledger.close()
     return orgs
@@ -112,11 +112,11 @@ async def check_exact(url: str, orgs: list[str], credits: Decimal) -> str:
         broken = await violations(conn)
         assert not broken, broken
         cur = await conn.execute(
-            "SELECT w.org_id, w.plan_remaining + w.topup_remaining, "
+            "SELECT w.org_id, w.allocation, w.plan_remaining + w.topup_remaining, "
             "(SELECT coalesce(sum(cost), 0) FROM usage_events u WHERE u.org_id = w.org_id) "
             "FROM wallets w WHERE w.org_id = ANY(%s)", (orgs,))
-        for org, bal, spent in await cur.fetchall():
-            granted = 10_000_000 + int(credits * 1000)
+        for org, allocation, bal, spent in await cur.fetchall():
+            granted = allocation + int(credits * 1000)
             assert bal >= 0 and bal + spent == granted, (org, bal, spent)
     return "ok"
 

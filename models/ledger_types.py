@@ -14,9 +14,9 @@ UsageGrouping = Literal["action", "tier", "user"]
 class DebitResult:
     org_id: str
     idempotency_key: str
-    cost: Decimal
-    available: Decimal | None  # None for credit-free actions, which are not metered
-    replayed: bool
+    cost: Decimal              # on a repeat: what the first call charged (nothing is charged again)
+    available: Decimal | None  # the balance after this call; None for credit-free actions (not metered)
+    replayed: bool             # True when the key was seen before and this call changed nothing
 
 
 @dataclass(frozen=True)

@@ -54,5 +54,10 @@ def cost_milli(
     catalog: Catalog = CATALOG,
 ) -> int:
     """Total milli-credits for `quantity` units; fractional quantities round half-up to a milli-credit."""
-    q = validate_quantity(quantity)
-    return round_milli(Decimal(unit_cost_milli(action, tier, country, catalog)) * q / 1000)
+    return units_cost_milli(unit_cost_milli(action, tier, country, catalog), validate_quantity(quantity))
+
+
+def units_cost_milli(unit_milli: int, quantity: Decimal) -> int:
+    if quantity == quantity.to_integral_value():
+        return unit_milli * int(quantity)  # exact, and the common case
+    return round_milli(Decimal(unit_milli) * quantity / 1000)

@@ -84,7 +84,6 @@ usage_events = Table(
     Column("country", Text),
     Column("user_id", Text),
     Column("cost", BigInteger, nullable=False),
-    Column("available", BigInteger, nullable=False),
     Column("created_at", TS, nullable=False),
 )
 

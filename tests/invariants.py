@@ -10,18 +10,20 @@ from typing import Any
 from psycopg import AsyncConnection
 
 INVARIANTS: dict[str, str] = {
-    "I1 bucket.remaining = sum of its entries, 0 <= remaining <= granted": """
-        SELECT b.org_id, b.grant_key, b.remaining, coalesce(sum(e.amount), 0) AS entries
-        FROM buckets b LEFT JOIN ledger_entries e ON e.bucket_id = b.id
-        GROUP BY b.id HAVING b.remaining <> coalesce(sum(e.amount), 0)
+    "I1 a bucket's remaining (the wallet's plan_remaining for the live plan bucket) = sum of its entries": """
+        SELECT b.org_id, b.grant_key, b.remaining, w.plan_remaining, coalesce(sum(e.amount), 0) AS entries
+        FROM buckets b JOIN wallets w ON w.org_id = b.org_id
+        LEFT JOIN ledger_entries e ON e.bucket_id = b.id
+        GROUP BY b.id, w.org_id
+        HAVING CASE WHEN b.id = w.plan_bucket_id THEN w.plan_remaining ELSE b.remaining END
+                   <> coalesce(sum(e.amount), 0)
             OR b.remaining < 0 OR b.remaining > b.granted""",
-    "I2 wallet class balances = sums of bucket remainders": """
-        SELECT w.org_id, w.plan_remaining, w.topup_remaining, s.plan, s.topup
+    "I2 wallet.topup_remaining = sum of pack remainders; no plan credits without a live plan bucket": """
+        SELECT w.org_id, w.topup_remaining, s.topup, w.plan_remaining, w.plan_bucket_id
         FROM wallets w LEFT JOIN LATERAL (
-            SELECT coalesce(sum(remaining) FILTER (WHERE kind = 'plan'), 0) AS plan,
-                   coalesce(sum(remaining) FILTER (WHERE kind = 'pack'), 0) AS topup
-            FROM buckets WHERE org_id = w.org_id) s ON true
-        WHERE w.plan_remaining <> s.plan OR w.topup_remaining <> s.topup""",
+            SELECT coalesce(sum(remaining), 0) AS topup FROM buckets WHERE org_id = w.org_id AND kind = 'pack') s
+            ON true
+        WHERE w.topup_remaining <> s.topup OR (w.plan_bucket_id IS NULL AND w.plan_remaining <> 0)""",
     "I3 wallet.held = -sum(reservation entries) = sum(open holds)": """
         SELECT w.org_id, w.held, w.open_holds, r.entries, h.open_cost, h.n
         FROM wallets w
@@ -33,9 +35,9 @@ INVARIANTS: dict[str, str] = {
     "I0 every bucket entry names a bucket of its own organization": """
         SELECT e.id, e.org_id, e.bucket_id FROM ledger_entries e LEFT JOIN buckets b ON b.id = e.bucket_id
         WHERE e.bucket_id IS NOT NULL AND (b.id IS NULL OR b.org_id <> e.org_id)""",
-    "I4 at most one live plan bucket per wallet": """
-        SELECT org_id, count(*) FROM buckets WHERE kind = 'plan' AND remaining > 0
-        GROUP BY org_id HAVING count(*) > 1""",
+    "I4 a plan bucket that is not live is closed (remaining 0)": """
+        SELECT b.org_id, b.grant_key, b.remaining FROM buckets b JOIN wallets w ON w.org_id = b.org_id
+        WHERE b.kind = 'plan' AND b.id IS DISTINCT FROM w.plan_bucket_id AND b.remaining <> 0""",
     "I5 never overdrawn: live balance covers what is held": """
         SELECT org_id, plan_remaining, topup_remaining, held FROM wallets
         WHERE plan_remaining + topup_remaining < 0""",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
 
@@ -13,9 +14,9 @@ from starter import BillingClient
 
 
 @pytest.fixture
-async def billing(database_url: str) -> BillingClient:
+async def billing(database_url: str) -> AsyncIterator[BillingClient]:
     client = await BillingClient.connect(replace(Settings.from_env(), database_url=database_url, db_pool_size=2))
-    yield client  # type: ignore[misc]
+    yield client
     await client.close()
 
 

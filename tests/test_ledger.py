@@ -165,7 +165,9 @@ async def test_debit_repeat_returns_first_result_and_conflict_changes_nothing(
     first = await ledger.debit(org, "ai_chat", tier="fast", user_id="u1", idempotency_key="k", now=T0)
     await ledger.debit(org, "ai_chat", tier="fast", idempotency_key="other", now=T0)
     again = await ledger.debit(org, "ai_chat", tier="fast", user_id="u1", idempotency_key="k", now=T0)
-    assert (again.cost, again.available, again.replayed) == (first.cost, first.available, True)
+    # The first result's charge, marked as a repeat; `available` is the balance now (one debit later).
+    assert first.available is not None
+    assert (again.cost, again.replayed, again.available) == (first.cost, True, first.available - 1)
     for changed in ({"tier": "smart"}, {"quantity": 2}, {"user_id": "u2"}, {"tier": "fast", "user_id": None}):
         args = {"tier": "fast", "user_id": "u1", "quantity": 1} | changed
         with pytest.raises(IdempotencyConflict):
@@ -394,3 +396,17 @@ async def test_unknown_org_and_bad_ranges(ledger: Ledger) -> None:
         await ledger.transactions("ghost", since=T0, until=T0 - timedelta(days=1))
     with pytest.raises(InvalidRequest, match="timezone-aware"):
         await ledger.debit("ghost", "ai_chat", tier="fast", idempotency_key="k", now=T0.replace(tzinfo=None))
+
+
+async def test_a_cancelled_debit_leaves_no_broken_connection_behind(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    for i in range(20):  # cancel debits mid-flight: the pool replaces any connection left mid-query
+        task = asyncio.create_task(ledger.debit(org, "ai_chat", tier="fast", idempotency_key=f"c{i}", now=T0))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    results = await asyncio.gather(
+        *(ledger.debit(org, "ai_chat", tier="fast", idempotency_key=f"after{i}", now=T0) for i in range(16)))
+    assert all(not r.replayed for r in results)
+    used = sum(u.credits for u in await ledger.usage(org))
+    assert (await ledger.balance(org, now=T0)).available == D("10000") - used

@@ -1,9 +1,10 @@
 -- The credit ledger. Invariants (asserted by tests/invariants.py after every test):
---   I1 bucket.remaining = sum(ledger_entries.amount) over the bucket's entries, and 0 <= remaining <= granted
---   I2 wallet.plan_remaining = sum(remaining) of its plan buckets that are not expired-and-swept,
---      wallet.topup_remaining = sum(remaining) of its pack buckets
+--   I1 a bucket's remaining = sum(ledger_entries.amount) of its entries, 0 <= remaining <= granted; for the
+--      live plan bucket (wallet.plan_bucket_id) the remaining is wallet.plan_remaining: the debit's hot
+--      row is the wallet alone, so the bucket row is only written when the bucket opens and closes
+--   I2 wallet.topup_remaining = sum(remaining) of its pack buckets; plan_remaining = 0 with no live bucket
 --   I3 wallet.held = -sum(amount) of its reservation entries (bucket_id IS NULL) = sum(cost) of open holds
---   I4 at most one plan bucket with remaining > 0 per wallet
+--   I4 a plan bucket that is not live has remaining 0 (closed by an explicit expire entry)
 -- Every write to an organization's rows happens under its wallet row lock, so the functions below
 -- serialise per organization and never overdraw.
 
@@ -43,8 +44,8 @@ CREATE TABLE buckets (
     UNIQUE (org_id, grant_key),
     CHECK ((kind = 'plan') = (expires_at IS NOT NULL))
 );
--- Not partial on remaining: draws then update buckets as HOT updates (no index entry per debit).
-CREATE INDEX buckets_draw_order ON buckets (org_id, expires_at, id);
+-- Packs are drawn oldest first. Not partial on remaining, so draws are HOT updates (no new index entry).
+CREATE INDEX buckets_packs ON buckets (org_id, id) WHERE kind = 'pack';
 
 CREATE TABLE ledger_entries (
     id          bigserial PRIMARY KEY,
@@ -68,11 +69,12 @@ CREATE TABLE usage_events (
     country       text,
     user_id       text,
     cost          bigint NOT NULL CHECK (cost >= 0),
-    available     bigint NOT NULL,
     created_at    timestamptz NOT NULL,
     PRIMARY KEY (org_id, idem_key)
 );
-CREATE INDEX usage_events_org_time ON usage_events (org_id, created_at);
+-- BRIN, not btree: usage is appended in time order, and a range query ANDs it with the primary key's
+-- org_id prefix. Nearly free to maintain on the debit path.
+CREATE INDEX usage_events_time ON usage_events USING brin (created_at);
 
 CREATE TABLE holds (
     org_id      text NOT NULL REFERENCES wallets (org_id),
@@ -144,6 +146,23 @@ CREATE TABLE wallet_ops (
 -- Internal helpers. Each takes the locked wallet row and returns it updated; the caller writes it back.
 ------------------------------------------------------------------------------------------------------
 
+-- Close the live plan bucket: an explicit expire entry for what is left, and its final remaining (0).
+CREATE FUNCTION ledger_close_plan(w wallets, p_ref text, p_now timestamptz) RETURNS wallets
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF w.plan_bucket_id IS NOT NULL THEN
+        IF w.plan_remaining > 0 THEN
+            INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
+                VALUES (w.org_id, w.plan_bucket_id, 'expire', -w.plan_remaining, p_ref, p_now);
+        END IF;
+        UPDATE buckets SET remaining = 0 WHERE id = w.plan_bucket_id;
+    END IF;
+    w.plan_remaining := 0;
+    w.plan_bucket_id := NULL;
+    w.plan_expires_at := NULL;
+    RETURN w;
+END $$;
+
 -- Catch the wallet up with time: release holds past their TTL, expire a plan bucket past its end, and
 -- grant the free plan's credits for the current UTC day (lazily: no timer per free organization).
 CREATE FUNCTION ledger_refresh(w wallets, p_now timestamptz) RETURNS wallets
@@ -163,19 +182,8 @@ BEGIN
             w.open_holds := w.open_holds - 1;
         END LOOP;
     END IF;
-    IF w.plan_expires_at IS NOT NULL AND w.plan_expires_at <= p_now THEN
-        IF w.plan_remaining > 0 THEN
-            FOR r IN UPDATE buckets b SET remaining = 0 FROM (SELECT id, remaining FROM buckets
-                         WHERE org_id = w.org_id AND kind = 'plan' AND remaining > 0 AND expires_at <= p_now
-                         FOR UPDATE) old
-                     WHERE b.id = old.id RETURNING b.id, b.grant_key, old.remaining AS before LOOP
-                INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
-                    VALUES (w.org_id, r.id, 'expire', -r.before, r.grant_key, p_now);
-                w.plan_remaining := w.plan_remaining - r.before;
-            END LOOP;
-        END IF;
-        w.plan_expires_at := NULL;
-        w.plan_bucket_id := NULL;
+    IF w.plan_expires_at <= p_now THEN
+        w := ledger_close_plan(w, 'expiry', p_now);
     END IF;
     IF w.daily_grant > 0 AND w.plan_expires_at IS NULL THEN
         v_day := date_trunc('day', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
@@ -188,15 +196,15 @@ BEGIN
             INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
                 VALUES (w.org_id, v_bucket, 'grant', w.daily_grant,
                         'daily:' || to_char(v_day AT TIME ZONE 'UTC', 'YYYY-MM-DD'), p_now);
-            w.plan_remaining := w.plan_remaining + w.daily_grant;
+            w.plan_remaining := w.daily_grant;
             w.plan_bucket_id := v_bucket;
         END IF;
         w.plan_expires_at := v_day + interval '1 day';
         w.period_start := v_day;
         w.period_end := v_day + interval '1 day';
         w.allocation := w.daily_grant;
-        w.consumed := w.daily_grant - (SELECT remaining FROM buckets WHERE org_id = w.org_id
-                                        AND grant_key = 'daily:' || to_char(v_day AT TIME ZONE 'UTC', 'YYYY-MM-DD'));
+        -- Today's bucket existed already (closed by a plan change today): today's credits were given.
+        w.consumed := CASE WHEN v_bucket IS NULL THEN w.daily_grant ELSE 0 END;
     END IF;
     RETURN w;
 END $$;
@@ -211,22 +219,27 @@ DECLARE
     v_left bigint := p_amount;
     v_take bigint;
 BEGIN
-    FOR b IN SELECT id, kind, remaining FROM buckets
-             WHERE org_id = w.org_id AND remaining > 0 AND (expires_at IS NULL OR expires_at > p_now)
-             ORDER BY expires_at NULLS LAST, id LOOP
-        EXIT WHEN v_left = 0;
-        v_take := least(b.remaining, v_left);
-        UPDATE buckets SET remaining = remaining - v_take WHERE id = b.id;
+    -- The live plan bucket expires soonest (packs never do): it goes first.
+    IF w.plan_remaining > 0 THEN
+        v_take := least(w.plan_remaining, v_left);
         INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
-            VALUES (w.org_id, b.id, 'debit', -v_take, p_ref, p_now);
-        IF b.kind = 'plan' THEN
-            w.plan_remaining := w.plan_remaining - v_take;
-            w.consumed := w.consumed + v_take;
-        ELSE
-            w.topup_remaining := w.topup_remaining - v_take;
-        END IF;
+            VALUES (w.org_id, w.plan_bucket_id, 'debit', -v_take, p_ref, p_now);
+        w.plan_remaining := w.plan_remaining - v_take;
+        w.consumed := w.consumed + v_take;
         v_left := v_left - v_take;
-    END LOOP;
+    END IF;
+    IF v_left > 0 THEN
+        FOR b IN SELECT id, remaining FROM buckets
+                 WHERE org_id = w.org_id AND kind = 'pack' AND remaining > 0 ORDER BY id LOOP
+            v_take := least(b.remaining, v_left);
+            UPDATE buckets SET remaining = remaining - v_take WHERE id = b.id;
+            INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
+                VALUES (w.org_id, b.id, 'debit', -v_take, p_ref, p_now);
+            w.topup_remaining := w.topup_remaining - v_take;
+            v_left := v_left - v_take;
+            EXIT WHEN v_left = 0;
+        END LOOP;
+    END IF;
     IF v_left <> 0 THEN
         RAISE EXCEPTION 'ledger_draw: % short by % for %', w.org_id, v_left, p_ref;
     END IF;
@@ -350,9 +363,47 @@ DECLARE
     w wallets%ROWTYPE;
     u usage_events%ROWTYPE;
     v_before bigint;
+    v_entry bigint;
     v_refreshed boolean := false;
 BEGIN
     replayed := false; cost := p_cost;
+
+    -- Fast path, the common case: the live plan bucket covers the cost and no rule needs the lock
+    -- held while it looks. Everything is written before the wallet row is locked; the lock is taken
+    -- last, by one UPDATE whose conditions PostgreSQL re-checks on the latest row version, so it is
+    -- held only for that UPDATE and the commit. If the wallet changed meanwhile, the two inserts are
+    -- undone and the locked path below decides.
+    SELECT * INTO w FROM wallets WHERE org_id = p_org;
+    IF FOUND AND w.plan_expires_at > p_now AND w.plan_remaining >= p_cost AND w.open_holds = 0
+       AND NOT w.has_guards AND NOT w.has_user_limits AND (p_tier IS NULL OR p_tier = ANY (w.tiers)) THEN
+        INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
+                                  created_at)
+            VALUES (p_org, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_cost, p_now)
+            ON CONFLICT (org_id, idem_key) DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
+                VALUES (p_org, w.plan_bucket_id, 'debit', -p_cost, p_key, p_now)
+                RETURNING id INTO v_entry;
+            UPDATE wallets SET plan_remaining = plan_remaining - p_cost, consumed = consumed + p_cost,
+                               updated_at = p_now
+            WHERE org_id = p_org AND plan_bucket_id = w.plan_bucket_id AND plan_expires_at > p_now
+              AND plan_remaining >= p_cost AND open_holds = 0 AND NOT has_guards AND NOT has_user_limits
+              AND (p_tier IS NULL OR p_tier = ANY (tiers))
+              -- no alert to record: neither the 80% nor the 100% mark is crossed, no low-balance crossing
+              AND NOT (allocation > 0 AND (consumed + p_cost) * 5 >= allocation * 4 AND consumed < allocation)
+              AND (NOT low_balance_armed OR low_balance_threshold IS NULL
+                   OR plan_remaining + topup_remaining - p_cost >= low_balance_threshold)
+            RETURNING plan_remaining + topup_remaining - held INTO available;
+            IF FOUND THEN
+                status := 'ok';
+                RETURN;
+            END IF;
+            DELETE FROM ledger_entries WHERE id = v_entry;
+            DELETE FROM usage_events WHERE org_id = p_org AND idem_key = p_key;
+        END IF;
+    END IF;
+
+    -- Locked path: every rule, under the wallet lock.
     SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
     IF NOT FOUND THEN status := 'unknown_org'; RETURN; END IF;
     IF w.open_holds > 0 OR w.plan_expires_at <= p_now OR (w.plan_expires_at IS NULL AND w.daily_grant > 0) THEN
@@ -373,9 +424,8 @@ BEGIN
     IF status IS NULL THEN
         -- Claim the idempotency key; the primary key arbitrates, so a repeat is found without a lookup.
         INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
-                                  available, created_at)
-            VALUES (p_org, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_cost,
-                    available - p_cost, p_now)
+                                  created_at)
+            VALUES (p_org, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_cost, p_now)
             ON CONFLICT (org_id, idem_key) DO NOTHING;
         IF NOT FOUND THEN
             status := 'repeat';
@@ -386,7 +436,7 @@ BEGIN
         -- result (whatever the balance is now); different content under the same key is a conflict.
         SELECT * INTO u FROM usage_events WHERE org_id = p_org AND idem_key = p_key;
         IF FOUND THEN
-            replayed := true; cost := u.cost; available := u.available; detail_a := NULL; detail_b := NULL;
+            replayed := true; cost := u.cost; detail_a := NULL; detail_b := NULL;
             IF u.source <> 'debit' OR u.action <> p_action OR u.tier IS DISTINCT FROM p_tier
                OR u.quantity <> p_qty OR u.country IS DISTINCT FROM p_country
                OR u.user_id IS DISTINCT FROM p_user THEN
@@ -401,32 +451,16 @@ BEGIN
         RETURN;
     END IF;
     v_before := w.consumed;
-    IF w.plan_remaining >= p_cost THEN
-        -- Fast path: the live plan bucket is the soonest to expire (packs never do) and covers it all.
-        UPDATE buckets SET remaining = remaining - p_cost WHERE id = w.plan_bucket_id;
-        INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
-            VALUES (p_org, w.plan_bucket_id, 'debit', -p_cost, p_key, p_now);
-        w.plan_remaining := w.plan_remaining - p_cost;
-        w.consumed := w.consumed + p_cost;
-    ELSE
-        w := ledger_draw(w, p_cost, p_key, p_now);
-    END IF;
+    w := ledger_draw(w, p_cost, p_key, p_now);
     available := available - p_cost;
     IF w.low_balance_armed AND available < w.low_balance_threshold
        OR (w.allocation > 0 AND w.consumed * 5 >= w.allocation * 4 AND v_before < w.allocation) THEN
         w := ledger_alerts(w, v_before, p_key, p_now);
-        v_refreshed := true;
     END IF;
     IF w.has_guards OR w.has_user_limits THEN
         PERFORM ledger_count_use(w, p_action, p_user, p_cost, p_now);
     END IF;
-    IF v_refreshed THEN
-        PERFORM ledger_save(w, p_now);
-    ELSE
-        UPDATE wallets SET plan_remaining = w.plan_remaining, topup_remaining = w.topup_remaining,
-                           consumed = w.consumed, updated_at = p_now
-        WHERE org_id = p_org;
-    END IF;
+    PERFORM ledger_save(w, p_now);
     status := 'ok';
 END $$;
 
@@ -519,9 +553,9 @@ BEGIN
                 PERFORM ledger_count_use(w, h.action, h.user_id, v_charge, p_now);
             END IF;
             INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
-                                      available, created_at)
+                                      created_at)
                 VALUES (p_org, 'hold:' || p_key, 'hold', h.action, h.tier, h.quantity, h.country, h.user_id,
-                        v_charge, w.plan_remaining + w.topup_remaining - w.held, p_now);
+                        v_charge, p_now);
             UPDATE holds SET status = 'committed', settled_at = p_now, cost = v_charge
                 WHERE org_id = p_org AND idem_key = p_key;
             h.cost := v_charge;
@@ -569,16 +603,10 @@ BEGIN
     END IF;
     INSERT INTO wallet_ops (org_id, op_key, request, created_at) VALUES (p_org, p_key, v_request, p_now);
     w := ledger_refresh(w, p_now);
-    FOR r IN UPDATE buckets b SET remaining = 0 FROM (SELECT id, remaining FROM buckets
-                 WHERE org_id = p_org AND kind = 'plan' AND remaining > 0 FOR UPDATE) old
-             WHERE b.id = old.id RETURNING b.id, b.grant_key, old.remaining LOOP
-        INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
-            VALUES (p_org, r.id, 'expire', -r.remaining, p_key, p_now);
-        w.plan_remaining := w.plan_remaining - r.remaining;
-    END LOOP;
+    w := ledger_close_plan(w, p_key, p_now);
     w.plan := p_plan; w.tiers := p_tiers; w.max_holds := p_max_holds; w.daily_grant := p_daily_grant;
     w.period_start := p_period_start; w.period_end := p_period_end;
-    w.allocation := p_allocation; w.consumed := 0; w.plan_expires_at := NULL; w.plan_bucket_id := NULL;
+    w.allocation := p_allocation; w.consumed := 0;
     IF p_daily_grant = 0 AND p_allocation > 0 THEN
         INSERT INTO buckets (org_id, grant_key, kind, granted, remaining, expires_at, created_at)
             VALUES (p_org, p_key, 'plan', p_allocation, p_allocation, p_period_end, p_now)
