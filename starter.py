@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -15,6 +14,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
+import uvloop
 from rich.console import Console
 from rich.table import Table
 
@@ -142,7 +142,7 @@ def _run(coro_fn: Callable[[BillingClient], Any]) -> Any:
             return await coro_fn(billing)
 
     try:
-        return asyncio.run(go())
+        return uvloop.run(go())
     except BillingError as exc:
         console.print(f"[red]{type(exc).__name__}[/red]: {exc.message}")
         raise typer.Exit(2) from None

@@ -10,6 +10,7 @@ import logging
 import signal
 from collections.abc import Sequence
 
+import uvloop
 from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client
@@ -67,4 +68,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())  # libuv event loop: less client CPU per ledger call (bench/ledger.py)

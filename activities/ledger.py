@@ -7,6 +7,7 @@ validated here before anything reaches the database; the function's status becom
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -49,6 +50,11 @@ from models.pricing import unit_cost_milli, units_cost_milli, validate_quantity
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
 
 _DEBIT = "SELECT * FROM ledger_debit(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_DEBIT_BATCH = (
+    "SELECT * FROM ledger_debit_batch(%s, %s::text[], %s::text[], %s::text[], %s::numeric[], %s::text[], "
+    "%s::text[], %s::bigint[], %s::timestamptz[])"
+)
+MAX_BATCH = 64
 _HOLD = "SELECT * FROM ledger_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _SETTLE = "SELECT * FROM ledger_settle(%s, %s, %s, %s)"
 _BALANCE = "SELECT * FROM ledger_balance(%s, %s)"
@@ -100,6 +106,11 @@ class Ledger:
         self.clock = clock
         self.hold_ttl = hold_ttl
         self._unit_costs: dict[tuple[str, str | None, str | None], int] = {}
+        # Debits of an organization that arrive while one of its calls is in flight wait here and go
+        # together in the next call (application-level group commit: one lock and one commit for all).
+        self._waiting: dict[str, list[tuple[tuple[Any, ...], asyncio.Future[tuple[Any, ...]]]]] = {}
+        self._in_flight: set[str] = set()
+        self._batches: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, url: str, *, pool_size: int = 10, **kwargs: Any) -> Ledger:
@@ -146,12 +157,56 @@ class Ledger:
         at = self._now(now)
         if p.cost == 0:  # credit-free actions are not metered
             return DebitResult(org_id, idempotency_key, Decimal("0.000"), None, False)
-        row = await self._one(_DEBIT, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
-                                       p.user_id, p.cost, at))
-        assert row is not None
+        row = await self._submit_debit(org_id, (idempotency_key, p.action, p.tier, p.quantity, p.country,
+                                                p.user_id, p.cost, at))
         status, cost, available, replayed, a, b = row
         await self._raise_for(status, org_id, idempotency_key, p, available, a, b)
         return DebitResult(org_id, idempotency_key, from_milli(cost), from_milli(available), replayed)
+
+    async def _submit_debit(self, org_id: str, item: tuple[Any, ...]) -> tuple[Any, ...]:
+        """One debit, alone when its organization has nothing in flight (the common case, the fast path),
+        else batched with the others that arrive meanwhile."""
+        if org_id in self._in_flight:
+            fut: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(org_id, []).append((item, fut))
+            return await fut
+        self._in_flight.add(org_id)
+        try:
+            row = await self._one(_DEBIT, (org_id, *item))
+            assert row is not None
+            return row
+        finally:
+            self._next_batch(org_id)
+
+    def _next_batch(self, org_id: str) -> None:
+        waiting = self._waiting.get(org_id)
+        if not waiting:
+            self._waiting.pop(org_id, None)
+            self._in_flight.discard(org_id)
+            return
+        batch, self._waiting[org_id] = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+        # Its own task: a caller that gives up waiting must not cancel the others' debits.
+        task = asyncio.get_running_loop().create_task(self._run_batch(org_id, batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(
+        self, org_id: str, batch: list[tuple[tuple[Any, ...], asyncio.Future[tuple[Any, ...]]]]
+    ) -> None:
+        try:
+            columns = list(zip(*(item for item, _ in batch), strict=True))
+            rows = await self.pool.fetchall(_DEBIT_BATCH, (org_id, *(list(c) for c in columns)))
+            for (_, fut), row in zip(batch, rows, strict=True):
+                if not fut.done():
+                    fut.set_result(row)
+        except BaseException as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._next_batch(org_id)
 
     async def hold(
         self, org_id: str, action: str, *, idempotency_key: str, tier: str | None = None,

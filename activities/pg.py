@@ -86,6 +86,14 @@ class LeanPool:
         finally:
             self._checkin(slot)
 
+    async def fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        slot = await self._checkout()
+        try:
+            await slot.cur.execute(sql, params)
+            return await slot.cur.fetchall()
+        finally:
+            self._checkin(slot)
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
         slot = await self._checkout()

@@ -24,6 +24,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import uvloop
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from activities.ledger import Ledger
@@ -69,7 +71,7 @@ async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, 
 
 
 def _proc_main(args: tuple[str, list[str], int, float, float, str], q: mp.Queue) -> None:  # type: ignore[type-arg]
-    q.put(asyncio.run(_client_proc(*args)))
+    q.put(uvloop.run(_client_proc(*args)))  # as worker.py and the CLI run
 
 
 def project_dps(url: str, orgs: list[str], clients: int, procs: int, seconds: float, tag: str) -> tuple[float, int]:

@@ -65,7 +65,7 @@ buckets = Table(
 ledger_entries = Table(
     "ledger_entries", metadata,
     Column("id", BigInteger, primary_key=True),
-    Column("org_id", Text, nullable=False),
+    Column("org_id", Text, primary_key=True),
     Column("bucket_id", BigInteger),
     Column("kind", Text, nullable=False),
     Column("amount", BigInteger, nullable=False),

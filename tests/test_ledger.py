@@ -410,3 +410,54 @@ async def test_a_cancelled_debit_leaves_no_broken_connection_behind(ledger: Ledg
     assert all(not r.replayed for r in results)
     used = sum(u.credits for u in await ledger.usage(org))
     assert (await ledger.balance(org, now=T0)).available == D("10000") - used
+
+
+async def test_a_batch_decides_each_debit_by_the_single_debit_rules(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("free")  # 50 credits today, fast tier only
+    await ledger.debit(org, "ai_chat", tier="fast", idempotency_key="first", now=T0)  # 49 left
+    calls = [
+        ledger.debit(org, "lead_enrichment", quantity=9, idempotency_key="a", now=T0),       # 45: ok, 4 left
+        ledger.debit(org, "ai_chat", tier="smart", idempotency_key="b", now=T0),             # tier refused
+        ledger.debit(org, "lead_enrichment", quantity=1, idempotency_key="c", now=T0),       # 5 > 4: refused
+        ledger.debit(org, "lead_enrichment", quantity=9, idempotency_key="a", now=T0),       # repeat of a
+        ledger.debit(org, "email_validation", idempotency_key="first", now=T0),              # conflict
+        ledger.debit(org, "phone_validation", idempotency_key="d", now=T0),                  # 1.5: ok
+        ledger.debit("nobody-here", "ai_chat", tier="fast", idempotency_key="e", now=T0),    # unknown org
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == ["DebitResult", "TierNotAvailable", "InsufficientCredits", "DebitResult",
+                     "IdempotencyConflict", "DebitResult", "UnknownOrganization"]
+    assert [(r.cost, r.replayed) for r in results if not isinstance(r, BaseException)] == [
+        (D("45"), False), (D("45"), True), (D("1.5"), False)]
+    assert (await ledger.balance(org, now=T0)).available == D("2.5")
+
+
+async def test_a_caller_that_stops_waiting_does_not_cancel_the_batch(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    tasks = [asyncio.create_task(ledger.debit(org, "insight", tier="fast", idempotency_key=f"i{i}", now=T0))
+             for i in range(10)]
+    await asyncio.sleep(0)
+    tasks[5].cancel()  # waiting in a batch: its debit is still decided, like a call whose reply was lost
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert sum(isinstance(r, asyncio.CancelledError) for r in results) == 1
+    retry = await ledger.debit(org, "insight", tier="fast", idempotency_key="i5", now=T0)
+    assert (retry.cost, retry.replayed) == (D("10"), True)  # it was charged once, in its batch
+    assert [(u.key, u.uses) for u in await ledger.usage(org)] == [("insight", 10)]
+    assert (await ledger.balance(org, now=T0)).available == D("9900")
+
+
+async def test_two_clients_racing_on_one_wallet_never_overdraw(database_url: str, new_org: OrgFactory) -> None:
+    # Two pools, like two worker processes: their fast paths race for the same row and the losers
+    # fall back to the locked path. Exactly the affordable count succeeds.
+    org = await new_org("free")  # 50 credits
+    a, b = await Ledger.open(database_url, pool_size=4), await Ledger.open(database_url, pool_size=4)
+    try:
+        calls = [(a if i % 2 else b).debit(org, "phone_validation", idempotency_key=f"r{i}", now=T0)
+                 for i in range(40)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await a.close()
+        await b.close()
+    assert sum(not isinstance(r, BaseException) for r in results) == 33  # 33 x 1.5 = 49.5 <= 50
+    assert all(isinstance(r, InsufficientCredits) for r in results if isinstance(r, BaseException))

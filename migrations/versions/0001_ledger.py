@@ -31,3 +31,4 @@ def downgrade() -> None:
         "DROP TABLE IF EXISTS wallet_ops, alerts, usage_guards, user_usage, user_limits, holds, "
         "usage_events, ledger_entries, buckets, wallets CASCADE"
     )
+    op.execute("DROP TYPE IF EXISTS ledger_step CASCADE")

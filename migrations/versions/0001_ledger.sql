@@ -48,16 +48,18 @@ CREATE TABLE buckets (
 CREATE INDEX buckets_packs ON buckets (org_id, id) WHERE kind = 'pack';
 
 CREATE TABLE ledger_entries (
-    id          bigserial PRIMARY KEY,
+    id          bigserial,
     org_id      text NOT NULL,
     bucket_id   bigint,  -- no FK: its check would share-lock the bucket row the debit just updated
     kind        text NOT NULL CHECK (kind IN ('grant', 'debit', 'expire', 'adjust', 'hold', 'release')),
     amount      bigint NOT NULL,
     ref         text NOT NULL,
     created_at  timestamptz NOT NULL,
-    CHECK ((bucket_id IS NULL) = (kind IN ('hold', 'release')))
+    CHECK ((bucket_id IS NULL) = (kind IN ('hold', 'release'))),
+    -- One btree serves uniqueness and an organization's entries in order; BRIN narrows time ranges.
+    PRIMARY KEY (org_id, id)
 );
-CREATE INDEX ledger_entries_org_time ON ledger_entries (org_id, created_at, id);
+CREATE INDEX ledger_entries_time ON ledger_entries USING brin (created_at);
 
 CREATE TABLE usage_events (
     org_id        text NOT NULL,
@@ -354,6 +356,78 @@ END $$;
 --         | hold_unknown | hold_committed | hold_released | hold_expired
 ------------------------------------------------------------------------------------------------------
 
+-- One debit decided under the wallet lock the caller holds: catch up with time, check every rule,
+-- claim the idempotency key, draw, record alerts. Returns the wallet as changed (the caller saves it
+-- when dirty) and the debit's result.
+CREATE TYPE ledger_step AS (w wallets, status text, cost bigint, available bigint, replayed boolean,
+                            detail_a bigint, detail_b bigint, dirty boolean);
+
+CREATE FUNCTION ledger_debit_locked(w wallets, p_key text, p_action text, p_tier text, p_qty numeric,
+                                    p_country text, p_user text, p_cost bigint, p_now timestamptz)
+RETURNS ledger_step LANGUAGE plpgsql AS $$
+DECLARE
+    r ledger_step;
+    u usage_events%ROWTYPE;
+    v_before bigint;
+BEGIN
+    r.replayed := false; r.cost := p_cost; r.dirty := false;
+    IF w.open_holds > 0 OR w.plan_expires_at <= p_now OR (w.plan_expires_at IS NULL AND w.daily_grant > 0) THEN
+        w := ledger_refresh(w, p_now);
+        r.dirty := true;  -- keep what ledger_refresh caught up with, whatever this debit's fate
+    END IF;
+    IF p_tier IS NOT NULL AND NOT (p_tier = ANY (w.tiers)) THEN
+        r.status := 'tier';
+    ELSE
+        IF w.has_guards OR (w.has_user_limits AND p_user IS NOT NULL) THEN
+            SELECT p.status, p.detail_a, p.detail_b INTO r.status, r.detail_a, r.detail_b
+                FROM ledger_policy(w, p_action, p_user, p_cost, p_key, p_now) p;
+        END IF;
+        IF r.status IS NULL AND p_cost > w.plan_remaining + w.topup_remaining - w.held THEN
+            r.status := 'insufficient';
+        END IF;
+    END IF;
+    r.available := w.plan_remaining + w.topup_remaining - w.held;
+    IF r.status IS NULL THEN
+        -- Claim the idempotency key; the primary key arbitrates, so a repeat is found without a lookup.
+        INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
+                                  created_at)
+            VALUES (w.org_id, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_cost, p_now)
+            ON CONFLICT (org_id, idem_key) DO NOTHING;
+        IF NOT FOUND THEN
+            r.status := 'repeat';
+        END IF;
+    END IF;
+    IF r.status IS NOT NULL THEN
+        -- Nothing of this debit is written. A repeat of a key that already succeeded returns the first
+        -- result's charge; different content under the same key is a conflict.
+        SELECT * INTO u FROM usage_events WHERE org_id = w.org_id AND idem_key = p_key;
+        IF FOUND THEN
+            r.replayed := true; r.cost := u.cost; r.detail_a := NULL; r.detail_b := NULL;
+            IF u.source <> 'debit' OR u.action <> p_action OR u.tier IS DISTINCT FROM p_tier
+               OR u.quantity <> p_qty OR u.country IS DISTINCT FROM p_country
+               OR u.user_id IS DISTINCT FROM p_user THEN
+                r.status := 'conflict';
+            ELSE
+                r.status := 'ok';
+            END IF;
+        END IF;
+        r.w := w;
+        RETURN r;
+    END IF;
+    v_before := w.consumed;
+    w := ledger_draw(w, p_cost, p_key, p_now);
+    r.available := r.available - p_cost;
+    IF w.low_balance_armed AND r.available < w.low_balance_threshold
+       OR (w.allocation > 0 AND w.consumed * 5 >= w.allocation * 4 AND v_before < w.allocation) THEN
+        w := ledger_alerts(w, v_before, p_key, p_now);
+    END IF;
+    IF w.has_guards OR w.has_user_limits THEN
+        PERFORM ledger_count_use(w, p_action, p_user, p_cost, p_now);
+    END IF;
+    r.status := 'ok'; r.dirty := true; r.w := w;
+    RETURN r;
+END $$;
+
 CREATE FUNCTION ledger_debit(p_org text, p_key text, p_action text, p_tier text, p_qty numeric,
                              p_country text, p_user text, p_cost bigint, p_now timestamptz,
                              OUT status text, OUT cost bigint, OUT available bigint, OUT replayed boolean,
@@ -361,10 +435,8 @@ CREATE FUNCTION ledger_debit(p_org text, p_key text, p_action text, p_tier text,
 LANGUAGE plpgsql AS $$
 DECLARE
     w wallets%ROWTYPE;
-    u usage_events%ROWTYPE;
-    v_before bigint;
     v_entry bigint;
-    v_refreshed boolean := false;
+    r ledger_step;
 BEGIN
     replayed := false; cost := p_cost;
 
@@ -398,7 +470,7 @@ BEGIN
                 status := 'ok';
                 RETURN;
             END IF;
-            DELETE FROM ledger_entries WHERE id = v_entry;
+            DELETE FROM ledger_entries WHERE org_id = p_org AND id = v_entry;
             DELETE FROM usage_events WHERE org_id = p_org AND idem_key = p_key;
         END IF;
     END IF;
@@ -406,62 +478,44 @@ BEGIN
     -- Locked path: every rule, under the wallet lock.
     SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
     IF NOT FOUND THEN status := 'unknown_org'; RETURN; END IF;
-    IF w.open_holds > 0 OR w.plan_expires_at <= p_now OR (w.plan_expires_at IS NULL AND w.daily_grant > 0) THEN
-        w := ledger_refresh(w, p_now);
-        v_refreshed := true;
+    r := ledger_debit_locked(w, p_key, p_action, p_tier, p_qty, p_country, p_user, p_cost, p_now);
+    IF r.dirty THEN
+        PERFORM ledger_save(r.w, p_now);
     END IF;
-    IF p_tier IS NOT NULL AND NOT (p_tier = ANY (w.tiers)) THEN
-        status := 'tier';
-    ELSE
-        IF w.has_guards OR (w.has_user_limits AND p_user IS NOT NULL) THEN
-            SELECT * INTO status, detail_a, detail_b FROM ledger_policy(w, p_action, p_user, p_cost, p_key, p_now);
+    status := r.status; cost := r.cost; available := r.available; replayed := r.replayed;
+    detail_a := r.detail_a; detail_b := r.detail_b;
+END $$;
+
+-- Several debits of one wallet in one transaction: one lock, one save, one commit for all of them.
+-- The client batches concurrent debits of the same organization (activities/ledger.py); each item is
+-- decided by exactly the rules of a single debit, in order, and gets its own result row.
+CREATE FUNCTION ledger_debit_batch(p_org text, p_keys text[], p_actions text[], p_tiers text[],
+                                   p_qtys numeric[], p_countries text[], p_users text[], p_costs bigint[],
+                                   p_nows timestamptz[])
+RETURNS TABLE (status text, cost bigint, available bigint, replayed boolean, detail_a bigint, detail_b bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    w wallets%ROWTYPE;
+    r ledger_step;
+    v_dirty boolean := false;
+BEGIN
+    SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
+    FOR i IN 1 .. cardinality(p_keys) LOOP
+        IF w.org_id IS NULL THEN
+            status := 'unknown_org'; cost := p_costs[i]; available := NULL; replayed := false;
+        ELSE
+            r := ledger_debit_locked(w, p_keys[i], p_actions[i], p_tiers[i], p_qtys[i], p_countries[i],
+                                     p_users[i], p_costs[i], p_nows[i]);
+            w := r.w;
+            v_dirty := v_dirty OR r.dirty;
+            status := r.status; cost := r.cost; available := r.available; replayed := r.replayed;
+            detail_a := r.detail_a; detail_b := r.detail_b;
         END IF;
-        IF status IS NULL AND p_cost > w.plan_remaining + w.topup_remaining - w.held THEN
-            status := 'insufficient';
-        END IF;
+        RETURN NEXT;
+    END LOOP;
+    IF v_dirty THEN
+        PERFORM ledger_save(w, p_nows[cardinality(p_nows)]);
     END IF;
-    available := w.plan_remaining + w.topup_remaining - w.held;
-    IF status IS NULL THEN
-        -- Claim the idempotency key; the primary key arbitrates, so a repeat is found without a lookup.
-        INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
-                                  created_at)
-            VALUES (p_org, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_cost, p_now)
-            ON CONFLICT (org_id, idem_key) DO NOTHING;
-        IF NOT FOUND THEN
-            status := 'repeat';
-        END IF;
-    END IF;
-    IF status IS NOT NULL THEN
-        -- Nothing of this debit is written. A repeat of a key that already succeeded returns the first
-        -- result (whatever the balance is now); different content under the same key is a conflict.
-        SELECT * INTO u FROM usage_events WHERE org_id = p_org AND idem_key = p_key;
-        IF FOUND THEN
-            replayed := true; cost := u.cost; detail_a := NULL; detail_b := NULL;
-            IF u.source <> 'debit' OR u.action <> p_action OR u.tier IS DISTINCT FROM p_tier
-               OR u.quantity <> p_qty OR u.country IS DISTINCT FROM p_country
-               OR u.user_id IS DISTINCT FROM p_user THEN
-                status := 'conflict';
-            ELSE
-                status := 'ok';
-            END IF;
-        END IF;
-        IF v_refreshed THEN
-            PERFORM ledger_save(w, p_now);  -- keep what ledger_refresh caught up with
-        END IF;
-        RETURN;
-    END IF;
-    v_before := w.consumed;
-    w := ledger_draw(w, p_cost, p_key, p_now);
-    available := available - p_cost;
-    IF w.low_balance_armed AND available < w.low_balance_threshold
-       OR (w.allocation > 0 AND w.consumed * 5 >= w.allocation * 4 AND v_before < w.allocation) THEN
-        w := ledger_alerts(w, v_before, p_key, p_now);
-    END IF;
-    IF w.has_guards OR w.has_user_limits THEN
-        PERFORM ledger_count_use(w, p_action, p_user, p_cost, p_now);
-    END IF;
-    PERFORM ledger_save(w, p_now);
-    status := 'ok';
 END $$;
 
 CREATE FUNCTION ledger_hold(p_org text, p_key text, p_action text, p_tier text, p_qty numeric,
