@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from psycopg import AsyncConnection, AsyncCursor
-from psycopg.pq import TransactionStatus
+from psycopg import AsyncConnection, AsyncCursor, OperationalError
+from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import tuple_row
 
 
@@ -59,8 +59,12 @@ class LeanPool:
         except asyncio.QueueEmpty:
             return await self._idle.get()
 
+    @staticmethod
+    def _dead(slot: _Slot) -> bool:
+        return slot.conn.closed or slot.conn.broken or slot.conn.pgconn.status != ConnStatus.OK
+
     def _checkin(self, slot: _Slot) -> None:
-        if not slot.conn.closed and slot.conn.info.transaction_status == TransactionStatus.IDLE:
+        if not self._dead(slot) and slot.conn.info.transaction_status == TransactionStatus.IDLE:
             self._idle.put_nowait(slot)
             return
         # Broken or mid-query (an error, a cancelled await): replace it in the background.
@@ -79,18 +83,27 @@ class LeanPool:
                 await asyncio.sleep(1.0)  # the server is away: keep the pool's size, try again
 
     async def fetchone(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        slot = await self._checkout()
-        try:
-            await slot.cur.execute(sql, params)
-            return await slot.cur.fetchone()
-        finally:
-            self._checkin(slot)
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
 
     async def fetchall(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """Run one statement. If its connection turns out dead (a server restart, a killed backend, a
+        network cut), run it once more on a new connection, which takes the dead one's place: every
+        ledger call is idempotent by its key, so a call that did commit before its connection died
+        answers the retry as a repeat."""
         slot = await self._checkout()
         try:
-            await slot.cur.execute(sql, params)
-            return await slot.cur.fetchall()
+            try:
+                await slot.cur.execute(sql, params)
+                return await slot.cur.fetchall()
+            except OperationalError:
+                if not self._dead(slot):
+                    raise
+                self._all.discard(slot)
+                await slot.conn.close()
+                slot = await self._connect()
+                await slot.cur.execute(sql, params)
+                return await slot.cur.fetchall()
         finally:
             self._checkin(slot)
 

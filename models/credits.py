@@ -7,7 +7,6 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from models.errors import InvalidRequest
 
 MILLI = 1000
-_THOUSANDTH = Decimal("0.001")
 
 
 def to_milli(credits: Decimal | int | str) -> int:
@@ -32,4 +31,4 @@ def round_milli(value: Decimal) -> int:
 
 
 def from_milli(milli: int) -> Decimal:
-    return (Decimal(milli) / MILLI).quantize(_THOUSANDTH)
+    return Decimal(milli).scaleb(-3)  # exact: always 3 decimal places
