@@ -10,8 +10,8 @@ import pytest
 
 from activities.ledger import Ledger
 from models.buckets import Bucket, draw, live
-from models.errors import InsufficientCredits
 from models.credits import from_milli
+from models.errors import InsufficientCredits
 from models.ledger_types import GrantPack
 from tests.conftest import T0, OrgFactory
 
