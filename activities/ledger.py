@@ -117,6 +117,8 @@ class Ledger:
         return cls(pool, **kwargs)
 
     async def close(self) -> None:
+        while self._batches:  # let batches in flight finish: their callers are waiting on them
+            await asyncio.gather(*self._batches, return_exceptions=True)
         await self.pool.close()
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:

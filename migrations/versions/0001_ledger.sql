@@ -640,7 +640,6 @@ DECLARE
                                 p_allocation, p_period_start, p_period_end);
     v_prev text;
     v_bucket bigint;
-    r record;
 BEGIN
     replayed := false;
     -- A new wallet starts empty (daily_grant 0); the plan's terms are applied below, once.
