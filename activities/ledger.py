@@ -54,6 +54,7 @@ _DEBIT_BATCH = (
     "%s::text[], %s::bigint[], %s::timestamptz[])"
 )
 MAX_BATCH = 64
+MAX_COST_MILLI = 10**15  # a trillion credits: far above any wallet, far below bigint
 _HOLD = "SELECT * FROM ledger_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _SETTLE = "SELECT * FROM ledger_settle(%s, %s, %s, %s)"
 _BALANCE = "SELECT * FROM ledger_balance(%s, %s)"
@@ -141,6 +142,8 @@ class Ledger:
             unit = unit_cost_milli(action, tier, country, self.catalog)
             self._unit_costs[(action, tier, country)] = unit
         cost = units_cost_milli(unit, q)
+        if cost > MAX_COST_MILLI:
+            raise InvalidRequest(f"{quantity} x {action} costs more than any wallet can hold")
         return _Priced(action, tier, q, country.upper() if country else None,
                        None if user_id is None else check_id("user_id", user_id), cost)
 

@@ -461,3 +461,29 @@ async def test_two_clients_racing_on_one_wallet_never_overdraw(database_url: str
         await b.close()
     assert sum(not isinstance(r, BaseException) for r in results) == 33  # 33 x 1.5 = 49.5 <= 50
     assert all(isinstance(r, InsufficientCredits) for r in results if isinstance(r, BaseException))
+
+
+async def test_settings_refuse_bad_input_and_change_nothing(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    bad_calls = [
+        (ledger.set_user_limit(org, "", D("5")), "user_id"),
+        (ledger.set_user_limit(org, "u1", D("-5")), "negative"),
+        (ledger.set_user_limit("ghost", "u1", D("5")), "unknown organization"),
+        (ledger.set_usage_guard(org, "teleport", max_uses=3), "unknown action"),
+        (ledger.set_usage_guard(org, "ai_chat", max_uses=0), "positive integer"),
+        (ledger.set_usage_guard(org, "ai_chat", max_uses=3, window=timedelta(0)), "at least a second"),
+        (ledger.set_low_balance_alert(org, D("-1")), "negative"),
+        (ledger.set_low_balance_alert(org, D("0.0001")), "3 decimal places"),
+        (ledger.resume_action(org, "teleport"), "unknown action"),
+        (ledger.debit(org, "ai_chat", tier="fast", quantity=10**13, idempotency_key="huge", now=T0), "more than"),
+        (ledger.hold(org, "ai_chat", tier="fast", idempotency_key="h", ttl=timedelta(0), now=T0), "ttl"),
+        (ledger.grant_pack(GrantPack(org, "p", D("0"), T0)), "positive"),
+        (ledger.start_period(StartPeriod(org, "sp", "pro", T0, T0, T0)), "end after its start"),
+    ]
+    for call, message in bad_calls:
+        with pytest.raises(InvalidRequest, match=message):
+            await call
+    bal = await ledger.balance(org, now=T0)
+    assert (bal.available, bal.held) == (D("10000"), D("0"))
+    assert await entry_count(ledger, org) == 1
+    assert await ledger.pending_alerts(org) == []
