@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -76,7 +76,7 @@ class BillingClient:
         self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
         quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
         ttl: timedelta | None = None,
-    ) -> Any:
+    ) -> AbstractAsyncContextManager[HoldResult]:
         """`async with billing.hold(...) as h:` reserves now, commits if the block succeeds, releases if
         it raises; a hold left open past its TTL releases itself."""
         return self.ledger.holding(org_id, action, idempotency_key=idempotency_key, tier=tier,
