@@ -46,7 +46,7 @@ from models.ledger_types import (
 )
 from models.pricing import unit_cost_milli, units_cost_milli, validate_quantity
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}")
 
 _DEBIT = "SELECT * FROM ledger_debit(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _DEBIT_BATCH = (
@@ -66,7 +66,7 @@ def check_id(kind: str, value: object) -> str:
     """Organization ids, user ids and idempotency keys: non-empty, printable, at most 200 chars."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"{kind} must be a non-empty string, got {value!r}")
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):
         raise InvalidRequest(
             f"{kind} {value!r} must be 1-200 characters of letters, digits and _.:@/+- "
             "(starting with a letter or digit)"
