@@ -122,9 +122,6 @@ class Ledger:
             await asyncio.gather(*self._batches, return_exceptions=True)
         await self.pool.close()
 
-    async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        return await self.pool.fetchone(sql, params)
-
     def _now(self, now: datetime | None) -> datetime:
         return check_time("now", now) if now is not None else self.clock()
 
@@ -175,7 +172,7 @@ class Ledger:
             return await fut
         self._in_flight.add(org_id)
         try:
-            row = await self._one(_DEBIT, (org_id, *item))
+            row = await self.pool.fetchone(_DEBIT, (org_id, *item))
             assert row is not None
             return row
         finally:
@@ -223,7 +220,7 @@ class Ledger:
         if ttl <= timedelta(0):
             raise InvalidRequest(f"a hold's ttl must be positive, got {ttl}")
         at = self._now(now)
-        row = await self._one(_HOLD, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
+        row = await self.pool.fetchone(_HOLD, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
                                       p.user_id, p.cost, at + ttl, at))
         assert row is not None
         status, cost, available, replayed, a, b = row
@@ -239,7 +236,7 @@ class Ledger:
     async def _settle(self, org_id: str, key: str, commit: bool, now: datetime | None) -> HoldResult:
         check_id("org_id", org_id)
         check_id("idempotency_key", key)
-        row = await self._one(_SETTLE, (org_id, key, commit, self._now(now)))
+        row = await self.pool.fetchone(_SETTLE, (org_id, key, commit, self._now(now)))
         assert row is not None
         status, cost, available, replayed = row
         if status == "unknown_org":
@@ -295,7 +292,7 @@ class Ledger:
 
     async def balance(self, org_id: str, *, now: datetime | None = None) -> Balance:
         check_id("org_id", org_id)
-        row = await self._one(_BALANCE, (org_id, self._now(now)))
+        row = await self.pool.fetchone(_BALANCE, (org_id, self._now(now)))
         if row is None or row[0] is None:
             raise UnknownOrganization(org_id)
         plan_name, plan, topup, held, allocation, consumed, start, end = row
@@ -364,7 +361,7 @@ class Ledger:
         if not daily:
             if req.period_end is None or check_time("period_end", req.period_end) <= req.period_start:
                 raise InvalidRequest("a monthly plan's period needs an end after its start")
-        row = await self._one(_START, (
+        row = await self.pool.fetchone(_START, (
             req.org_id, req.key, plan.name, list(plan.tiers), plan.max_concurrent_holds,
             plan.credits_milli if daily else 0, plan.credits_milli, req.period_start,
             None if daily else req.period_end, check_time("now", req.now),
@@ -381,7 +378,7 @@ class Ledger:
         amount = to_milli(req.credits)
         if amount <= 0:
             raise InvalidRequest(f"a grant must be positive, got {req.credits}")
-        row = await self._one(_GRANT, (req.org_id, req.key, amount, check_time("now", req.now)))
+        row = await self.pool.fetchone(_GRANT, (req.org_id, req.key, amount, check_time("now", req.now)))
         assert row is not None
         status, available, replayed = row
         if status == "unknown_org":

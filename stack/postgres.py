@@ -41,10 +41,6 @@ def sqlalchemy_url(libpq_url: str) -> str:
     raise ValueError(f"not a PostgreSQL URL: {libpq_url!r}")
 
 
-def libpq_url(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
 def migrate(url: str, revision: str = "head") -> None:
     """Apply the Alembic migrations (the only owner of the schema). Blocking."""
     cfg = Config(str(ROOT / "alembic.ini"))

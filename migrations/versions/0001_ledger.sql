@@ -289,10 +289,12 @@ BEGIN
     WHERE org_id = w.org_id;
 END $$;
 
--- Checks shared by debit and hold: usage guard, then the per-user limit. Returns NULL when allowed,
--- else (status, detail_a, detail_b).
-CREATE FUNCTION ledger_policy(w wallets, p_action text, p_user text, p_cost bigint, p_ref text,
-                              p_now timestamptz, OUT status text, OUT detail_a bigint, OUT detail_b bigint)
+-- The rules a debit or a hold must pass under the wallet lock, in order: the plan's model tiers, (for a
+-- hold) the plan's concurrency, the usage guard, the per-user limit, the available balance. Returns
+-- NULL when allowed, else (status, detail_a, detail_b).
+CREATE FUNCTION ledger_check(w wallets, p_action text, p_tier text, p_user text, p_cost bigint,
+                             p_is_hold boolean, p_ref text, p_now timestamptz,
+                             OUT status text, OUT detail_a bigint, OUT detail_b bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
     g usage_guards%ROWTYPE;
@@ -300,6 +302,12 @@ DECLARE
     v_limit bigint;
     v_used bigint;
 BEGIN
+    IF p_tier IS NOT NULL AND NOT (p_tier = ANY (w.tiers)) THEN
+        status := 'tier'; RETURN;
+    END IF;
+    IF p_is_hold AND w.open_holds >= w.max_holds THEN
+        status := 'concurrency'; detail_a := w.max_holds; RETURN;
+    END IF;
     IF w.has_guards THEN
         SELECT * INTO g FROM usage_guards WHERE org_id = w.org_id AND action = p_action;
         IF FOUND THEN
@@ -328,6 +336,9 @@ BEGIN
                 status := 'user_limit'; detail_a := v_limit; detail_b := v_used; RETURN;
             END IF;
         END IF;
+    END IF;
+    IF p_cost > w.plan_remaining + w.topup_remaining - w.held THEN
+        status := 'insufficient';
     END IF;
 END $$;
 
@@ -375,17 +386,8 @@ BEGIN
         w := ledger_refresh(w, p_now);
         r.dirty := true;  -- keep what ledger_refresh caught up with, whatever this debit's fate
     END IF;
-    IF p_tier IS NOT NULL AND NOT (p_tier = ANY (w.tiers)) THEN
-        r.status := 'tier';
-    ELSE
-        IF w.has_guards OR (w.has_user_limits AND p_user IS NOT NULL) THEN
-            SELECT p.status, p.detail_a, p.detail_b INTO r.status, r.detail_a, r.detail_b
-                FROM ledger_policy(w, p_action, p_user, p_cost, p_key, p_now) p;
-        END IF;
-        IF r.status IS NULL AND p_cost > w.plan_remaining + w.topup_remaining - w.held THEN
-            r.status := 'insufficient';
-        END IF;
-    END IF;
+    SELECT c.status, c.detail_a, c.detail_b INTO r.status, r.detail_a, r.detail_b
+        FROM ledger_check(w, p_action, p_tier, p_user, p_cost, false, p_key, p_now) c;
     r.available := w.plan_remaining + w.topup_remaining - w.held;
     IF r.status IS NULL THEN
         -- Claim the idempotency key; the primary key arbitrates, so a repeat is found without a lookup.
@@ -547,16 +549,8 @@ BEGIN
         PERFORM ledger_save(w, p_now);
         RETURN;
     END IF;
-    IF p_tier IS NOT NULL AND NOT (p_tier = ANY (w.tiers)) THEN
-        status := 'tier';
-    ELSIF w.open_holds >= w.max_holds THEN
-        status := 'concurrency'; detail_a := w.max_holds;
-    ELSE
-        SELECT * INTO status, detail_a, detail_b FROM ledger_policy(w, p_action, p_user, p_cost, p_key, p_now);
-        IF status IS NULL AND p_cost > available THEN
-            status := 'insufficient';
-        END IF;
-    END IF;
+    SELECT * INTO status, detail_a, detail_b
+        FROM ledger_check(w, p_action, p_tier, p_user, p_cost, true, p_key, p_now);
     IF status IS NULL THEN
         INSERT INTO holds (org_id, idem_key, action, tier, quantity, country, user_id, cost, status,
                            expires_at, created_at)
