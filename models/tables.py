@@ -1,4 +1,4 @@
-"""The ledger's tables as SQLAlchemy 2 metadata: the typed map of the schema.
+"""The ledger's and billing's tables as SQLAlchemy 2 metadata: the typed map of the schema.
 
 The migrations own the DDL (migrations/versions/*.sql); tests/test_schema.py compares this metadata
 with the migrated database, so this file cannot drift from what is really there.
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 TS = DateTime(timezone=True)
@@ -147,4 +148,74 @@ wallet_ops = Table(
     Column("op_key", Text, primary_key=True),
     Column("request", Text, nullable=False),
     Column("created_at", TS, nullable=False),
+)
+
+
+# -- billing (0002_billing.sql) ---------------------------------------------------------------------
+
+billing_profiles = Table(
+    "billing_profiles", metadata,
+    Column("org_id", Text, primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("vat_rate", Numeric, nullable=False),
+    Column("stripe_customer_id", Text),
+    Column("payment_method_id", Text),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
+payments = Table(
+    "payments", metadata,
+    Column("key", Text, primary_key=True),
+    Column("org_id", Text, nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("request", JSONB, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("stripe_payment_intent", Text, unique=True),
+    Column("decline_code", Text),
+    Column("created_at", TS, nullable=False),
+    Column("updated_at", TS, nullable=False),
+)
+
+invoice_counters = Table(
+    "invoice_counters", metadata,
+    Column("year", Integer, primary_key=True, autoincrement=False),
+    Column("last", Integer, nullable=False),
+)
+
+invoices = Table(
+    "invoices", metadata,
+    Column("number", Text, primary_key=True),
+    Column("year", Integer, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("org_id", Text, nullable=False),
+    Column("payment_key", Text, ForeignKey("payments.key"), nullable=False, unique=True),
+    Column("purpose", Text, nullable=False),
+    Column("issued_at", TS, nullable=False),
+    Column("currency", Text, nullable=False),
+    Column("lines", JSONB, nullable=False),
+    Column("subtotal_cents", BigInteger, nullable=False),
+    Column("tax_rate", Numeric, nullable=False),
+    Column("tax_cents", BigInteger, nullable=False),
+    Column("total_cents", BigInteger, nullable=False),
+    Column("stripe_payment_id", Text, nullable=False),
+    Column("html", Text, nullable=False),
+    UniqueConstraint("year", "seq"),
+)
+
+outbox = Table(
+    "outbox", metadata,
+    Column("key", Text, primary_key=True),
+    Column("org_id", Text, nullable=False),
+    Column("template", Text, nullable=False),
+    Column("to_addr", Text, nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("text_body", Text, nullable=False),
+    Column("html_body", Text, nullable=False),
+    Column("created_at", TS, nullable=False),
+    Column("sent_at", TS),
 )

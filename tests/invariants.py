@@ -1,4 +1,4 @@
-"""The ledger's invariants (stated in migrations/versions/0001_ledger.sql), checked against the database.
+"""The ledger's and billing's invariants (stated in migrations/versions/0001_ledger.sql and 0002_billing.sql), checked against the database.
 
 Each query returns the rows that break its invariant; all must be empty.
 """
@@ -47,6 +47,18 @@ INVARIANTS: dict[str, str] = {
             ON e.org_id = u.org_id AND e.kind = 'debit'
            AND e.ref = u.idem_key
         GROUP BY u.org_id, u.idem_key, u.cost HAVING u.cost <> -coalesce(sum(e.amount), 0)""",
+    "B1 a succeeded payment has exactly one invoice, for its amount; others have none": """
+        SELECT p.key, p.status, p.amount_cents, count(i.number), min(i.total_cents)
+        FROM payments p LEFT JOIN invoices i ON i.payment_key = p.key
+        GROUP BY p.key
+        HAVING (p.status = 'succeeded') <> (count(i.number) = 1)
+            OR (p.status = 'succeeded' AND min(i.total_cents) <> p.amount_cents)""",
+    "B2 invoice numbers are gapless per year": """
+        SELECT c.year, c.last, count(i.number), min(i.seq), max(i.seq)
+        FROM invoice_counters c LEFT JOIN invoices i ON i.year = c.year
+        GROUP BY c.year, c.last
+        HAVING count(i.number) <> c.last OR coalesce(max(i.seq), 0) <> c.last
+            OR bool_or(i.number <> format('INV-%s-%s', i.year, lpad(i.seq::text, 6, '0')))""",
 }
 
 
