@@ -53,6 +53,8 @@ class ChargeRequest:
     purpose: Purpose
     lines: list[InvoiceLine]
     now: datetime              # business time: the invoice date
+    vat_rate: Decimal = Decimal(0)
+    currency: str = "EUR"
     summary: str = ""          # "Charge EUR 270.00: pro x 3 seats" (also the PaymentIntent description)
 
 
