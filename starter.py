@@ -17,10 +17,21 @@ import typer
 import uvloop
 from rich.console import Console
 from rich.table import Table
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import Ledger, check_id, utcnow
+from models.billing_types import Interval
 from models.catalog import CATALOG
-from models.errors import BillingError
+from models.errors import BillingError, InvalidRequest, PaymentDeclined
 from models.ledger_types import (
     Balance,
     DebitResult,
@@ -31,16 +42,45 @@ from models.ledger_types import (
     UsageGrouping,
     UsageRow,
 )
+from models.subscription_rules import check_subscribe
 from settings import Settings
 from stack.services import database
+from stack.temporal import connect_client
+from workflows.subscription import (
+    ORG_ID,
+    PlanRequest,
+    SeatsRequest,
+    SubscribeRequest,
+    Subscription,
+    SubscriptionWorkflow,
+    initial_state,
+    workflow_id,
+)
+
+_ERRORS: dict[str, type[BillingError]] = {"InvalidRequest": InvalidRequest, "PaymentDeclined": PaymentDeclined}
+
+
+def _billing_error(err: BaseException) -> BillingError | None:
+    """The typed error a workflow update or activity failure stands for (None: not ours, re-raise)."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError) and cause.type in _ERRORS:
+            if cause.type == "PaymentDeclined":
+                return PaymentDeclined(cause.message, str(cause.details[0]) if cause.details else None)
+            return _ERRORS[cause.type](cause.message)
+        if isinstance(cause, ApplicationError) and cause.type == "IdempotencyConflict":
+            return InvalidRequest(cause.message)
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return None
 
 
 class BillingClient:
-    """Meter usage and read balances (this release); subscriptions arrive with the lifecycle workflows."""
+    """Start and steer subscriptions (Temporal workflows), meter usage and read balances (the ledger)."""
 
-    def __init__(self, ledger: Ledger, settings: Settings) -> None:
+    def __init__(self, ledger: Ledger, settings: Settings, temporal: Client | None = None) -> None:
         self.ledger = ledger
         self.settings = settings
+        self._temporal = temporal
 
     @classmethod
     async def connect(
@@ -62,6 +102,91 @@ class BillingClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    # -- subscriptions (one workflow per organization: subscription:{org_id}) ------------------------
+
+    async def temporal(self) -> Client:
+        """The Temporal client, connected on first use (metering alone never needs it)."""
+        if self._temporal is None:
+            self._temporal = await connect_client(self.settings)
+        return self._temporal
+
+    async def subscribe(
+        self, org_id: str, *, plan: str, seats: int = 1, interval: Interval = "month", trial_days: int = 0,
+        email: str, payment_method: str | None = None, vat_rate: Decimal = Decimal(0),
+    ) -> Subscription:
+        """Start the organization's subscription: charged now (or after `trial_days` of trial), renewing on
+        its own. Raises PaymentDeclined when the first charge fails (the organization stays on Free)."""
+        check_id("org_id", org_id)
+        check_subscribe(CATALOG, None, plan, seats, interval, trial_days, email, vat_rate)  # before any start
+        client = await self.temporal()
+        start = WithStartWorkflowOperation(
+            SubscriptionWorkflow.run, initial_state(org_id), id=workflow_id(org_id),
+            task_queue=self.settings.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
+            static_summary=f"Subscription of organization {org_id}",
+        )
+        req = SubscribeRequest(plan, seats, email, interval, trial_days, payment_method, vat_rate)
+        try:
+            result: Subscription = await client.execute_update_with_start_workflow(
+                SubscriptionWorkflow.subscribe, req, start_workflow_operation=start)
+            return result
+        except WorkflowUpdateFailedError as err:
+            raise _billing_error(err) or err from None
+
+    async def upgrade(self, org_id: str, *, plan: str) -> Subscription:
+        """Move to a higher plan now, charging the price difference for the rest of the period."""
+        return await self._update(org_id, SubscriptionWorkflow.upgrade, PlanRequest(plan))
+
+    async def downgrade(self, org_id: str, *, plan: str) -> Subscription:
+        """Move to a lower plan at period end (no refund). Downgrading to the current plan withdraws a
+        pending downgrade; a second downgrade replaces the first."""
+        return await self._update(org_id, SubscriptionWorkflow.downgrade, PlanRequest(plan))
+
+    async def change_seats(self, org_id: str, *, seats: int) -> Subscription:
+        """More seats now (prorated charge); fewer seats from the next period."""
+        return await self._update(org_id, SubscriptionWorkflow.change_seats, SeatsRequest(seats))
+
+    async def cancel(self, org_id: str) -> Subscription:
+        """Cancel to Free at period end; service continues until then, no refund."""
+        return await self._update(org_id, SubscriptionWorkflow.cancel, None)
+
+    async def resume(self, org_id: str) -> Subscription:
+        """Undo a cancellation before the period ends."""
+        return await self._update(org_id, SubscriptionWorkflow.resume, None)
+
+    async def subscription(self, org_id: str) -> Subscription:
+        handle = await self._handle(org_id)
+        try:
+            result: Subscription = await handle.query(SubscriptionWorkflow.state)
+            return result
+        except RPCError as err:
+            raise self._not_found(org_id, err) from None
+        except WorkflowQueryFailedError as err:
+            raise InvalidRequest(f"{org_id}: the subscription cannot be read: {err}") from None
+
+    async def _handle(self, org_id: str) -> WorkflowHandle[Any, Any]:
+        check_id("org_id", org_id)
+        return (await self.temporal()).get_workflow_handle(workflow_id(org_id))
+
+    @staticmethod
+    def _not_found(org_id: str, err: RPCError) -> BaseException:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return InvalidRequest(f"{org_id} has no subscription: subscribe first")
+        return err
+
+    async def _update(self, org_id: str, update: Any, arg: Any) -> Subscription:
+        handle = await self._handle(org_id)
+        try:
+            if arg is None:
+                result: Subscription = await handle.execute_update(update)
+            else:
+                result = await handle.execute_update(update, arg)
+            return result
+        except WorkflowUpdateFailedError as err:
+            raise _billing_error(err) or err from None
+        except RPCError as err:
+            raise self._not_found(org_id, err) from None
 
     # -- metering ----------------------------------------------------------------------------------
     async def debit(

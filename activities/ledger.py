@@ -35,6 +35,7 @@ from models.errors import (
 from models.ledger_types import (
     Alert,
     Balance,
+    ChangePlan,
     DebitResult,
     GrantPack,
     HoldResult,
@@ -60,6 +61,7 @@ _SETTLE = "SELECT * FROM ledger_settle(%s, %s, %s, %s)"
 _BALANCE = "SELECT * FROM ledger_balance(%s, %s)"
 _START = "SELECT * FROM ledger_start_period(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _GRANT = "SELECT * FROM ledger_grant_pack(%s, %s, %s, %s)"
+_CHANGE = "SELECT * FROM ledger_change_plan(%s, %s, %s, %s, %s, %s, %s)"
 
 
 def check_id(kind: str, value: object) -> str:
@@ -363,11 +365,31 @@ class Ledger:
                 raise InvalidRequest("a monthly plan's period needs an end after its start")
         row = await self.pool.fetchone(_START, (
             req.org_id, req.key, plan.name, list(plan.tiers), plan.max_concurrent_holds,
-            plan.credits_milli if daily else 0, plan.credits_milli, req.period_start,
+            plan.credits_milli if daily else 0, plan.credits_milli if req.grant else 0, req.period_start,
             None if daily else req.period_end, check_time("now", req.now),
         ))
         assert row is not None
         status, available, replayed = row
+        if status == "conflict":
+            raise IdempotencyConflict(req.org_id, req.key)
+        return LedgerWriteResult(req.org_id, from_milli(available), replayed)
+
+    async def change_plan(self, req: ChangePlan) -> LedgerWriteResult:
+        check_id("org_id", req.org_id)
+        check_id("key", req.key)
+        plan = self.catalog.plan(req.plan)
+        if plan.credits_per == "day":
+            raise InvalidRequest("a move to the free plan starts a period (start_period), it is not a change")
+        row = await self.pool.fetchone(_CHANGE, (
+            req.org_id, req.key, plan.name, list(plan.tiers), plan.max_concurrent_holds, plan.credits_milli,
+            check_time("now", req.now),
+        ))
+        assert row is not None
+        status, available, replayed = row
+        if status == "unknown_org":
+            raise UnknownOrganization(req.org_id)
+        if status == "no_period":
+            raise InvalidRequest(f"{req.org_id} has no paid period running to change the plan of")
         if status == "conflict":
             raise IdempotencyConflict(req.org_id, req.key)
         return LedgerWriteResult(req.org_id, from_milli(available), replayed)

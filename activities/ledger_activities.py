@@ -6,7 +6,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.ledger import Ledger
-from models.ledger_types import GrantPack, LedgerWriteResult, StartPeriod
+from models.ledger_types import ChangePlan, GrantPack, LedgerWriteResult, StartPeriod
 
 
 class LedgerActivities:
@@ -17,9 +17,13 @@ class LedgerActivities:
     async def start_period(self, req: StartPeriod) -> LedgerWriteResult:
         return await self.ledger.start_period(req)
 
+    @activity.defn(name="ledger.change_plan")
+    async def change_plan(self, req: ChangePlan) -> LedgerWriteResult:
+        return await self.ledger.change_plan(req)
+
     @activity.defn(name="ledger.grant_pack")
     async def grant_pack(self, req: GrantPack) -> LedgerWriteResult:
         return await self.ledger.grant_pack(req)
 
     def all(self) -> list[object]:
-        return [self.start_period, self.grant_pack]
+        return [self.start_period, self.change_plan, self.grant_pack]

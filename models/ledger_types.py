@@ -71,6 +71,18 @@ class StartPeriod:
     period_start: datetime
     period_end: datetime | None  # None for the free plan (its credits are per UTC day)
     now: datetime
+    grant: bool = True           # False: close the plan bucket and grant nothing (a renewal not yet paid)
+
+
+@dataclass(frozen=True)
+class ChangePlan:
+    """Move to `plan` mid-period (an upgrade): its plan credits become the new allocation minus the plan
+    credits consumed this period, never below 0; packs untouched. Idempotent by `key`."""
+
+    org_id: str
+    key: str
+    plan: str
+    now: datetime
 
 
 @dataclass(frozen=True)

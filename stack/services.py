@@ -11,7 +11,7 @@ from temporalio.client import Client
 
 from settings import Settings
 from stack.postgres import migrate, start_embedded
-from stack.temporal import start_dev_server
+from stack.temporal import connect_client, start_dev_server
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
     async with AsyncExitStack() as stack:
         url, db_embedded = await database(settings)
         if settings.temporal_address:
-            client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+            client = await connect_client(settings)
             address, ui, t_embedded = settings.temporal_address, None, False
         else:
             env = await start_dev_server(settings.data_dir / "temporal.db")

@@ -7,8 +7,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+
+from settings import Settings
+
+# Payloads are our dataclasses with Decimal and aware datetimes: pydantic round-trips them exactly.
+DATA_CONVERTER = pydantic_data_converter
 
 SEARCH_ATTRIBUTES = (
     SearchAttributeKey.for_keyword("BillingOrgId"),
@@ -41,8 +48,29 @@ async def start_dev_server(db_file: Path, *, port: int = 7233, ui_port: int = 82
         dev_server_existing_path=dev_server_path(),
         dev_server_database_filename=str(db_file),
         search_attributes=SEARCH_ATTRIBUTES,
+        data_converter=DATA_CONVERTER,
         port=port,
         ui=True,
         ui_port=ui_port,
         dev_server_extra_args=["--ui-disable-news-fetch"],
     )
+
+
+async def connect_client(settings: Settings) -> Client:
+    """A client of TEMPORAL_ADDRESS, or of the embedded dev server `run` starts (localhost:7233)."""
+    return await Client.connect(settings.temporal_address or "localhost:7233",
+                                namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER)
+
+
+async def start_time_skipping() -> WorkflowEnvironment:
+    """The time-skipping test server from its wheel, with the billing search attributes registered."""
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=test_server_path(), data_converter=DATA_CONVERTER)
+    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=env.client.namespace,
+        search_attributes={k.name: IndexedValueType.ValueType(int(k.indexed_value_type)) for k in SEARCH_ATTRIBUTES},
+    ))
+    return env

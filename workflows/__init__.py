@@ -1,3 +1,5 @@
 """Temporal workflows only: deterministic, stdlib + temporalio + plain dataclasses. No I/O here."""
 
-ALL_WORKFLOWS: list[type] = []  # the subscription and auto-recharge workflows register here
+from workflows.subscription import SubscriptionWorkflow
+
+ALL_WORKFLOWS: list[type] = [SubscriptionWorkflow]  # the auto-recharge workflow joins with packs

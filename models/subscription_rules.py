@@ -1,0 +1,97 @@
+"""The subscription's rules as pure functions over the catalog: what a period costs, and which changes
+are allowed in which state. The workflow's Update validators call these, so a bad request is refused
+with the same clear message everywhere and never enters history."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from models.billing_types import Interval, Status
+from models.catalog import Catalog, Plan
+from models.errors import InvalidRequest
+from models.money import round_cents
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+MAX_TRIAL_DAYS = 365
+CHANGEABLE: tuple[Status, ...] = ("trialing", "active")
+
+
+def seat_price_cents(catalog: Catalog, plan: Plan, interval: Interval) -> int:
+    """One seat for one period: the monthly price, or 12 months less the annual discount."""
+    if interval == "month":
+        return plan.price_cents_per_seat
+    return round_cents(Decimal(plan.price_cents_per_seat * 12) * (100 - catalog.annual_discount_percent) / 100)
+
+
+def check_seats(plan: Plan, seats: object) -> int:
+    if not isinstance(seats, int) or isinstance(seats, bool):
+        raise InvalidRequest(f"seats must be a whole number, got {seats!r}")
+    top = "unlimited" if plan.max_seats is None else str(plan.max_seats)
+    if seats < plan.min_seats or (plan.max_seats is not None and seats > plan.max_seats):
+        raise InvalidRequest(f"the {plan.name} plan takes {plan.min_seats} to {top} seats, not {seats}")
+    return seats
+
+
+def check_subscribe(
+    catalog: Catalog, status: Status | None, plan_name: str, seats: object, interval: str, trial_days: object,
+    email: str, vat_rate: Decimal,
+) -> Plan:
+    if status not in (None, "free"):
+        raise InvalidRequest(f"this organization already has a subscription ({status}); change it instead")
+    plan = catalog.plan(plan_name)
+    if plan.is_free:
+        raise InvalidRequest("the free plan needs no subscription: every organization starts on it")
+    check_seats(plan, seats)
+    if interval not in ("month", "year"):
+        raise InvalidRequest(f"interval must be 'month' or 'year', got {interval!r}")
+    if not isinstance(trial_days, int) or isinstance(trial_days, bool) or not 0 <= trial_days <= MAX_TRIAL_DAYS:
+        raise InvalidRequest(f"trial_days must be a whole number from 0 to {MAX_TRIAL_DAYS}, got {trial_days!r}")
+    if not isinstance(email, str) or not _EMAIL.fullmatch(email):
+        raise InvalidRequest(f"a billing email address is required, got {email!r}")
+    if not isinstance(vat_rate, Decimal) or not Decimal(0) <= vat_rate < 1:
+        raise InvalidRequest(f"vat_rate is a Decimal fraction in [0, 1), e.g. Decimal('0.20'), got {vat_rate!r}")
+    return plan
+
+
+def _check_changeable(status: Status | None, what: str) -> None:
+    if status is None:
+        raise InvalidRequest(f"cannot {what}: this organization has no subscription")
+    if status == "past_due":
+        raise InvalidRequest(f"cannot {what} while a payment is past due: update the card, the next retry settles it")
+    if status not in CHANGEABLE:
+        raise InvalidRequest(f"cannot {what}: the organization is on the free plan; subscribe first")
+
+
+def check_upgrade(catalog: Catalog, status: Status | None, current: str, new: str) -> Plan:
+    _check_changeable(status, "upgrade")
+    plan, now = catalog.plan(new), catalog.plan(current)
+    if plan.price_cents_per_seat <= now.price_cents_per_seat:
+        raise InvalidRequest(f"{new} is not an upgrade from {current}: use downgrade for a cheaper plan")
+    return plan
+
+
+def check_downgrade(catalog: Catalog, status: Status | None, current: str, new: str, seats: int) -> Plan | None:
+    """The plan to move to at period end, or None when `new` is the current plan (withdraws the pending one)."""
+    _check_changeable(status, "downgrade")
+    plan, now = catalog.plan(new), catalog.plan(current)
+    if plan.name == now.name:
+        return None
+    if plan.is_free:
+        raise InvalidRequest("to move to the free plan, cancel: the subscription ends at period end")
+    if plan.price_cents_per_seat >= now.price_cents_per_seat:
+        raise InvalidRequest(f"{new} is not a downgrade from {current}: use upgrade for a higher plan")
+    if plan.max_seats is not None and seats > plan.max_seats:
+        raise InvalidRequest(f"{seats} seats do not fit the {new} plan (at most {plan.max_seats}): remove seats first")
+    return plan
+
+
+def check_change_seats(catalog: Catalog, status: Status | None, plan_name: str, pending_plan: str | None,
+                       current: int, seats: object) -> int:
+    _check_changeable(status, "change seats")
+    n = check_seats(catalog.plan(plan_name), seats)
+    if pending_plan is not None and n < current:
+        check_seats(catalog.plan(pending_plan), n)
+    if pending_plan is not None and n > current:
+        check_seats(catalog.plan(pending_plan), n)
+    return n

@@ -1,0 +1,637 @@
+"""One organization's subscription, as a durable entity workflow (id `subscription:{org_id}`).
+
+It reads like the business process: a period runs until its end, then renews (pending downgrade, seat
+reduction or cancellation applied, seats x price charged, invoice issued, the new allocation granted,
+receipt emailed) and continues as new with the whole state in one dataclass. Trials end, dunning retries
+(1, 3 and 5 days after the renewal date) and reverts to Free all fire from durable timers at absolute
+times. Changes arrive as Updates whose validators refuse bad requests before they enter history; one
+lock serialises the handlers and the main loop's own steps.
+
+Deterministic: no I/O here. Every side effect is an activity called by name (this module never imports
+psycopg, stripe or jinja2), with the workflow's clock as business time and a business key
+`{org}:{period_start}:{purpose}` that makes it idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models.billing_types import (
+        ChargeRequest,
+        ChargeResult,
+        CustomerResult,
+        EmailResult,
+        EnsureCustomer,
+        Interval,
+        InvoiceLine,
+        Purpose,
+        SendEmail,
+        Status,
+    )
+    from models.catalog import CATALOG
+    from models.errors import BillingError
+    from models.invoicing import charge_summary, totals
+    from models.ledger_types import ChangePlan, LedgerWriteResult, StartPeriod
+    from models.money import Money
+    from models.periods import credit_month_bounds, period_bounds, remaining_fraction
+    from models.proration import added_seats_cents, prorate_cents
+    from models.subscription_rules import (
+        check_change_seats,
+        check_downgrade,
+        check_subscribe,
+        check_upgrade,
+        seat_price_cents,
+    )
+
+ORG_ID = SearchAttributeKey.for_keyword("BillingOrgId")
+PLAN = SearchAttributeKey.for_keyword("BillingPlan")
+STATUS = SearchAttributeKey.for_keyword("BillingStatus")
+PERIOD_END = SearchAttributeKey.for_datetime("BillingPeriodEnd")
+
+RETRY_AFTER_DAYS = (1, 3, 5)           # dunning: retries after the renewal date
+TRIAL_NOTICE = timedelta(days=3)       # "your trial ends in 3 days"
+NON_RETRYABLE = ["PaymentDeclined", "InvalidRequest", "IdempotencyConflict", "UnknownOrganization"]
+ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1), non_retryable_error_types=NON_RETRYABLE)
+
+
+def workflow_id(org_id: str) -> str:
+    return f"subscription:{org_id}"
+
+
+# -- the state carried through continue-as-new, and the requests ----------------------------------------
+
+
+@dataclass
+class SubscriptionState:
+    """Everything the subscription knows. Absolute timestamps only: timers do not survive continue-as-new."""
+
+    org_id: str
+    status: Status | None = None           # None until the first subscribe
+    email: str = ""
+    plan: str = "free"
+    seats: int = 1
+    interval: Interval = "month"
+    vat_rate: Decimal = Decimal(0)
+    currency: str = "EUR"
+    anchor: datetime | None = None         # periods are anniversaries of the anchor
+    period_index: int = 0
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    credit_month: int = 0                  # annual plans: months since the anchor of the current grant
+    trial_end: datetime | None = None
+    trial_notice_sent: bool = False
+    pending_plan: str | None = None
+    pending_seats: int | None = None
+    cancel_at_period_end: bool = False
+    failed_charges: int = 0                # dunning: failures since the renewal date
+    change_seq: int = 0                    # numbers the changes within a period: part of their keys
+    renewals: int = 0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """The public view (BillingClient.subscription)."""
+
+    org_id: str
+    plan: str
+    seats: int
+    interval: Interval
+    status: Status
+    period_start: datetime | None
+    period_end: datetime | None
+    trial_end: datetime | None
+    pending_plan: str | None
+    pending_seats: int | None
+    cancel_at_period_end: bool
+    renewals: int
+
+
+@dataclass(frozen=True)
+class SubscribeRequest:
+    plan: str
+    seats: int
+    email: str
+    interval: Interval = "month"
+    trial_days: int = 0
+    payment_method: str | None = None
+    vat_rate: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    plan: str
+
+
+@dataclass(frozen=True)
+class SeatsRequest:
+    seats: int
+
+
+def _reject(exc: BillingError) -> ApplicationError:
+    return ApplicationError(exc.message, type=type(exc).__name__, non_retryable=True)
+
+
+def _stamp(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _day(t: datetime | None) -> str:
+    return "" if t is None else t.strftime("%Y-%m-%d")
+
+
+@workflow.defn(name="Subscription")
+class SubscriptionWorkflow:
+    def __init__(self) -> None:
+        self.s = SubscriptionState(org_id="")
+        self.lock = asyncio.Lock()
+        self.changed = False
+
+    # -- the main loop: wait for the next due moment, act, continue as new at each renewal --------------
+
+    @workflow.run
+    async def run(self, state: SubscriptionState) -> None:
+        self.s = state
+        self._publish()
+        while True:
+            wake = self._next_wake()
+            self.changed = False
+            if wake is None:
+                await workflow.wait_condition(lambda: self.changed)
+                continue
+            delay = wake - workflow.now()
+            if delay > timedelta(0):
+                try:
+                    await workflow.wait_condition(lambda: self.changed, timeout=delay,
+                                                  timeout_summary=f"until {_stamp(wake)}")
+                    continue  # a change arrived: the next due moment may have moved
+                except TimeoutError:
+                    pass
+            async with self.lock:
+                renewed = await self._on_due(workflow.now())
+            if renewed:
+                # Continue-as-new only from here, after every handler finished: history stays bounded.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self.s)
+
+    def _next_wake(self) -> datetime | None:
+        s = self.s
+        if s.status == "trialing":
+            assert s.trial_end is not None
+            notice = s.trial_end - TRIAL_NOTICE
+            # A trial of 3 days or less gets no "ends in 3 days" notice.
+            if not s.trial_notice_sent and s.period_start is not None and notice > s.period_start:
+                return notice
+            return s.trial_end
+        if s.status == "active":
+            assert s.anchor is not None and s.period_end is not None
+            if s.interval == "year":
+                month_end = credit_month_bounds(s.anchor, s.credit_month)[1]
+                if month_end < s.period_end:
+                    return month_end
+            return s.period_end
+        if s.status == "past_due":
+            assert s.period_start is not None
+            return s.period_start + timedelta(days=RETRY_AFTER_DAYS[s.failed_charges - 1])
+        return None
+
+    async def _on_due(self, now: datetime) -> bool:
+        """Do what is due at `now`; True when a renewal happened (the main loop continues as new)."""
+        s = self.s
+        if s.status == "trialing":
+            assert s.trial_end is not None
+            if now < s.trial_end:
+                s.trial_notice_sent = True
+                await self._email("trial_ending", f"{s.org_id}:{_stamp(s.trial_end)}:trial-ending", now,
+                                  plan=s.plan, trial_end=_day(s.trial_end),
+                                  amount=str(self._money(self._period_lines(s.plan, s.seats, now, now))))
+                return False
+            await self._end_trial(now)
+            return True
+        if s.status == "active":
+            assert s.anchor is not None and s.period_end is not None
+            if now < s.period_end:  # annual plan: next month's credits
+                s.credit_month += 1
+                start, end = credit_month_bounds(s.anchor, s.credit_month)
+                await self._grant(s.plan, start, min(end, s.period_end), now, "credits")
+                return False
+            await self._renew(now)
+            return True
+        if s.status == "past_due":
+            await self._retry(now)
+            return True
+        return False
+
+    # -- lifecycle steps ------------------------------------------------------------------------------
+
+    async def _end_trial(self, now: datetime) -> None:
+        s = self.s
+        assert s.trial_end is not None
+        if s.cancel_at_period_end:
+            await self._to_free(now, "your trial ended and the subscription was cancelled")
+            return
+        s.plan, s.seats = s.pending_plan or s.plan, s.pending_seats or s.seats
+        s.pending_plan, s.pending_seats = None, None
+        s.anchor, s.period_index, s.credit_month = s.trial_end, 0, 0
+        await self._start_paid_period(now, "subscription", after_decline="free")
+
+    async def _renew(self, now: datetime) -> None:
+        s = self.s
+        if s.cancel_at_period_end:
+            await self._to_free(now, "the subscription was cancelled at the end of its period")
+            return
+        s.plan = s.pending_plan or s.plan
+        s.seats = s.pending_seats or s.seats
+        s.pending_plan, s.pending_seats = None, None
+        s.period_index += 1
+        s.credit_month = s.period_index * (12 if s.interval == "year" else 1)
+        s.renewals += 1
+        await self._start_paid_period(now, "renewal", after_decline="past_due")
+
+    async def _start_paid_period(self, now: datetime, purpose: Purpose, *, after_decline: str) -> None:
+        """Charge the period starting at the anchor's period `period_index`; on success grant its credits
+        and send the receipt; on a decline go past_due (renewal) or to Free (first period after a trial)."""
+        s = self.s
+        assert s.anchor is not None
+        s.period_start, s.period_end = period_bounds(s.anchor, s.interval, s.period_index)
+        s.change_seq, s.failed_charges = 0, 0
+        lines = self._period_lines(s.plan, s.seats, s.period_start, s.period_end)
+        key = self._key(purpose)
+        charged = await self._charge(key, purpose, lines, now)
+        if charged is None:
+            if after_decline == "free":
+                await self._to_free(now, "the first payment after your trial was declined")
+                return
+            s.status, s.failed_charges = "past_due", 1
+            self._publish()
+            # No new plan credits until paid; the old period's credits expire now, explicitly.
+            await self._grant(s.plan, s.period_start, s.period_end, now, "unpaid", grant=False)
+            await self._email("payment_failed", f"{key}:failed", now, plan=s.plan,
+                              amount=str(self._money(lines)), next_retry=_day(self._next_wake()))
+            return
+        s.status = "active"
+        self._publish()
+        await self._paid(charged, now)
+
+    async def _retry(self, now: datetime) -> None:
+        s = self.s
+        assert s.period_start is not None and s.period_end is not None
+        lines = self._period_lines(s.plan, s.seats, s.period_start, s.period_end)
+        key = self._key(f"retry-{s.failed_charges}")
+        charged = await self._charge(key, "retry", lines, now)
+        if charged is None:
+            s.failed_charges += 1
+            last = s.failed_charges > len(RETRY_AFTER_DAYS)
+            await self._email("payment_failed", f"{key}:failed", now, plan=s.plan, amount=str(self._money(lines)),
+                              next_retry=None if last else _day(self._next_wake()))
+            if last:
+                await self._to_free(now, "the payment for your subscription failed 4 times")
+            return
+        s.status, s.failed_charges = "active", 0  # the period anchor is unchanged
+        self._publish()
+        await self._paid(charged, now)
+
+    async def _paid(self, charged: ChargeResult, now: datetime) -> None:
+        """After a period's charge: its credits (this month's, for annual plans) and the receipt, together."""
+        s = self.s
+        assert s.anchor is not None and s.period_start is not None and s.period_end is not None
+        if s.interval == "year":
+            months = 0
+            while credit_month_bounds(s.anchor, s.period_index * 12 + months + 1)[0] <= now and months < 11:
+                months += 1
+            s.credit_month = s.period_index * 12 + months
+            start, end = credit_month_bounds(s.anchor, s.credit_month)
+        else:
+            start, end = s.period_start, s.period_end
+        await asyncio.gather(
+            self._grant(s.plan, start, min(end, s.period_end), now, "credits"),
+            self._email("receipt", f"{charged.key}:receipt", now, plan=s.plan, seats=s.seats,
+                        amount=str(Money(charged.amount_cents, charged.currency)),
+                        invoice_number=charged.invoice_number,
+                        period_start=_day(s.period_start), period_end=_day(s.period_end)),
+        )
+
+    async def _to_free(self, now: datetime, reason: str) -> None:
+        s = self.s
+        left = s.plan
+        s.status, s.plan, s.seats = "free", "free", 1
+        s.anchor = s.period_start = s.period_end = s.trial_end = None
+        s.pending_plan, s.pending_seats, s.cancel_at_period_end = None, None, False
+        s.failed_charges = s.change_seq = 0
+        self._publish()
+        await self._grant("free", now, None, now, "free")
+        await self._email("reverted_to_free", f"{s.org_id}:{_stamp(now)}:free", now, plan=left, reason=reason)
+
+    # -- updates: validators refuse before history; handlers run one at a time ---------------------------
+
+    @workflow.update
+    async def subscribe(self, req: SubscribeRequest) -> Subscription:
+        async with self.lock:
+            s = self.s
+            self._check_subscribe(req)  # again under the lock: an earlier update may have changed the state
+            now = workflow.now()
+            customer = await self._activity(
+                "stripe.ensure_customer",
+                EnsureCustomer(s.org_id, req.email, now, req.payment_method, req.vat_rate, s.currency),
+                CustomerResult, summary=f"Stripe customer for {s.org_id}")
+            if req.trial_days == 0 and customer.payment_method is None:
+                raise ApplicationError("a payment method is required to subscribe without a trial",
+                                       "no_payment_method", type="PaymentDeclined", non_retryable=True)
+            s.email, s.plan, s.seats = req.email, req.plan, req.seats
+            s.interval, s.vat_rate = req.interval, req.vat_rate
+            s.pending_plan, s.pending_seats, s.cancel_at_period_end = None, None, False
+            if req.trial_days > 0:
+                s.status, s.period_start = "trialing", now
+                s.trial_end = s.period_end = now + timedelta(days=req.trial_days)
+                s.trial_notice_sent = False
+                self._publish()
+                await self._grant(s.plan, now, s.trial_end, now, "trial")
+                await self._email("trial_started", f"{s.org_id}:{_stamp(now)}:trial", now,
+                                  plan=s.plan, seats=s.seats, trial_end=_day(s.trial_end))
+            else:
+                s.anchor, s.period_index, s.credit_month = now, 0, 0
+                await self._start_paid_period(now, "subscription", after_decline="free")
+                if s.status == "free":
+                    raise ApplicationError("the first payment was declined: the organization stays on Free",
+                                           "card_declined", type="PaymentDeclined", non_retryable=True)
+            self.changed = True
+            return self._view()
+
+    @subscribe.validator
+    def _check_subscribe(self, req: SubscribeRequest) -> None:
+        try:
+            check_subscribe(CATALOG, self.s.status, req.plan, req.seats, req.interval, req.trial_days,
+                            req.email, req.vat_rate)
+        except BillingError as exc:
+            raise _reject(exc) from None
+
+    @workflow.update
+    async def upgrade(self, req: PlanRequest) -> Subscription:
+        async with self.lock:
+            s = self.s
+            check = self._validated(lambda: check_upgrade(CATALOG, s.status, s.plan, req.plan))
+            now = workflow.now()
+            old = s.plan
+            s.change_seq += 1
+            assert s.period_start is not None and s.period_end is not None
+            key = self._key(f"upgrade-{s.change_seq}")
+            amount_text = "no charge during the trial"
+            invoice = ""
+            if s.status == "active":
+                left, total = remaining_fraction(s.period_start, s.period_end, now)
+                diff = (seat_price_cents(CATALOG, check, s.interval)
+                        - seat_price_cents(CATALOG, CATALOG.plan(old), s.interval)) * s.seats
+                cents = prorate_cents(diff, left, total)
+                if cents > 0:
+                    lines = [InvoiceLine(f"upgrade {old} to {req.plan} x {s.seats} seats, "
+                                         f"{_day(now)} to {_day(s.period_end)} (prorated)", 1, cents, cents)]
+                    charged = await self._charge(key, "upgrade", lines, now, raise_decline=True)
+                    assert charged is not None
+                    amount_text, invoice = str(Money(charged.amount_cents, charged.currency)), charged.invoice_number
+            await self._activity("ledger.change_plan", ChangePlan(s.org_id, key, req.plan, now),
+                                 LedgerWriteResult, summary=f"Plan credits: {old} to {req.plan}")
+            s.plan = req.plan
+            s.pending_plan = None  # an upgrade replaces a pending downgrade
+            self._publish()
+            await self._email("upgrade_confirmed", f"{key}:email", now, old_plan=old, plan=s.plan, seats=s.seats,
+                              amount=amount_text, invoice_number=invoice)
+            self.changed = True
+            return self._view()
+
+    @upgrade.validator
+    def _check_upgrade(self, req: PlanRequest) -> None:
+        self._validated(lambda: check_upgrade(CATALOG, self.s.status, self.s.plan, req.plan))
+
+    @workflow.update
+    async def downgrade(self, req: PlanRequest) -> Subscription:
+        async with self.lock:
+            s = self.s
+            target = self._validated(
+                lambda: check_downgrade(CATALOG, s.status, s.plan, req.plan, s.pending_seats or s.seats))
+            s.pending_plan = None if target is None else target.name
+            s.change_seq += 1
+            self._publish()
+            if target is not None:
+                assert s.period_start is not None
+                await self._email("downgrade_scheduled", self._key(f"downgrade-{s.change_seq}"),
+                                  workflow.now(), plan=s.plan, new_plan=target.name, effective=_day(s.period_end))
+            self.changed = True
+            return self._view()
+
+    @downgrade.validator
+    def _check_downgrade(self, req: PlanRequest) -> None:
+        s = self.s
+        self._validated(lambda: check_downgrade(CATALOG, s.status, s.plan, req.plan, s.pending_seats or s.seats))
+
+    @workflow.update
+    async def change_seats(self, req: SeatsRequest) -> Subscription:
+        async with self.lock:
+            s = self.s
+            seats = self._validated(
+                lambda: check_change_seats(CATALOG, s.status, s.plan, s.pending_plan, s.seats, req.seats))
+            now = workflow.now()
+            assert s.period_start is not None and s.period_end is not None
+            s.change_seq += 1
+            key = self._key(f"seats-{s.change_seq}")
+            old = s.seats
+            if seats == old:
+                s.pending_seats = None  # back to the current count: withdraws a pending reduction
+                self.changed = True
+                return self._view()
+            amount: str | None = None
+            effective = _day(now)
+            if seats > old:
+                if s.status == "active":
+                    left, total = remaining_fraction(s.period_start, s.period_end, now)
+                    cents = added_seats_cents(seat_price_cents(CATALOG, CATALOG.plan(s.plan), s.interval),
+                                              seats - old, left, total)
+                    if cents > 0:
+                        lines = [InvoiceLine(f"{s.plan} x {seats - old} more seats, {_day(now)} to "
+                                             f"{_day(s.period_end)} (prorated)", 1, cents, cents)]
+                        charged = await self._charge(key, "seats", lines, now, raise_decline=True)
+                        assert charged is not None
+                        amount = str(Money(charged.amount_cents, charged.currency))
+                s.seats, s.pending_seats = seats, None
+            else:
+                s.pending_seats = seats  # fewer seats from the next period
+                effective = _day(s.period_end)
+            self._publish()
+            await self._email("seats_changed", f"{key}:email", now, plan=s.plan, old_seats=old, seats=seats,
+                              amount=amount, effective=effective)
+            self.changed = True
+            return self._view()
+
+    @change_seats.validator
+    def _check_change_seats(self, req: SeatsRequest) -> None:
+        s = self.s
+        self._validated(lambda: check_change_seats(CATALOG, s.status, s.plan, s.pending_plan, s.seats, req.seats))
+
+    @workflow.update
+    async def cancel(self) -> Subscription:
+        async with self.lock:
+            s = self.s
+            self._check_cancel()
+            now = workflow.now()
+            if s.status == "past_due":  # nothing paid for this period: Free now
+                await self._to_free(now, "the subscription was cancelled while a payment was past due")
+            else:
+                s.cancel_at_period_end = True
+                s.change_seq += 1
+                self._publish()
+                assert s.period_start is not None
+                await self._email("cancellation_scheduled", self._key(f"cancel-{s.change_seq}"),
+                                  now, plan=s.plan, effective=_day(s.period_end))
+            self.changed = True
+            return self._view()
+
+    @cancel.validator
+    def _validate_cancel(self) -> None:
+        self._check_cancel()
+
+    def _check_cancel(self) -> None:
+        s = self.s
+        if s.status in (None, "free"):
+            raise ApplicationError("there is no subscription to cancel: the organization is on Free",
+                                   type="InvalidRequest", non_retryable=True)
+        if s.cancel_at_period_end:
+            raise ApplicationError(f"the subscription is already cancelled for {_day(s.period_end)}",
+                                   type="InvalidRequest", non_retryable=True)
+
+    @workflow.update
+    async def resume(self) -> Subscription:
+        async with self.lock:
+            s = self.s
+            self._check_resume()
+            s.cancel_at_period_end = False
+            s.change_seq += 1
+            self._publish()
+            assert s.period_start is not None
+            await self._email("resumed", self._key(f"resume-{s.change_seq}"),
+                              workflow.now(), plan=s.plan, period_end=_day(s.period_end))
+            self.changed = True
+            return self._view()
+
+    @resume.validator
+    def _validate_resume(self) -> None:
+        self._check_resume()
+
+    def _check_resume(self) -> None:
+        if not self.s.cancel_at_period_end:
+            raise ApplicationError("the subscription is not cancelled: nothing to resume",
+                                   type="InvalidRequest", non_retryable=True)
+
+    @workflow.query
+    def state(self) -> Subscription:
+        return self._view()
+
+    @workflow.query
+    def settled(self, at: datetime) -> bool:
+        """True when nothing is running and nothing is due at `at` (the test kit waits for this)."""
+        wake = self._next_wake()
+        return not self.lock.locked() and workflow.all_handlers_finished() and (wake is None or wake > at)
+
+    # -- helpers -------------------------------------------------------------------------------------
+
+    def _validated(self, check: Any) -> Any:
+        try:
+            return check()
+        except BillingError as exc:
+            raise _reject(exc) from None
+
+    def _key(self, purpose: str) -> str:
+        """The business key of an effect in the current period: {org}:{period_start}:{purpose}."""
+        s = self.s
+        assert s.period_start is not None
+        return f"{s.org_id}:{_stamp(s.period_start)}:{purpose}"
+
+    def _view(self) -> Subscription:
+        s = self.s
+        return Subscription(s.org_id, s.plan, s.seats, s.interval, s.status or "free", s.period_start, s.period_end,
+                            s.trial_end, s.pending_plan, s.pending_seats, s.cancel_at_period_end, s.renewals)
+
+    def _period_lines(self, plan: str, seats: int, start: datetime, end: datetime) -> list[InvoiceLine]:
+        price = seat_price_cents(CATALOG, CATALOG.plan(plan), self.s.interval)
+        label = "year" if self.s.interval == "year" else "month"
+        return [InvoiceLine(f"{plan} x {seats} seats, {_day(start)} to {_day(end)} ({label})",
+                            seats, price, price * seats)]
+
+    def _money(self, lines: list[InvoiceLine]) -> Money:
+        return Money(totals(lines, self.s.vat_rate).total_cents, self.s.currency)
+
+    def _publish(self) -> None:
+        """Search attributes and current details: what an operator reads in the Temporal UI."""
+        s = self.s
+        workflow.upsert_search_attributes([
+            ORG_ID.value_set(s.org_id),
+            PLAN.value_set(s.plan),
+            STATUS.value_set(s.status or "new"),
+            PERIOD_END.value_set(s.period_end) if s.period_end else PERIOD_END.value_unset(),
+        ])
+        pending = []
+        if s.pending_plan:
+            pending.append(f"downgrade to {s.pending_plan}")
+        if s.pending_seats:
+            pending.append(f"{s.pending_seats} seats")
+        if s.cancel_at_period_end:
+            pending.append("cancel to Free")
+        workflow.set_current_details(
+            f"**{s.plan}** x {s.seats} seats, {s.interval}ly, **{s.status}**\n\n"
+            f"period: {_day(s.period_start)} to {_day(s.period_end)}"
+            + (f" (trial ends {_day(s.trial_end)})" if s.status == "trialing" else "")
+            + (f"\n\nat period end: {', '.join(pending)}" if pending else "")
+            + (f"\n\nfailed charges: {s.failed_charges}" if s.failed_charges else "")
+            + f"\n\nrenewals: {s.renewals}"
+        )
+
+    async def _activity(self, name: str, arg: Any, result: type[Any], *, summary: str) -> Any:
+        return await workflow.execute_activity(
+            name, arg, result_type=result, start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=ACTIVITY_RETRY, summary=summary[:200],
+        )
+
+    async def _charge(self, key: str, purpose: Purpose, lines: list[InvoiceLine], now: datetime,
+                      *, raise_decline: bool = False) -> ChargeResult | None:
+        """The charge's result, or None when the card was declined (raised instead if `raise_decline`)."""
+        s = self.s
+        summary = charge_summary(lines, s.vat_rate, s.currency)
+        req = ChargeRequest(s.org_id, key, purpose, lines, now, s.vat_rate, s.currency, summary)
+        try:
+            result: ChargeResult = await self._activity("stripe.charge", req, ChargeResult, summary=summary)
+            return result
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == "PaymentDeclined":
+                if raise_decline:
+                    raise ApplicationError(cause.message, *cause.details, type="PaymentDeclined",
+                                           non_retryable=True) from None
+                return None
+            raise
+
+    async def _grant(self, plan: str, start: datetime, end: datetime | None, now: datetime, purpose: str,
+                     *, grant: bool = True) -> None:
+        s = self.s
+        credits = CATALOG.plan(plan).credits
+        what = f"Grant {credits} {plan} credits" if grant else "Expire plan credits (period unpaid)"
+        await self._activity(
+            "ledger.start_period",
+            StartPeriod(s.org_id, f"{s.org_id}:{_stamp(start)}:{purpose}", plan, start, end, now, grant),
+            LedgerWriteResult, summary=f"{what}, {_day(start)} to {_day(end)}")
+
+    async def _email(self, template: str, key: str, now: datetime, **context: str | int | bool | None) -> None:
+        s = self.s
+        await self._activity("email.send", SendEmail(s.org_id, key, template, s.email, now,
+                                                     {"org_id": s.org_id, **context}),
+                             EmailResult, summary=f"Email {template} to the billing contact")
+
+
+def initial_state(org_id: str) -> SubscriptionState:
+    return SubscriptionState(org_id=org_id)
+
