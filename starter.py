@@ -29,7 +29,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ledger import Ledger, check_id, utcnow
-from models.billing_types import Interval
+from activities.payments import Payments, close_stripe_client, stripe_client_from_settings
+from models.billing_types import Interval, Invoice
 from models.catalog import CATALOG
 from models.errors import BillingError, InvalidRequest, PaymentDeclined
 from models.ledger_types import (
@@ -44,7 +45,7 @@ from models.ledger_types import (
 )
 from models.subscription_rules import check_subscribe
 from settings import Settings
-from stack.services import database
+from stack.services import LOCALSTRIPE_PORT, database
 from stack.temporal import connect_client
 from workflows.subscription import (
     ORG_ID,
@@ -77,10 +78,14 @@ def _billing_error(err: BaseException) -> BillingError | None:
 class BillingClient:
     """Start and steer subscriptions (Temporal workflows), meter usage and read balances (the ledger)."""
 
-    def __init__(self, ledger: Ledger, settings: Settings, temporal: Client | None = None) -> None:
+    def __init__(self, ledger: Ledger, settings: Settings, temporal: Client | None = None, *,
+                 payments: Payments | None = None) -> None:
         self.ledger = ledger
         self.settings = settings
         self._temporal = temporal
+        self._own_payments = payments is None
+        self.payments = payments or Payments(ledger.pool, stripe_client_from_settings(
+            settings, None if settings.stripe_api_key else f"http://127.0.0.1:{LOCALSTRIPE_PORT}"))
 
     @classmethod
     async def connect(
@@ -95,6 +100,8 @@ class BillingClient:
         return cls(ledger, settings)
 
     async def close(self) -> None:
+        if self._own_payments:
+            await close_stripe_client(self.payments.stripe)
         await self.ledger.close()
 
     async def __aenter__(self) -> BillingClient:
@@ -164,6 +171,11 @@ class BillingClient:
             raise self._not_found(org_id, err) from None
         except WorkflowQueryFailedError as err:
             raise InvalidRequest(f"{org_id}: the subscription cannot be read: {err}") from None
+
+    async def invoices(self, org_id: str) -> list[Invoice]:
+        """The organization's invoices, oldest first (number INV-YYYY-NNNNNN, lines, tax, total, html)."""
+        check_id("org_id", org_id)
+        return await self.payments.invoices(org_id)
 
     async def _handle(self, org_id: str) -> WorkflowHandle[Any, Any]:
         check_id("org_id", org_id)

@@ -1,6 +1,6 @@
 """Run a worker with every workflow and activity, on the configured stack or on the embedded defaults.
 
-    python worker.py            # the main job: embedded PostgreSQL + Temporal dev server + worker
+    python worker.py            # the main job: the whole stack + worker, renewals firing on their own
 """
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvloop
 from rich.console import Console
@@ -16,21 +17,27 @@ from rich.table import Table
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.alert_sender import AlertSender
 from activities.ledger import Ledger
 from activities.ledger_activities import LedgerActivities
+from activities.mailer import EmailActivities, Mailer
+from activities.payments import PaymentActivities, Payments, close_stripe_client, stripe_client_from_settings
 from settings import Settings
 from stack.services import Running, running_stack
 from workflows import ALL_WORKFLOWS
 
 
-def build_worker(client: Client, ledger: Ledger, task_queue: str) -> Worker:
-    activities: Sequence[object] = LedgerActivities(ledger).all()
-    return Worker(
-        client,
-        task_queue=task_queue,
-        workflows=ALL_WORKFLOWS,
-        activities=activities,  # type: ignore[arg-type]
-    )
+@asynccontextmanager
+async def build_worker(
+    client: Client, task_queue: str, ledger: Ledger, payments: Payments, mailer: Mailer
+) -> AsyncIterator[Worker]:
+    """A running worker with every workflow and every activity (ledger, Stripe, email)."""
+    activities: list[object] = [
+        *LedgerActivities(ledger).all(), *PaymentActivities(payments).all(), *EmailActivities(mailer).all(),
+    ]
+    worker = Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=activities)  # type: ignore[arg-type]
+    async with worker:
+        yield worker
 
 
 def banner(settings: Settings, run: Running) -> Table:
@@ -43,6 +50,8 @@ def banner(settings: Settings, run: Running) -> Table:
     t.add_row("Temporal", run.temporal_address, "embedded dev server" if run.temporal_embedded else "TEMPORAL_ADDRESS")
     if run.temporal_ui:
         t.add_row("Temporal UI", run.temporal_ui, "embedded dev server")
+    t.add_row("Stripe", run.stripe_url or "api.stripe.com", "localstripe (fake)" if run.stripe_url else "STRIPE_API_KEY")
+    t.add_row("SMTP", run.smtp_url.split("@")[-1], f"sink writing {run.maildir}" if run.maildir else "SMTP_URL")
     t.add_row("worker", f"task queue {settings.task_queue!r}", f"{len(ALL_WORKFLOWS)} workflows")
     return t
 
@@ -58,12 +67,21 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     async with running_stack(settings) as run:
         ledger = await Ledger.open(run.database_url, pool_size=settings.db_pool_size)
+        stripe = stripe_client_from_settings(settings, run.stripe_url)
+        payments = Payments(run.database_url, stripe)
+        mailer = await Mailer.open(run.database_url, run.smtp_url)
+        alerts = AlertSender(mailer.pool, mailer)
         try:
-            async with build_worker(run.client, ledger, settings.task_queue):
+            async with build_worker(run.client, settings.task_queue, ledger, payments, mailer):
                 console.print(banner(settings, run))
                 console.print("Ctrl-C stops the worker and the embedded services.")
+                sender = asyncio.create_task(alerts.run(stop))
                 await stop.wait()
+                await sender
         finally:
+            await mailer.close()
+            await payments.close()
+            await close_stripe_client(stripe)
             await ledger.close()
 
 

@@ -6,12 +6,19 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from temporalio.client import Client
 
 from settings import Settings
+from stack.mail import SmtpSink
+from stack.stripe_server import start_localstripe
 from stack.postgres import migrate, start_embedded
 from stack.temporal import connect_client, start_dev_server
+
+
+LOCALSTRIPE_PORT = 8420  # the embedded defaults' fixed ports, so an operator knows where to look
+SMTP_SINK_PORT = 8025
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,9 @@ class Running:
     temporal_embedded: bool
     temporal_ui: str | None
     client: Client
+    stripe_url: str | None   # the fake Stripe's base URL; None with STRIPE_API_KEY (the real API)
+    smtp_url: str
+    maildir: Path | None     # where the embedded SMTP sink writes .eml files; None with SMTP_URL
 
 
 async def database(settings: Settings) -> tuple[str, bool]:
@@ -47,4 +57,14 @@ async def running_stack(settings: Settings) -> AsyncIterator[Running]:
             stack.push_async_callback(env.shutdown)
             client = env.client
             address, ui, t_embedded = "localhost:7233", "http://localhost:8233", True
-        yield Running(url, db_embedded, address, t_embedded, ui, client)
+        stripe_url = None
+        if not settings.stripe_api_key:
+            stripe_url = await stack.enter_async_context(
+                start_localstripe(LOCALSTRIPE_PORT, state_file=settings.data_dir / "localstripe.pickle"))
+        smtp_url, maildir = settings.smtp_url, None
+        if not smtp_url:
+            maildir = settings.data_dir / "mail"
+            sink = SmtpSink(maildir, SMTP_SINK_PORT).start()
+            stack.callback(sink.stop)
+            smtp_url = sink.url
+        yield Running(url, db_embedded, address, t_embedded, ui, client, stripe_url, smtp_url, maildir)

@@ -16,6 +16,7 @@ import pytest
 from activities.ledger import Ledger
 from models.ledger_types import StartPeriod
 from stack.postgres import migrate, start_embedded
+from testkit import TestKit, start_testkit
 from tests.invariants import violations
 
 T0 = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
@@ -65,3 +66,17 @@ def new_org(ledger: Ledger, request: pytest.FixtureRequest) -> OrgFactory:
 
     return make
 
+
+
+@pytest.fixture(scope="session")
+async def kit(database_url: str) -> AsyncIterator[TestKit]:
+    """The whole stack with a time-skipping clock (testkit.py), shared by the lifecycle tests: each test
+    uses organizations of its own, and time only moves forward."""
+    async with start_testkit(database_url=database_url) as k:
+        yield k
+
+
+@pytest.fixture
+def org(request: pytest.FixtureRequest) -> str:
+    """A fresh organization id for this test."""
+    return f"{request.node.name[:40].strip('_')}-{next(_orgs)}".replace("[", "-").replace("]", "")

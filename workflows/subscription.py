@@ -150,8 +150,10 @@ def _day(t: datetime | None) -> str:
 
 @workflow.defn(name="Subscription")
 class SubscriptionWorkflow:
-    def __init__(self) -> None:
-        self.s = SubscriptionState(org_id="")
+    @workflow.init
+    def __init__(self, state: SubscriptionState) -> None:
+        # The state is set here, not in run: an update delivered with the start runs before run does.
+        self.s = state
         self.lock = asyncio.Lock()
         self.changed = False
 
@@ -159,7 +161,6 @@ class SubscriptionWorkflow:
 
     @workflow.run
     async def run(self, state: SubscriptionState) -> None:
-        self.s = state
         self._publish()
         while True:
             wake = self._next_wake()
