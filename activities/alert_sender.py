@@ -1,0 +1,173 @@
+"""Email the alerts the ledger records (table `alerts`: 80% and 100% of the plan credits, low balance,
+usage guard paused), once each.
+
+The debit path only inserts a row (it must stay one round trip); this poller turns unsent rows into
+emails through Mailer.send with the key `alert:{id}`, so a crash or a second poller never sends twice,
+then stamps alerts.sent_at. Alerts of organizations without a billing profile (no recipient) wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from temporalio.exceptions import ApplicationError
+
+from activities.ledger import utcnow
+from activities.mailer import Mailer
+from activities.pg import LeanPool
+from models.billing_types import SendEmail
+from models.credits import from_milli
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = {
+    "plan_80": "usage_80",
+    "plan_100": "credits_exhausted",
+    "low_balance": "low_balance",
+    "usage_guard_paused": "usage_guard_paused",
+}
+
+# ledger_balance gives the current period as of `now` (a free plan's day rolls over without a write);
+# period_key of a plan alert is that period's start in epoch seconds (ledger_alerts).
+_PENDING = """
+SELECT a.id, a.org_id, a.kind, a.period_key, a.detail, p.email,
+       b.allocation, b.consumed, extract(epoch FROM b.period_start)::bigint::text,
+       w.low_balance_threshold, g.max_uses, g.window_seconds
+FROM alerts a
+JOIN billing_profiles p ON p.org_id = a.org_id
+LEFT JOIN wallets w ON w.org_id = a.org_id
+LEFT JOIN LATERAL ledger_balance(a.org_id, %s) b ON true
+LEFT JOIN usage_guards g ON a.kind = 'usage_guard_paused' AND g.org_id = a.org_id AND g.action = a.detail
+WHERE a.sent_at IS NULL AND a.id <> ALL (%s::bigint[])
+ORDER BY a.id
+LIMIT %s
+"""
+_STAMP = "UPDATE alerts SET sent_at = %s WHERE id = %s AND sent_at IS NULL"
+
+
+@dataclass(frozen=True)
+class _Pending:
+    id: int
+    org_id: str
+    kind: str
+    period_key: str
+    detail: str
+    email: str
+    allocation: int | None
+    consumed: int | None
+    current_period: str | None
+    threshold: int | None
+    guard_max_uses: int | None
+    guard_window_seconds: int | None
+
+
+def format_credits(milli: int) -> str:
+    """2400000 -> '2,400'; 500 -> '0.5': exact, no trailing zeros."""
+    text = f"{from_milli(milli):,f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def format_window(seconds: int) -> str:
+    """3600 -> 'hour', 1800 -> '30 minutes': reads after 'per'."""
+    n, unit = seconds, "second"
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            n, unit = seconds // size, name
+            break
+    return unit if n == 1 else f"{n} {unit}s"
+
+
+def alert_context(a: _Pending) -> dict[str, str | int | bool | None] | None:
+    """The template's context, or None when the alert is no longer worth an email and is retired unsent:
+    a plan alert of a period that has ended, an 80% alert overtaken by 100% (its own email says more),
+    a low-balance alert the organization has since switched off."""
+    if a.kind in ("plan_80", "plan_100"):
+        if a.allocation is None or a.consumed is None or a.current_period != a.period_key or a.allocation <= 0:
+            return None
+        if a.kind == "plan_80" and a.consumed >= a.allocation:
+            return None
+        if a.kind == "plan_100":
+            return {"allocation": format_credits(a.allocation)}
+        return {"allocation": format_credits(a.allocation), "consumed": format_credits(a.consumed),
+                "percent": a.consumed * 100 // a.allocation}
+    if a.kind == "low_balance":
+        if a.threshold is None:
+            return None
+        return {"available": format_credits(max(int(a.detail), 0)), "threshold": format_credits(a.threshold)}
+    if a.kind == "usage_guard_paused":
+        if a.guard_max_uses is None or a.guard_window_seconds is None:
+            detail = "its usage guard was tripped"  # the guard was removed since
+        else:
+            uses = "1 use" if a.guard_max_uses == 1 else f"{a.guard_max_uses} uses"
+            detail = f"it went past its limit of {uses} per {format_window(a.guard_window_seconds)}"
+        return {"action": a.detail, "detail": detail}
+    raise ValueError(f"alert {a.id}: unknown kind {a.kind!r}")
+
+
+class AlertSender:
+    def __init__(self, pool: LeanPool, mailer: Mailer) -> None:
+        self.pool = pool
+        self.mailer = mailer
+        # Alerts whose email is a bad request (say, a malformed address in the profile): left unsent,
+        # and passed over by this process so they cannot hold up the others behind them.
+        self._refused: set[int] = set()
+
+    async def send_pending(self, now: datetime, limit: int = 100) -> int:
+        """Email up to `limit` unsent alerts; returns how many emails went out now."""
+        return (await self._batch(now, limit))[1]
+
+    async def _batch(self, now: datetime, limit: int) -> tuple[int, int]:
+        """(alerts handled, emails sent). A bad request is logged and passed over; anything else (SMTP
+        or database down) stops the batch and propagates."""
+        rows = await self.pool.fetchall(_PENDING, (now, sorted(self._refused), limit))
+        handled = sent = 0
+        for row in rows:
+            alert = _Pending(*row)
+            context = alert_context(alert)
+            if context is not None:
+                try:
+                    result = await self.mailer.send(SendEmail(
+                        org_id=alert.org_id, key=f"alert:{alert.id}", template=TEMPLATES[alert.kind],
+                        to=alert.email, now=now, context=context))
+                except ApplicationError as exc:
+                    if not exc.non_retryable:
+                        raise
+                    log.error("alert %s (%s, %s) not emailed: %s", alert.id, alert.kind, alert.org_id, exc)
+                    self._refused.add(alert.id)
+                    handled += 1
+                    continue
+                sent += result.sent
+            else:
+                log.info("alert %s (%s, %s) is no longer true: retired without an email",
+                         alert.id, alert.kind, alert.org_id)
+            await self._stamp(alert.id, now)
+            handled += 1
+        return handled, sent
+
+    async def _stamp(self, alert_id: int, now: datetime) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_STAMP, (now, alert_id))
+
+    async def run(
+        self, stop: asyncio.Event, interval: float = 1.0, clock: Callable[[], datetime] = utcnow,
+        limit: int = 100,
+    ) -> None:
+        """Poll until `stop` is set. Errors are logged and the next poll tries again; a full batch polls
+        again at once."""
+        while not stop.is_set():
+            handled = 0
+            try:
+                handled, sent = await self._batch(clock(), limit)
+                if sent:
+                    log.info("alert emails sent: %d", sent)
+            except Exception:
+                log.exception("alert emails: poll failed, retrying in %.1fs", interval)
+            if handled < limit:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+
