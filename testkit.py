@@ -91,10 +91,10 @@ class TestKit:
         await self._sync_clock()
         await self.settle()
 
-    async def settle(self, timeout: float = 60.0) -> None:
+    async def settle(self, within: float = 60.0) -> None:
         """Wait until no subscription has work in flight or due, then send the pending alerts."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         pending = set(self.billing.known_orgs)
         while pending:
             at = self.now()
@@ -107,7 +107,7 @@ class TestKit:
                     pending.discard(org)  # never started (refused subscribe)
             if pending:
                 if loop.time() > deadline:
-                    raise TimeoutError(f"subscriptions still busy after {timeout}s: {sorted(pending)}")
+                    raise TimeoutError(f"subscriptions still busy after {within}s: {sorted(pending)}")
                 await asyncio.sleep(0.02)
         await self.alerts.send_pending(self.now())
 

@@ -35,7 +35,8 @@ async def build_worker(
     activities: list[object] = [
         *LedgerActivities(ledger).all(), *PaymentActivities(payments).all(), *EmailActivities(mailer).all(),
     ]
-    worker = Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS, activities=activities)  # type: ignore[arg-type]
+    worker = Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS,
+                    activities=activities)  # type: ignore[arg-type]
     async with worker:
         yield worker
 
@@ -50,7 +51,8 @@ def banner(settings: Settings, run: Running) -> Table:
     t.add_row("Temporal", run.temporal_address, "embedded dev server" if run.temporal_embedded else "TEMPORAL_ADDRESS")
     if run.temporal_ui:
         t.add_row("Temporal UI", run.temporal_ui, "embedded dev server")
-    t.add_row("Stripe", run.stripe_url or "api.stripe.com", "localstripe (fake)" if run.stripe_url else "STRIPE_API_KEY")
+    stripe_source = "localstripe (fake)" if run.stripe_url else "STRIPE_API_KEY"
+    t.add_row("Stripe", run.stripe_url or "api.stripe.com", stripe_source)
     t.add_row("SMTP", run.smtp_url.split("@")[-1], f"sink writing {run.maildir}" if run.maildir else "SMTP_URL")
     t.add_row("worker", f"task queue {settings.task_queue!r}", f"{len(ALL_WORKFLOWS)} workflows")
     return t

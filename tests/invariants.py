@@ -1,4 +1,5 @@
-"""The ledger's and billing's invariants (stated in migrations/versions/0001_ledger.sql and 0002_billing.sql), checked against the database.
+"""The ledger's and billing's invariants (stated in migrations/versions/0001_ledger.sql and
+0002_billing.sql), checked against the database.
 
 Each query returns the rows that break its invariant; all must be empty.
 """

@@ -3,7 +3,7 @@ SMTP): every rule of DESIGN.md section 4 with exact amounts."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -16,6 +16,12 @@ EMAIL = "billing@acme.test"
 
 def templates(kit: TestKit, org: str) -> list[str]:
     return [m.template for m in kit.emails(org)]
+
+
+async def past(kit: TestKit, moment: datetime | None, plus: timedelta = timedelta(minutes=1)) -> None:
+    """Advance the kit's clock to just after `moment` (a period end, a trial end...)."""
+    assert moment is not None
+    await kit.advance(moment + plus - kit.now())
 
 
 async def test_subscribe_charges_seats_times_price_and_grants_the_allocation(kit: TestKit, org: str) -> None:
@@ -45,7 +51,7 @@ async def test_renewal_charges_again_expires_what_is_left_and_grants_anew(kit: T
     first = await kit.billing.subscribe(org, plan="pro", seats=3, email=EMAIL)
     await kit.billing.debit(org, action="insight", tier="pro", quantity=10, idempotency_key="k1")  # 1,500
     assert (await kit.billing.balance(org)).plan == Decimal(8500)
-    await kit.advance(first.period_end - kit.now() + timedelta(minutes=1))
+    await past(kit, first.period_end)
     sub = await kit.billing.subscription(org)
     assert (sub.status, sub.renewals, sub.period_start) == ("active", 1, first.period_end)
     assert [(c.amount_cents, c.purpose) for c in kit.charges(org)] == [(27000, "subscription"), (27000, "renewal")]
@@ -93,7 +99,7 @@ async def test_downgrade_waits_for_period_end_and_can_be_replaced_or_withdrawn(k
     sub = await kit.billing.downgrade(org, plan="starter")
     assert (sub.plan, sub.pending_plan) == ("enterprise", "starter")
     assert (await kit.billing.balance(org)).plan_name == "enterprise"  # still, until period end
-    await kit.advance(first.period_end - kit.now() + timedelta(minutes=1))
+    await past(kit, first.period_end)
     sub = await kit.billing.subscription(org)
     assert (sub.plan, sub.pending_plan, sub.seats) == ("starter", None, 2)
     assert kit.charges(org)[-1].amount_cents == 9800  # 49.00 x 2, no proration, no refund
@@ -111,7 +117,7 @@ async def test_seats_more_now_prorated_fewer_at_renewal(kit: TestKit, org: str) 
     assert added.purpose == "seats" and abs(added.amount_cents - 9000) <= 1  # 90.00 x 2 x ~1/2 (by seconds)
     sub = await kit.billing.change_seats(org, seats=2)
     assert (sub.seats, sub.pending_seats) == (5, 2)
-    await kit.advance(first.period_end - kit.now() + timedelta(minutes=1))
+    await past(kit, first.period_end)
     sub = await kit.billing.subscription(org)
     assert (sub.seats, sub.pending_seats) == (2, None)
     assert kit.charges(org)[-1].amount_cents == 18000
@@ -123,13 +129,13 @@ async def test_cancel_continues_to_period_end_then_free_and_resume_undoes_it(kit
     first = await kit.billing.subscribe(org, plan="starter", seats=1, email=EMAIL)
     assert (await kit.billing.cancel(org)).cancel_at_period_end
     assert not (await kit.billing.resume(org)).cancel_at_period_end
-    await kit.advance(first.period_end - kit.now() + timedelta(minutes=1))
+    await past(kit, first.period_end)
     assert (await kit.billing.subscription(org)).status == "active"  # resumed: renewed
     second = await kit.billing.cancel(org)
     with pytest.raises(InvalidRequest, match="already cancelled"):
         await kit.billing.cancel(org)
     assert second.period_end is not None
-    await kit.advance(second.period_end - kit.now() + timedelta(minutes=1))
+    await past(kit, second.period_end)
     sub = await kit.billing.subscription(org)
     assert (sub.status, sub.plan, sub.period_end) == ("free", "free", None)
     assert len(kit.charges(org)) == 2  # no charge for the cancelled period
@@ -144,7 +150,8 @@ async def test_cancel_continues_to_period_end_then_free_and_resume_undoes_it(kit
 
 async def test_annual_is_charged_once_at_20_percent_off_and_credits_come_monthly(kit: TestKit, org: str) -> None:
     first = await kit.billing.subscribe(org, plan="pro", seats=2, interval="year", email=EMAIL)
-    assert first.period_end is not None and (first.period_end - first.period_start).days in (365, 366)
+    assert first.period_end is not None and first.period_start is not None
+    assert (first.period_end - first.period_start).days in (365, 366)
     assert [c.amount_cents for c in kit.charges(org)] == [172800]  # 90.00 x 12 x 0.8 x 2
     await kit.billing.debit(org, action="insight", tier="pro", quantity=10, idempotency_key="k1")
     bal = await kit.billing.balance(org)
@@ -160,14 +167,14 @@ async def test_annual_is_charged_once_at_20_percent_off_and_credits_come_monthly
 async def test_dunning_retries_after_1_3_5_days_then_reverts_to_free(kit: TestKit, org: str) -> None:
     first = await kit.billing.subscribe(org, plan="pro", seats=1, email=EMAIL)
     await kit.use_card(org, "declined")
-    await kit.advance(first.period_end - kit.now() + timedelta(minutes=1))
+    await past(kit, first.period_end)
     sub = await kit.billing.subscription(org)
     assert sub.status == "past_due"
     assert (await kit.billing.balance(org)).plan == Decimal(0)  # no new plan credits
     with pytest.raises(InvalidRequest, match="past due"):
         await kit.billing.upgrade(org, plan="enterprise")
     for day in (1, 3, 5):
-        await kit.advance(first.period_end + timedelta(days=day, minutes=2) - kit.now())
+        await past(kit, first.period_end, timedelta(days=day, minutes=2))
     sub = await kit.billing.subscription(org)
     assert (sub.status, sub.plan) == ("free", "free")
     assert [c.purpose for c in kit.charges(org)] == ["subscription", "renewal", "retry", "retry", "retry"]
@@ -179,10 +186,10 @@ async def test_dunning_retries_after_1_3_5_days_then_reverts_to_free(kit: TestKi
 async def test_a_retry_that_succeeds_restores_active_with_the_anchor_unchanged(kit: TestKit, org: str) -> None:
     first = await kit.billing.subscribe(org, plan="pro", seats=1, email=EMAIL)
     await kit.use_card(org, "declined")
-    await kit.advance(first.period_end - kit.now() + timedelta(minutes=1))
+    await past(kit, first.period_end)
     assert (await kit.billing.subscription(org)).status == "past_due"
     await kit.use_card(org, "ok")
-    await kit.advance(first.period_end + timedelta(days=1, minutes=2) - kit.now())
+    await past(kit, first.period_end, timedelta(days=1, minutes=2))
     sub = await kit.billing.subscription(org)
     assert (sub.status, sub.period_start) == ("active", first.period_end)  # anchor unchanged
     assert (await kit.billing.balance(org)).plan == Decimal(10000)
@@ -194,7 +201,7 @@ async def test_trial_gives_credits_without_charge_warns_3_days_before_then_charg
     assert sub.status == "trialing" and sub.trial_end is not None
     assert kit.charges(org) == []
     assert (await kit.billing.balance(org)).plan == Decimal(10000)
-    await kit.advance(sub.trial_end - timedelta(days=3) - kit.now() + timedelta(minutes=1))
+    await past(kit, sub.trial_end, timedelta(days=-3, minutes=1))
     assert templates(kit, org) == ["trial_started", "trial_ending"]
     assert kit.emails(org)[-1].subject == "Your trial ends in 3 days"
     await kit.advance(timedelta(days=3))
@@ -207,7 +214,7 @@ async def test_trial_end_without_a_payment_method_goes_to_free(kit: TestKit, org
     sub = await kit.billing.subscribe(org, plan="starter", seats=1, trial_days=7, email=EMAIL)
     await kit.use_card(org, "none")
     assert sub.trial_end is not None
-    await kit.advance(sub.trial_end - kit.now() + timedelta(minutes=1))
+    await past(kit, sub.trial_end)
     after = await kit.billing.subscription(org)
     assert (after.status, after.plan) == ("free", "free")
     assert [c.status for c in kit.charges(org)] == []  # nothing to charge: no card
@@ -221,7 +228,7 @@ async def test_subscribe_with_a_declined_card_raises_and_stays_free(kit: TestKit
     await kit.billing.cancel(other)
     sub = await kit.billing.subscription(other)
     assert sub.trial_end is not None
-    await kit.advance(sub.trial_end - kit.now() + timedelta(minutes=1))
+    await past(kit, sub.trial_end)
     await kit.use_card(other, "declined")
     with pytest.raises(PaymentDeclined):
         await kit.billing.subscribe(other, plan="pro", seats=1, email=EMAIL)
