@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from temporalio.client import WorkflowQueryFailedError
@@ -40,7 +40,7 @@ from settings import Settings
 from stack.mail import ReceivedEmail, SmtpSink
 from stack.postgres import migrate, start_embedded
 from stack.stripe_server import CARD_OK, start_localstripe
-from stack.temporal import start_time_skipping
+from stack.temporal import start_dev_server, start_time_skipping
 from starter import BillingClient
 from worker import build_worker
 from workflows.subscription import Subscription, SubscriptionWorkflow, workflow_id
@@ -87,6 +87,8 @@ class TestKit:
         until every subscription has finished what became due and pending alerts are emailed."""
         if delta < timedelta(0):
             raise ValueError("time only moves forward")
+        if not self.env.supports_time_skipping:
+            raise RuntimeError("this kit runs on the dev server, in real time: it cannot skip time")
         await self.env.sleep(delta)
         await self._sync_clock()
         await self.settle()
@@ -132,8 +134,13 @@ class TestKit:
 
 
 @asynccontextmanager
-async def start_testkit(*, database_url: str | None = None, data_dir: Path | None = None) -> AsyncIterator[TestKit]:
-    """Start the stack (a fresh embedded PostgreSQL unless `database_url`), yield the kit, stop it all."""
+async def start_testkit(
+    *, database_url: str | None = None, data_dir: Path | None = None,
+    temporal: Literal["time-skipping", "dev"] = "time-skipping",
+) -> AsyncIterator[TestKit]:
+    """Start the stack (a fresh embedded PostgreSQL unless `database_url`), yield the kit, stop it all.
+    `temporal="dev"` runs the real dev server (in memory, free port) instead: same behaviour, real time,
+    so `advance` is refused."""
     async with AsyncExitStack() as stack:
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="billing-kit-")))
         if database_url is None:
@@ -142,7 +149,8 @@ async def start_testkit(*, database_url: str | None = None, data_dir: Path | Non
         stripe_url = await stack.enter_async_context(start_localstripe())
         sink = SmtpSink(root / "mail").start()
         stack.callback(sink.stop)
-        env = await start_time_skipping()
+        env = await (start_time_skipping() if temporal == "time-skipping"
+                     else start_dev_server(None, port=None, ui_port=None))
         stack.push_async_callback(env.shutdown)
 
         kit: TestKit | None = None

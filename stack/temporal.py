@@ -42,17 +42,22 @@ def test_server_path() -> str:
     return _wheel_binary("temporal-test-server")
 
 
-async def start_dev_server(db_file: Path, *, port: int = 7233, ui_port: int = 8233) -> WorkflowEnvironment:
-    db_file.parent.mkdir(parents=True, exist_ok=True)
+async def start_dev_server(
+    db_file: Path | None, *, port: int | None = 7233, ui_port: int | None = 8233
+) -> WorkflowEnvironment:
+    """The dev server with the billing search attributes; `db_file` None keeps it in memory, `ui_port`
+    None runs it without the UI, `port` None takes a free port (tests)."""
+    if db_file is not None:
+        db_file.parent.mkdir(parents=True, exist_ok=True)
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=dev_server_path(),
-        dev_server_database_filename=str(db_file),
+        dev_server_database_filename=None if db_file is None else str(db_file),
         search_attributes=SEARCH_ATTRIBUTES,
         data_converter=DATA_CONVERTER,
         port=port,
-        ui=True,
+        ui=ui_port is not None,
         ui_port=ui_port,
-        dev_server_extra_args=["--ui-disable-news-fetch"],
+        dev_server_extra_args=["--ui-disable-news-fetch"] if ui_port is not None else [],
     )
 
 

@@ -233,3 +233,19 @@ async def test_subscribe_with_a_declined_card_raises_and_stays_free(kit: TestKit
     with pytest.raises(PaymentDeclined):
         await kit.billing.subscribe(other, plan="pro", seats=1, email=EMAIL)
     assert (await kit.billing.subscription(other)).status == "free"
+
+
+async def test_plan_credit_alerts_are_emailed_once_per_period(kit: TestKit, org: str) -> None:
+    first = await kit.billing.subscribe(org, plan="starter", seats=1, email=EMAIL)
+    await kit.billing.debit(org, action="insight", tier="smart", quantity=48, idempotency_key="a")  # 2,400 = 80%
+    await kit.billing.debit(org, action="insight", tier="smart", quantity=1, idempotency_key="b")
+    await kit.settle()
+    await kit.settle()
+    assert templates(kit, org) == ["receipt", "usage_80"]
+    await kit.billing.debit(org, action="insight", tier="smart", quantity=11, idempotency_key="c")  # 3,000 used
+    await kit.settle()
+    assert templates(kit, org)[-1] == "credits_exhausted"
+    await past(kit, first.period_end)
+    await kit.billing.debit(org, action="insight", tier="smart", quantity=48, idempotency_key="d")  # new period
+    await kit.settle()
+    assert templates(kit, org)[2:] == ["credits_exhausted", "receipt", "usage_80"]

