@@ -12,10 +12,9 @@ from temporalio.client import Client
 
 from settings import Settings
 from stack.mail import SmtpSink
-from stack.stripe_server import start_localstripe
 from stack.postgres import migrate, start_embedded
+from stack.stripe_server import start_localstripe
 from stack.temporal import connect_client, start_dev_server
-
 
 LOCALSTRIPE_PORT = 8420  # the embedded defaults' fixed ports, so an operator knows where to look
 SMTP_SINK_PORT = 8025

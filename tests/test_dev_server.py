@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import datetime
+from decimal import Decimal
 
 import pytest
 
@@ -40,7 +41,7 @@ async def test_subscribe_upgrade_and_a_crash_after_the_charge(dev_kit: TestKit, 
     assert 32990 <= charges[1].amount_cents <= 33000  # (200 - 90) x 3 x (almost all of the period)
     assert len(await kit.payments.stripe_payment_intents(org)) == 2  # the crash made no second charge
     bal = await kit.billing.balance(org)
-    assert (bal.plan, bal.allocation) == (38500, 40000)  # 40,000 minus the 1,500 consumed
+    assert (bal.plan, bal.allocation) == (Decimal(38500), Decimal(40000))  # 40,000 less the 1,500 consumed
     await kit.settle()
     assert [m.template for m in kit.emails(org)] == ["receipt", "upgrade_confirmed"]
     attrs = (await kit.env.client.get_workflow_handle(workflow_id(org)).describe()).search_attributes
