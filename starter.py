@@ -43,6 +43,7 @@ from models.ledger_types import (
     UsageGrouping,
     UsageRow,
 )
+from models.money import Money
 from models.subscription_rules import check_subscribe
 from settings import Settings
 from stack.services import LOCALSTRIPE_PORT, database
@@ -260,7 +261,7 @@ class BillingClient:
 
 # -- CLI ---------------------------------------------------------------------------------------------
 
-cli = typer.Typer(help="Billing engine: meter usage and read balances.", no_args_is_help=True)
+cli = typer.Typer(help="Billing engine: subscriptions, metering, balances, invoices.", no_args_is_help=True)
 console = Console()
 
 
@@ -283,6 +284,98 @@ def _run(coro_fn: Callable[[BillingClient], Any]) -> Any:
     except BillingError as exc:
         console.print(f"[red]{type(exc).__name__}[/red]: {exc.message}")
         raise typer.Exit(2) from None
+
+
+def _show(sub: Subscription) -> None:
+    t = Table(title=f"{sub.org_id}: subscription")
+    for col in ("plan", "seats", "interval", "status", "period", "at period end"):
+        t.add_column(col)
+    pending = [p for p in (sub.pending_plan and f"downgrade to {sub.pending_plan}",
+                           sub.pending_seats and f"{sub.pending_seats} seats",
+                           sub.cancel_at_period_end and "cancel to Free") if p]
+    period = "" if sub.period_start is None else f"{sub.period_start:%Y-%m-%d} to {sub.period_end:%Y-%m-%d}"
+    if sub.status == "trialing":
+        period += f" (trial ends {sub.trial_end:%Y-%m-%d})"
+    t.add_row(sub.plan, str(sub.seats), sub.interval, sub.status, period, ", ".join(pending))
+    console.print(t)
+
+
+@cli.command()
+def subscribe(
+    org_id: str,
+    plan: Annotated[str, typer.Option()],
+    email: Annotated[str, typer.Option(help="the billing contact")],
+    seats: Annotated[int, typer.Option()] = 1,
+    interval: Annotated[str, typer.Option(help="month or year")] = "month",
+    trial_days: Annotated[int, typer.Option()] = 0,
+    payment_method: Annotated[str | None, typer.Option(help="a Stripe PaymentMethod id")] = None,
+) -> None:
+    """Start a subscription (the worker must be running: `python3 tasks.py run`)."""
+    _show(_run(lambda b: b.subscribe(org_id, plan=plan, seats=seats, interval=interval,  # type: ignore[arg-type]
+                                     trial_days=trial_days, email=email, payment_method=payment_method)))
+
+
+@cli.command()
+def upgrade(org_id: str, plan: Annotated[str, typer.Option()]) -> None:
+    """Move to a higher plan now (prorated charge)."""
+    _show(_run(lambda b: b.upgrade(org_id, plan=plan)))
+
+
+@cli.command()
+def downgrade(org_id: str, plan: Annotated[str, typer.Option()]) -> None:
+    """Move to a lower plan at period end (the current plan withdraws a pending downgrade)."""
+    _show(_run(lambda b: b.downgrade(org_id, plan=plan)))
+
+
+@cli.command()
+def seats(org_id: str, count: int) -> None:
+    """Change the number of seats: more now (prorated), fewer from the next period."""
+    _show(_run(lambda b: b.change_seats(org_id, seats=count)))
+
+
+@cli.command()
+def cancel(org_id: str) -> None:
+    """Cancel to Free at period end."""
+    _show(_run(lambda b: b.cancel(org_id)))
+
+
+@cli.command()
+def resume(org_id: str) -> None:
+    """Undo a cancellation before the period ends."""
+    _show(_run(lambda b: b.resume(org_id)))
+
+
+@cli.command()
+def status(org_id: str) -> None:
+    """Show an organization's subscription."""
+    _show(_run(lambda b: b.subscription(org_id)))
+
+
+@cli.command()
+def invoices(org_id: str) -> None:
+    """List an organization's invoices."""
+    rows = _run(lambda b: b.invoices(org_id))
+    t = Table(title=f"{org_id} invoices")
+    for col in ("number", "date", "purpose", "subtotal", "tax", "total", "payment"):
+        t.add_column(col)
+    for i in rows:
+        t.add_row(i.number, f"{i.issued_at:%Y-%m-%d}", i.purpose, str(Money(i.subtotal_cents, i.currency)),
+                  str(Money(i.tax_cents, i.currency)), str(Money(i.total_cents, i.currency)), i.stripe_payment_id)
+    console.print(t)
+
+
+@cli.command()
+def card(
+    org_id: str, kind: Annotated[str, typer.Argument(help="ok, declined, requires_authentication or none")],
+) -> None:
+    """Give an organization a test card on the fake Stripe (localstripe; not with STRIPE_API_KEY)."""
+    async def go(b: BillingClient) -> str | None:
+        if b.settings.stripe_api_key:
+            raise InvalidRequest("test cards are for the fake Stripe: attach real payment methods with Stripe")
+        return await b.payments.set_card(org_id, kind)  # type: ignore[arg-type]
+
+    pm = _run(go)
+    console.print(f"{org_id}: default payment method {pm or 'removed'} ({kind})")
 
 
 @cli.command("open")

