@@ -20,7 +20,7 @@ from models.errors import (
     UsageGuardPaused,
     UserLimitExceeded,
 )
-from models.ledger_types import GrantPack, StartPeriod
+from models.ledger_types import ChangePlan, GrantPack, StartPeriod
 from tests.conftest import T0, OrgFactory
 
 D = Decimal
@@ -487,3 +487,36 @@ async def test_settings_refuse_bad_input_and_change_nothing(ledger: Ledger, new_
     assert (bal.available, bal.held) == (D("10000"), D("0"))
     assert await entry_count(ledger, org) == 1
     assert await ledger.pending_alerts(org) == []
+
+
+async def test_change_plan_applies_the_upgrade_credit_rule_once(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("pro")
+    await ledger.grant_pack(GrantPack(org, "pack-1", Decimal(500), T0))
+    await ledger.debit(org, "insight", tier="pro", quantity=20, idempotency_key="d1", now=T0)  # 3,000 of plan credits
+    at = T0 + timedelta(days=10)
+    up = ChangePlan(org, f"{org}:upgrade-1", "enterprise", at)
+    first = await ledger.change_plan(up)
+    assert (first.available, first.replayed) == (Decimal(37500), False)  # 40,000 - 3,000 consumed + 500 pack
+    assert (await ledger.change_plan(up)).replayed
+    with pytest.raises(IdempotencyConflict):
+        await ledger.change_plan(ChangePlan(org, f"{org}:upgrade-1", "starter", at))
+    bal = await ledger.balance(org, now=at)
+    assert (bal.plan_name, bal.plan, bal.topup, bal.allocation, bal.consumed_this_period) == (
+        "enterprise", Decimal(37000), Decimal(500), Decimal(40000), Decimal(3000))
+    # Consumed beyond the new allocation: plan credits 0, never negative.
+    small = await new_org("pro")
+    await ledger.debit(small, "insight", tier="pro", quantity=60, idempotency_key="d1", now=T0)  # 9,000
+    await ledger.change_plan(ChangePlan(small, f"{small}:down", "starter", at))
+    assert (await ledger.balance(small, now=at)).plan == Decimal(0)
+
+
+async def test_change_plan_after_the_period_ended_takes_the_terms_only(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("starter", days=30)
+    r = await ledger.change_plan(ChangePlan(org, f"{org}:late", "pro", T0 + timedelta(days=30, seconds=5)))
+    assert r.available == Decimal(0)  # the renewal grants the new allocation
+    assert (await ledger.balance(org, now=T0 + timedelta(days=30, seconds=6))).plan_name == "pro"
+    free = await new_org("free")
+    with pytest.raises(InvalidRequest, match="no paid period"):
+        await ledger.change_plan(ChangePlan(free, f"{free}:up", "pro", T0))
+    with pytest.raises(InvalidRequest, match="free plan"):
+        await ledger.change_plan(ChangePlan(org, f"{org}:x", "free", T0))
