@@ -9,8 +9,10 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 
 from models.errors import InvalidRequest, PaymentDeclined
+from stack.temporal import DATA_CONVERTER
 from testkit import TestKit, start_testkit
 from workflows.subscription import workflow_id
 
@@ -44,8 +46,18 @@ async def test_subscribe_upgrade_and_a_crash_after_the_charge(dev_kit: TestKit, 
     assert (bal.plan, bal.allocation) == (Decimal(38500), Decimal(40000))  # 40,000 less the 1,500 consumed
     await kit.settle()
     assert [m.template for m in kit.emails(org)] == ["receipt", "upgrade_confirmed"]
-    attrs = (await kit.env.client.get_workflow_handle(workflow_id(org)).describe()).search_attributes
+    handle = kit.env.client.get_workflow_handle(workflow_id(org))
+    desc = await handle.describe()
+    attrs = desc.search_attributes
     assert attrs["BillingPlan"] == ["enterprise"] and attrs["BillingStatus"] == ["active"]
+    # What the Temporal UI shows an operator: the summary, the current details, the activity summaries.
+    assert await desc.static_summary() == f"Subscription of organization {org}"
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    assert metadata.current_details.startswith("**enterprise** x 3 seats, monthly, **active**")
+    history = await handle.fetch_history()
+    summaries = [DATA_CONVERTER.payload_converter.from_payload(e.user_metadata.summary, str)
+                 for e in history.events if e.HasField("activity_task_scheduled_event_attributes")]
+    assert summaries[1] == "Charge EUR 270.00: pro x 3 seats, " + summaries[1].split("seats, ", 1)[1]
 
 
 async def test_deferred_changes_cancel_and_resume(dev_kit: TestKit, org: str) -> None:
