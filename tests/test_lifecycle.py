@@ -249,3 +249,22 @@ async def test_plan_credit_alerts_are_emailed_once_per_period(kit: TestKit, org:
     await kit.billing.debit(org, action="insight", tier="smart", quantity=48, idempotency_key="d")  # new period
     await kit.settle()
     assert templates(kit, org)[2:] == ["credits_exhausted", "receipt", "usage_80"]
+
+
+async def test_vat_is_added_to_every_charge_and_invoiced(kit: TestKit, org: str) -> None:
+    first = await kit.billing.subscribe(org, plan="pro", seats=3, email=EMAIL, vat_rate=Decimal("0.20"))
+    await past(kit, first.period_end)
+    assert [c.amount_cents for c in kit.charges(org)] == [32400, 32400]  # 270.00 + 20% VAT
+    invoices = await kit.billing.invoices(org)
+    assert [(i.subtotal_cents, i.tax_cents, i.total_cents) for i in invoices] == [(27000, 5400, 32400)] * 2
+    first_no, second_no = (int(i.number.rsplit("-", 1)[1]) for i in invoices)
+    assert second_no > first_no
+    assert "EUR 324.00" in invoices[0].html and invoices[0].stripe_payment_id in invoices[0].html
+
+
+async def test_a_card_that_requires_authentication_fails_off_session_renewal(kit: TestKit, org: str) -> None:
+    first = await kit.billing.subscribe(org, plan="starter", seats=1, email=EMAIL)
+    await kit.use_card(org, "requires_authentication")
+    await past(kit, first.period_end)
+    assert (await kit.billing.subscription(org)).status == "past_due"
+    assert kit.emails(org)[-1].subject == "Payment failed"
