@@ -45,19 +45,11 @@ from models.ledger_types import (
 )
 from models.money import Money
 from models.subscription_rules import check_subscribe
+from models.subscription_types import PlanRequest, SeatsRequest, SubscribeRequest, Subscription, SubscriptionState
 from settings import Settings
 from stack.services import LOCALSTRIPE_PORT, database
 from stack.temporal import connect_client
-from workflows.subscription import (
-    ORG_ID,
-    PlanRequest,
-    SeatsRequest,
-    SubscribeRequest,
-    Subscription,
-    SubscriptionWorkflow,
-    initial_state,
-    workflow_id,
-)
+from workflows.subscription import ORG_ID, SubscriptionWorkflow, workflow_id
 
 _ERRORS: dict[str, type[BillingError]] = {"InvalidRequest": InvalidRequest, "PaymentDeclined": PaymentDeclined}
 
@@ -129,7 +121,7 @@ class BillingClient:
         check_subscribe(CATALOG, None, plan, seats, interval, trial_days, email, vat_rate)  # before any start
         client = await self.temporal()
         start = WithStartWorkflowOperation(
-            SubscriptionWorkflow.run, initial_state(org_id), id=workflow_id(org_id),
+            SubscriptionWorkflow.run, SubscriptionState(org_id), id=workflow_id(org_id),
             task_queue=self.settings.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
             static_summary=f"Subscription of organization {org_id}",

@@ -5,6 +5,7 @@
     python3 tasks.py test     # the test suite
     python3 tasks.py lint     # ruff + mypy
     python3 tasks.py bench    # bench/ledger.py
+    python3 tasks.py bench-lifecycle    # bench/lifecycle.py
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ COMMANDS: dict[str, list[str]] = {
     "run": ["worker.py"],
     "test": ["-m", "pytest"],
     "bench": ["-m", "bench.ledger"],
+    "bench-lifecycle": ["bench/lifecycle.py"],
 }
 
 

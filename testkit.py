@@ -36,6 +36,7 @@ from activities.ledger import Ledger
 from activities.mailer import Mailer
 from activities.payments import Payments, close_stripe_client, stripe_client_from_settings
 from models.billing_types import CardKind, Charge
+from models.subscription_types import Subscription
 from settings import Settings
 from stack.mail import ReceivedEmail, SmtpSink
 from stack.postgres import migrate, start_embedded
@@ -43,7 +44,7 @@ from stack.stripe_server import CARD_OK, start_localstripe
 from stack.temporal import start_dev_server, start_time_skipping
 from starter import BillingClient
 from worker import build_worker
-from workflows.subscription import Subscription, SubscriptionWorkflow, workflow_id
+from workflows.subscription import SubscriptionWorkflow, workflow_id
 
 TASK_QUEUE = "billing-testkit"
 
@@ -166,5 +167,6 @@ async def start_testkit(
         billing = KitBillingClient(ledger, settings, env.client, payments=payments)
         kit = TestKit(env, billing, payments, sink, AlertSender(mailer.pool, mailer), database_url)
         await kit._sync_clock()
-        await stack.enter_async_context(build_worker(env.client, TASK_QUEUE, ledger, payments, mailer))
+        # Sandboxed: every kit scenario doubles as a determinism check of the workflow code.
+        await stack.enter_async_context(build_worker(env.client, TASK_QUEUE, ledger, payments, mailer, sandboxed=True))
         yield kit

@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import uvloop
 from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.alert_sender import AlertSender
 from activities.ledger import Ledger
@@ -30,15 +31,27 @@ from workflows import ALL_WORKFLOWS
 
 @asynccontextmanager
 async def build_worker(
-    client: Client, task_queue: str, ledger: Ledger, payments: Payments, mailer: Mailer
+    client: Client, task_queue: str, ledger: Ledger, payments: Payments, mailer: Mailer, *,
+    sandboxed: bool = False, extra_workflows: Sequence[type] = (), extra_activities: Sequence[object] = (),
+    **tuning: Any,
 ) -> AsyncIterator[Worker]:
-    """A running worker with every workflow and every activity (ledger, Stripe, email)."""
+    """A running worker with every workflow and every activity (ledger, Stripe, email).
+
+    `sandboxed`: run workflows in the SDK's sandbox, which re-imports the workflow module for every run
+    and refuses non-deterministic calls. The test kit runs it (every scenario test is a determinism
+    check, besides the replay tests); deployed workers skip it: a subscription starts a new run at every
+    renewal, and the sandbox's re-import was about a third of the worker's CPU per renewal
+    (bench/lifecycle.py --sandboxed)."""
     activities: list[object] = [
         *LedgerActivities(ledger).all(), *PaymentActivities(payments).all(), *EmailActivities(mailer).all(),
+        *extra_activities,
     ]
-    worker = Worker(client, task_queue=task_queue, workflows=ALL_WORKFLOWS,
+    if not sandboxed:
+        tuning["workflow_runner"] = UnsandboxedWorkflowRunner()
+    worker = Worker(client, task_queue=task_queue, workflows=[*ALL_WORKFLOWS, *extra_workflows],
                     activities=activities,  # type: ignore[arg-type]
-                    graceful_shutdown_timeout=timedelta(seconds=10))  # let a charge in flight finish
+                    graceful_shutdown_timeout=timedelta(seconds=10),  # let a charge in flight finish
+                    **tuning)
     async with worker:
         yield worker
 

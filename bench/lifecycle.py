@@ -36,7 +36,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,23 +49,23 @@ import stripe
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import Worker
 
 from activities.ledger import Ledger
-from activities.ledger_activities import LedgerActivities
-from activities.mailer import EmailActivities, Mailer
-from activities.payments import PaymentActivities, Payments, close_stripe_client, stripe_client
+from activities.mailer import Mailer
+from activities.payments import Payments, close_stripe_client, stripe_client
 from bench.noop import NoopWorkflow, noop_activity
 from models.billing_types import EnsureCustomer
 from models.ledger_types import StartPeriod
 from models.periods import add_months, period_bounds
+from models.subscription_types import SubscriptionState
 from settings import ROOT, Settings
 from stack.mail import SmtpSink, free_port, parse_email
 from stack.postgres import migrate, start_embedded
 from stack.stripe_server import CARD_OK, start_localstripe
 from stack.temporal import dev_server_path, start_dev_server
-from workflows import ALL_WORKFLOWS
-from workflows.subscription import ORG_ID, SubscriptionState, SubscriptionWorkflow, workflow_id
+from worker import build_worker
+from workflows.subscription import ORG_ID, SubscriptionWorkflow, workflow_id
 
 TASK_QUEUE = "bench-lifecycle"
 PLAN = "pro"
@@ -141,22 +141,14 @@ async def start_temporal(root: Path, in_memory: bool) -> WorkflowEnvironment:
 @asynccontextmanager
 async def bench_worker(client: Client, ledger: Ledger, payments: Payments, mailer: Mailer,
                        a: argparse.Namespace) -> AsyncIterator[Worker]:
-    """worker.build_worker's workflows and activities, plus the baseline's, in one Worker."""
-    activities: list[object] = [
-        *LedgerActivities(ledger).all(), *PaymentActivities(payments).all(), *EmailActivities(mailer).all(),
-        noop_activity,
-    ]
+    """worker.build_worker, as deployed, plus the baseline's workflow and activity, in one Worker."""
     tuning: dict[str, Any] = {}
     if a.max_workflow_tasks:
         tuning["max_concurrent_workflow_tasks"] = a.max_workflow_tasks
     if a.max_activities:
         tuning["max_concurrent_activities"] = a.max_activities
-    if a.unsandboxed:  # diagnosis only: what the workflow sandbox costs
-        tuning["workflow_runner"] = UnsandboxedWorkflowRunner()
-    worker = Worker(client, task_queue=TASK_QUEUE, workflows=[*ALL_WORKFLOWS, NoopWorkflow],
-                    activities=activities,  # type: ignore[arg-type]
-                    graceful_shutdown_timeout=timedelta(seconds=10), **tuning)
-    async with worker:
+    async with build_worker(client, TASK_QUEUE, ledger, payments, mailer, sandboxed=a.sandboxed,
+                            extra_workflows=[NoopWorkflow], extra_activities=[noop_activity], **tuning) as worker:
         yield worker
 
 
@@ -402,10 +394,11 @@ async def run(a: argparse.Namespace, url: str, root: Path) -> None:
                                            text=True)).stdout.strip()
         tuning = [f"max_concurrent_workflow_tasks={a.max_workflow_tasks}"] if a.max_workflow_tasks else []
         tuning += [f"max_concurrent_activities={a.max_activities}"] if a.max_activities else []
-        tuning += ["UNSANDBOXED"] if a.unsandboxed else []
+        tuning += ["workflows sandboxed, as the test kit"] if a.sandboxed else []
         print(f"server: {version or 'temporal dev server'}, {a.temporal_db} SQLite; PostgreSQL 18 (embedded); "
               f"localstripe; SMTP sink ({'in the worker process' if a.smtp_sink == 'thread' else 'own process'}); "
-              f"{os.cpu_count()} cores; one worker ({', '.join(tuning) or 'SDK defaults, as worker.py'})", flush=True)
+              f"{os.cpu_count()} cores; one worker ({', '.join(tuning) or 'unsandboxed, SDK defaults: as worker.py'})",
+              flush=True)
         print(f"sizes: baseline N={a.workflows} workflows; project M={a.orgs} subscriptions x K={a.renewals} "
               f"renewals = {a.orgs * a.renewals} cycles; rounds={a.rounds} (setup of {warm + a.orgs * a.rounds} "
               f"customers and wallets: {setup_s:.1f}s)", flush=True)
@@ -453,7 +446,8 @@ def main() -> None:
                     help="the SMTP sink in its own process, or in a thread of the worker's (as the test kit)")
     ap.add_argument("--max-workflow-tasks", type=int, default=0, help="worker tuning (0: the SDK default)")
     ap.add_argument("--max-activities", type=int, default=0, help="worker tuning (0: the SDK default)")
-    ap.add_argument("--unsandboxed", action="store_true", help="diagnosis: run workflows outside the sandbox")
+    ap.add_argument("--sandboxed", action="store_true",
+                    help="diagnosis: workflows in the SDK sandbox (the test kit's setting, not a deployed worker's)")
     a = ap.parse_args()
 
     # Cache bytecode as a deployed worker does: with PYTHONDONTWRITEBYTECODE=1 the workflow sandbox compiles

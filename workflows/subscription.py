@@ -15,9 +15,7 @@ psycopg, stripe or jinja2), with the workflow's clock as business time and a bus
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from temporalio import workflow
@@ -31,11 +29,9 @@ with workflow.unsafe.imports_passed_through():
         CustomerResult,
         EmailResult,
         EnsureCustomer,
-        Interval,
         InvoiceLine,
         Purpose,
         SendEmail,
-        Status,
     )
     from models.catalog import CATALOG
     from models.errors import BillingError
@@ -51,6 +47,13 @@ with workflow.unsafe.imports_passed_through():
         check_upgrade,
         seat_price_cents,
     )
+    from models.subscription_types import (
+        PlanRequest,
+        SeatsRequest,
+        SubscribeRequest,
+        Subscription,
+        SubscriptionState,
+    )
 
 ORG_ID = SearchAttributeKey.for_keyword("BillingOrgId")
 PLAN = SearchAttributeKey.for_keyword("BillingPlan")
@@ -60,80 +63,15 @@ PERIOD_END = SearchAttributeKey.for_datetime("BillingPeriodEnd")
 RETRY_AFTER_DAYS = (1, 3, 5)           # dunning: retries after the renewal date
 TRIAL_NOTICE = timedelta(days=3)       # "your trial ends in 3 days"
 NON_RETRYABLE = ["PaymentDeclined", "InvalidRequest", "IdempotencyConflict", "UnknownOrganization"]
+# Ledger writes and emails are short, local and idempotent by key: run as local activities they cost no
+# extra round trips through the server (a renewal is 2 workflow tasks, not 4). Stripe stays a regular
+# activity: a network call of unknown length, with its retries visible in the UI.
+LOCAL_ACTIVITIES = frozenset({"ledger.start_period", "ledger.change_plan", "email.send"})
 ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1), non_retryable_error_types=NON_RETRYABLE)
 
 
 def workflow_id(org_id: str) -> str:
     return f"subscription:{org_id}"
-
-
-# -- the state carried through continue-as-new, and the requests ----------------------------------------
-
-
-@dataclass
-class SubscriptionState:
-    """Everything the subscription knows. Absolute timestamps only: timers do not survive continue-as-new."""
-
-    org_id: str
-    status: Status | None = None           # None until the first subscribe
-    email: str = ""
-    plan: str = "free"
-    seats: int = 1
-    interval: Interval = "month"
-    vat_rate: Decimal = Decimal(0)
-    currency: str = "EUR"
-    anchor: datetime | None = None         # periods are anniversaries of the anchor
-    period_index: int = 0
-    period_start: datetime | None = None
-    period_end: datetime | None = None
-    credit_month: int = 0                  # annual plans: months since the anchor of the current grant
-    trial_end: datetime | None = None
-    trial_notice_sent: bool = False
-    pending_plan: str | None = None
-    pending_seats: int | None = None
-    cancel_at_period_end: bool = False
-    failed_charges: int = 0                # dunning: failures since the renewal date
-    change_seq: int = 0                    # numbers the changes within a period: part of their keys
-    renewals: int = 0
-
-
-@dataclass(frozen=True)
-class Subscription:
-    """The public view (BillingClient.subscription)."""
-
-    org_id: str
-    plan: str
-    seats: int
-    interval: Interval
-    status: Status
-    period_start: datetime | None
-    period_end: datetime | None
-    trial_end: datetime | None
-    pending_plan: str | None
-    pending_seats: int | None
-    cancel_at_period_end: bool
-    renewals: int
-
-
-@dataclass(frozen=True)
-class SubscribeRequest:
-    plan: str
-    seats: int
-    email: str
-    interval: Interval = "month"
-    trial_days: int = 0
-    payment_method: str | None = None
-    vat_rate: Decimal = Decimal(0)
-
-
-@dataclass(frozen=True)
-class PlanRequest:
-    plan: str
-
-
-@dataclass(frozen=True)
-class SeatsRequest:
-    seats: int
 
 
 def _reject(exc: BillingError) -> ApplicationError:
@@ -570,12 +508,15 @@ class SubscriptionWorkflow:
     def _publish(self) -> None:
         """Search attributes and current details: what an operator reads in the Temporal UI."""
         s = self.s
-        workflow.upsert_search_attributes([
+        current = workflow.info().typed_search_attributes
+        changed = [u for u in (
             ORG_ID.value_set(s.org_id),
             PLAN.value_set(s.plan),
             STATUS.value_set(s.status or "new"),
             PERIOD_END.value_set(s.period_end) if s.period_end else PERIOD_END.value_unset(),
-        ])
+        ) if current.get(u.key) != u.value]
+        if changed:  # continue-as-new carries them over: most renewals only move the period end
+            workflow.upsert_search_attributes(changed)
         pending = []
         if s.pending_plan:
             pending.append(f"downgrade to {s.pending_plan}")
@@ -593,6 +534,10 @@ class SubscriptionWorkflow:
         )
 
     async def _activity(self, name: str, arg: Any, result: type[Any], *, summary: str) -> Any:
+        if name in LOCAL_ACTIVITIES:
+            return await workflow.execute_local_activity(
+                name, arg, result_type=result, start_to_close_timeout=timedelta(seconds=60),
+                retry_policy=ACTIVITY_RETRY, summary=summary[:200])
         return await workflow.execute_activity(
             name, arg, result_type=result, start_to_close_timeout=timedelta(seconds=60),
             retry_policy=ACTIVITY_RETRY, summary=summary[:200],
@@ -631,8 +576,4 @@ class SubscriptionWorkflow:
         await self._activity("email.send", SendEmail(s.org_id, key, template, s.email, now,
                                                      {"org_id": s.org_id, **context}),
                              EmailResult, summary=f"Email {template} to the billing contact")
-
-
-def initial_state(org_id: str) -> SubscriptionState:
-    return SubscriptionState(org_id=org_id)
 

@@ -1,0 +1,76 @@
+"""The subscription workflow's state and requests: plain dataclasses (stdlib only), outside the workflow
+module so the sandbox passes them through instead of redefining them on every run (a run per renewal)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from models.billing_types import Interval, Status
+
+
+@dataclass
+class SubscriptionState:
+    """Everything the subscription knows. Absolute timestamps only: timers do not survive continue-as-new."""
+
+    org_id: str
+    status: Status | None = None           # None until the first subscribe
+    email: str = ""
+    plan: str = "free"
+    seats: int = 1
+    interval: Interval = "month"
+    vat_rate: Decimal = Decimal(0)
+    currency: str = "EUR"
+    anchor: datetime | None = None         # periods are anniversaries of the anchor
+    period_index: int = 0
+    period_start: datetime | None = None
+    period_end: datetime | None = None
+    credit_month: int = 0                  # annual plans: months since the anchor of the current grant
+    trial_end: datetime | None = None
+    trial_notice_sent: bool = False
+    pending_plan: str | None = None
+    pending_seats: int | None = None
+    cancel_at_period_end: bool = False
+    failed_charges: int = 0                # dunning: failures since the renewal date
+    change_seq: int = 0                    # numbers the changes within a period: part of their keys
+    renewals: int = 0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """The public view (BillingClient.subscription)."""
+
+    org_id: str
+    plan: str
+    seats: int
+    interval: Interval
+    status: Status
+    period_start: datetime | None
+    period_end: datetime | None
+    trial_end: datetime | None
+    pending_plan: str | None
+    pending_seats: int | None
+    cancel_at_period_end: bool
+    renewals: int
+
+
+@dataclass(frozen=True)
+class SubscribeRequest:
+    plan: str
+    seats: int
+    email: str
+    interval: Interval = "month"
+    trial_days: int = 0
+    payment_method: str | None = None
+    vat_rate: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    plan: str
+
+
+@dataclass(frozen=True)
+class SeatsRequest:
+    seats: int
