@@ -137,11 +137,11 @@ class TestKit:
 @asynccontextmanager
 async def start_testkit(
     *, database_url: str | None = None, data_dir: Path | None = None,
-    temporal: Literal["time-skipping", "dev"] = "time-skipping",
+    temporal: Literal["time-skipping", "dev"] = "time-skipping", sandboxed: bool = True,
 ) -> AsyncIterator[TestKit]:
     """Start the stack (a fresh embedded PostgreSQL unless `database_url`), yield the kit, stop it all.
     `temporal="dev"` runs the real dev server (in memory, free port) instead: same behaviour, real time,
-    so `advance` is refused."""
+    so `advance` is refused. `sandboxed=False` runs the workflows as a deployed worker does."""
     async with AsyncExitStack() as stack:
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="billing-kit-")))
         if database_url is None:
@@ -167,6 +167,7 @@ async def start_testkit(
         billing = KitBillingClient(ledger, settings, env.client, payments=payments)
         kit = TestKit(env, billing, payments, sink, AlertSender(mailer.pool, mailer), database_url)
         await kit._sync_clock()
-        # Sandboxed: every kit scenario doubles as a determinism check of the workflow code.
-        await stack.enter_async_context(build_worker(env.client, TASK_QUEUE, ledger, payments, mailer, sandboxed=True))
+        # Sandboxed by default: every kit scenario doubles as a determinism check of the workflow code.
+        await stack.enter_async_context(
+            build_worker(env.client, TASK_QUEUE, ledger, payments, mailer, sandboxed=sandboxed))
         yield kit

@@ -21,7 +21,8 @@ EMAIL = "billing@acme.test"
 
 @pytest.fixture(scope="module")
 async def dev_kit(database_url: str) -> AsyncIterator[TestKit]:
-    async with start_testkit(database_url=database_url, temporal="dev") as kit:
+    # Unsandboxed, as worker.py runs the workflows (the time-skipping kit keeps the sandbox on).
+    async with start_testkit(database_url=database_url, temporal="dev", sandboxed=False) as kit:
         yield kit
 
 
