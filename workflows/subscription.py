@@ -322,7 +322,7 @@ class SubscriptionWorkflow:
             s.change_seq += 1
             assert s.period_start is not None and s.period_end is not None
             key = self._key(f"upgrade-{s.change_seq}")
-            amount_text = "no charge during the trial"
+            amount_text = "no charge during the trial" if s.status == "trialing" else str(Money(0, s.currency))
             invoice = ""
             if s.status == "active":
                 left, total = remaining_fraction(s.period_start, s.period_end, now)
