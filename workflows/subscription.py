@@ -157,8 +157,10 @@ class SubscriptionWorkflow:
             return True
         if s.status == "active":
             assert s.anchor is not None and s.period_end is not None
-            if now < s.period_end:  # annual plan: next month's credits
-                s.credit_month += 1
+            if now < s.period_end:
+                if s.interval != "year":
+                    return False  # nothing due yet (a timer never fires early; this keeps it so)
+                s.credit_month += 1  # annual plan: next month's credits
                 start, end = credit_month_bounds(s.anchor, s.credit_month)
                 await self._grant(s.plan, start, min(end, s.period_end), now, "credits")
                 return False
