@@ -242,13 +242,14 @@ class BillingClient:
         await self.ledger.set_low_balance_alert(org_id, threshold)
 
     async def open_wallet(self, org_id: str, *, plan: str = "free") -> LedgerWriteResult:
-        """Open an organization's wallet on `plan` with a period starting now. Idempotent per org and
-        plan. (Subscriptions, arriving with the lifecycle workflow, open it themselves.)"""
+        """Open a free organization's wallet (50 credits per UTC day) so it can meter before it ever
+        subscribes. Idempotent per organization. Paid plans come only with a subscription (`subscribe`):
+        their credits are granted when the period is paid."""
         check_id("org_id", org_id)
-        p = CATALOG.plan(plan)
+        if not CATALOG.plan(plan).is_free:
+            raise InvalidRequest(f"the {plan} plan's credits come with a subscription: subscribe to it")
         now = self.ledger.clock()
-        end = None if p.credits_per == "day" else now + timedelta(days=30)
-        return await self.ledger.start_period(StartPeriod(org_id, f"{org_id}:open:{plan}", plan, now, end, now))
+        return await self.ledger.start_period(StartPeriod(org_id, f"{org_id}:open:{plan}", plan, now, None, now))
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
@@ -372,7 +373,7 @@ def card(
 
 @cli.command("open")
 def open_cmd(org_id: str, plan: Annotated[str, typer.Option()] = "free") -> None:
-    """Open an organization's wallet on a plan."""
+    """Open a free organization's wallet (paid plans: subscribe)."""
     r = _run(lambda b: b.open_wallet(org_id, plan=plan))
     console.print(f"{org_id}: wallet on {plan}, {r.available} credits available")
 
