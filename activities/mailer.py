@@ -36,6 +36,7 @@ from psycopg.errors import LockNotAvailable
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import invalid
 from activities.pg import LeanPool
 from models.billing_types import EmailResult, SendEmail
 from settings import ROOT
@@ -53,11 +54,6 @@ _INSERT = (
     "INSERT INTO outbox (key, org_id, template, to_addr, subject, text_body, html_body, created_at) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING"
 )
-
-
-def invalid(message: str) -> ApplicationError:
-    """A bad request: retrying cannot fix it."""
-    return ApplicationError(message, type="InvalidRequest", non_retryable=True)
 
 
 @dataclass(frozen=True)

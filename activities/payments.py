@@ -47,6 +47,7 @@ from stripe.params import ChargeListParams, CustomerListParams, PaymentIntentLis
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import declined, invalid
 from activities.ledger import check_id
 from activities.pg import LeanPool
 from models.billing_types import (
@@ -92,14 +93,6 @@ class SimulatedCrash(RuntimeError):
     """Raised by the fault-injection hook `Payments.crash_after_stripe` (tests only)."""
 
 
-def declined(message: str, code: str) -> ApplicationError:
-    return ApplicationError(message, code, type="PaymentDeclined", non_retryable=True)
-
-
-def _invalid(message: str) -> ApplicationError:
-    return ApplicationError(message, type="InvalidRequest", non_retryable=True)
-
-
 # -- the Stripe client -------------------------------------------------------------------------------
 
 
@@ -133,19 +126,19 @@ async def close_stripe_client(client: StripeClient) -> None:
 
 def _check_now(now: datetime) -> datetime:
     if not isinstance(now, datetime) or now.tzinfo is None or now.utcoffset() is None:
-        raise _invalid(f"now must be a timezone-aware datetime, got {now!r}")
+        raise invalid(f"now must be a timezone-aware datetime, got {now!r}")
     return now
 
 
 def _check_vat(vat_rate: Decimal) -> Decimal:
     if not isinstance(vat_rate, Decimal) or not vat_rate.is_finite() or not Decimal(0) <= vat_rate < 1:
-        raise _invalid(f"a VAT rate is a fraction in [0, 1), got {vat_rate!r}")
+        raise invalid(f"a VAT rate is a fraction in [0, 1), got {vat_rate!r}")
     return vat_rate
 
 
 def _check_currency(currency: str) -> str:
     if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
-        raise _invalid(f"currency must be an ISO 4217 code in capitals (EUR), got {currency!r}")
+        raise invalid(f"currency must be an ISO 4217 code in capitals (EUR), got {currency!r}")
     return currency
 
 
@@ -154,7 +147,7 @@ def _check_ids(**ids: str) -> None:
         for kind, value in ids.items():
             check_id(kind, value)
     except InvalidRequest as e:
-        raise _invalid(e.message) from None
+        raise invalid(e.message) from None
 
 
 def _fraction(rate: Decimal) -> str:
@@ -179,18 +172,18 @@ def _request_json(req: ChargeRequest) -> dict[str, Any]:
 
 def _check_lines(lines: list[InvoiceLine]) -> None:
     if not isinstance(lines, list) or not lines:
-        raise _invalid("a charge needs at least one invoice line")
+        raise invalid("a charge needs at least one invoice line")
     for line in lines:
         if not isinstance(line, InvoiceLine):
-            raise _invalid(f"not an invoice line: {line!r}")
+            raise invalid(f"not an invoice line: {line!r}")
         for name in ("quantity", "unit_cents", "amount_cents"):
             value = getattr(line, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise _invalid(f"{name} of {line.description!r} must be an integer, got {value!r}")
+                raise invalid(f"{name} of {line.description!r} must be an integer, got {value!r}")
         if not line.description.strip():
-            raise _invalid("an invoice line needs a description")
+            raise invalid("an invoice line needs a description")
         if line.amount_cents < 0 or line.quantity < 0:
-            raise _invalid(f"invoice line {line.description!r} is negative")
+            raise invalid(f"invoice line {line.description!r} is negative")
 
 
 def render_invoice(*, number: str, issued_at: datetime, org_id: str, email: str | None, currency: str,
@@ -275,13 +268,13 @@ class Payments:
     async def ensure_customer(self, req: EnsureCustomer) -> CustomerResult:
         _check_ids(org_id=req.org_id)
         if not isinstance(req.email, str) or not _EMAIL.fullmatch(req.email):
-            raise _invalid(f"{req.email!r} is not an email address")
+            raise invalid(f"{req.email!r} is not an email address")
         now = _check_now(req.now)
         _check_vat(req.vat_rate)
         _check_currency(req.currency)
         if req.payment_method is not None and (not isinstance(req.payment_method, str)
                                                or not req.payment_method.strip()):
-            raise _invalid(f"payment_method must be a Stripe PaymentMethod id, got {req.payment_method!r}")
+            raise invalid(f"payment_method must be a Stripe PaymentMethod id, got {req.payment_method!r}")
         async with self._locked(_LOCK_CUSTOMER, req.org_id) as conn:
             cur = await conn.execute(
                 "SELECT email, stripe_customer_id, payment_method_id FROM billing_profiles WHERE org_id = %s",
@@ -357,7 +350,7 @@ class Payments:
             code = _decline_code(e)
             raise declined(f"{org_id}: the card was declined when attached ({code})", code) from None
         except stripe.InvalidRequestError as e:  # unknown, or attached to another customer
-            raise _invalid(f"{org_id}: payment method {pm!r} cannot be attached: {e.user_message}") from None
+            raise invalid(f"{org_id}: payment method {pm!r} cannot be attached: {e.user_message}") from None
         await self.stripe.v1.customers.update_async(
             customer, params={"invoice_settings": {"default_payment_method": pm}})
 
@@ -400,7 +393,7 @@ class Payments:
         _check_lines(req.lines)
         t = totals(req.lines, req.vat_rate)
         if t.total_cents <= 0:
-            raise _invalid(f"{req.org_id}: nothing to charge for {req.key!r} (total {Money(t.total_cents, currency)})")
+            raise invalid(f"{req.org_id}: nothing to charge for {req.key!r} (total {Money(t.total_cents, currency)})")
         request = _request_json(req)
         description = req.summary or charge_summary(req.lines, req.vat_rate, currency)
         async with self._locked(_LOCK_PAYMENT, req.key) as conn:

@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
         SendEmail,
     )
     from models.catalog import CATALOG
-    from models.errors import BillingError
+    from models.errors import BillingError, InvalidRequest
     from models.invoicing import charge_summary, totals
     from models.ledger_types import ChangePlan, LedgerWriteResult, StartPeriod
     from models.money import Money
@@ -440,11 +440,9 @@ class SubscriptionWorkflow:
     def _check_cancel(self) -> None:
         s = self.s
         if s.status in (None, "free"):
-            raise ApplicationError("there is no subscription to cancel: the organization is on Free",
-                                   type="InvalidRequest", non_retryable=True)
+            raise _reject(InvalidRequest("there is no subscription to cancel: the organization is on Free"))
         if s.cancel_at_period_end:
-            raise ApplicationError(f"the subscription is already cancelled for {_day(s.period_end)}",
-                                   type="InvalidRequest", non_retryable=True)
+            raise _reject(InvalidRequest(f"the subscription is already cancelled for {_day(s.period_end)}"))
 
     @workflow.update
     async def resume(self) -> Subscription:
@@ -466,8 +464,7 @@ class SubscriptionWorkflow:
 
     def _check_resume(self) -> None:
         if not self.s.cancel_at_period_end:
-            raise ApplicationError("the subscription is not cancelled: nothing to resume",
-                                   type="InvalidRequest", non_retryable=True)
+            raise _reject(InvalidRequest("the subscription is not cancelled: nothing to resume"))
 
     @workflow.query
     def state(self) -> Subscription:
