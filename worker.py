@@ -86,8 +86,10 @@ async def main() -> None:
     async with running_stack(settings) as run:
         ledger = await Ledger.open(run.database_url, pool_size=settings.db_pool_size)
         stripe = stripe_client_from_settings(settings, run.stripe_url)
-        payments = Payments(run.database_url, stripe)
-        mailer = await Mailer.open(run.database_url, run.smtp_url)
+        # A charge holds its connection (and the key's advisory lock) across the Stripe call, an email
+        # across the SMTP exchange: each pool's size bounds the charges or sends in flight per worker.
+        payments = Payments(run.database_url, stripe, pool_size=settings.db_pool_size)
+        mailer = await Mailer.open(run.database_url, run.smtp_url, pool_size=settings.db_pool_size)
         alerts = AlertSender(mailer.pool, mailer)
         try:
             async with build_worker(run.client, settings.task_queue, ledger, payments, mailer):
