@@ -35,18 +35,6 @@ def credit_month_bounds(anchor: datetime, month_index: int) -> tuple[datetime, d
     return period_bounds(anchor, "month", month_index)
 
 
-def period_index_at(anchor: datetime, interval: Interval, at: datetime) -> int:
-    """The index of the period that contains `at` (at >= anchor)."""
-    if at < anchor:
-        raise ValueError("a time before the anchor has no period")
-    step = MONTHS[interval]
-    months = (at.year - anchor.year) * 12 + (at.month - anchor.month)
-    index = max(months // step - 1, 0)
-    while period_bounds(anchor, interval, index)[1] <= at:
-        index += 1
-    return index
-
-
 def remaining_fraction(start: datetime, end: datetime, at: datetime) -> tuple[int, int]:
     """(seconds left, seconds in the period) at `at`, clamped to the period: the proration fraction."""
     total = int((end - start) / timedelta(seconds=1))

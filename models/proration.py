@@ -26,9 +26,3 @@ def added_seats_cents(price: int, added: int, seconds_left: int, seconds_total: 
     if added <= 0:
         raise ValueError("adding seats needs a positive number of seats")
     return prorate_cents(price * added, seconds_left, seconds_total)
-
-
-def upgrade_plan_credits(new_allocation: int, consumed: int) -> int:
-    """After an upgrade the plan credits are the new allocation minus what this period consumed, never < 0
-    (in milli-credits; ledger_change_plan applies the same rule under the wallet lock)."""
-    return max(new_allocation - consumed, 0)

@@ -39,7 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from models.ledger_types import ChangePlan, LedgerWriteResult, StartPeriod
     from models.money import Money
     from models.periods import credit_month_bounds, period_bounds, remaining_fraction
-    from models.proration import added_seats_cents, prorate_cents
+    from models.proration import added_seats_cents, upgrade_cents
     from models.subscription_rules import (
         check_change_seats,
         check_downgrade,
@@ -328,9 +328,8 @@ class SubscriptionWorkflow:
             invoice = ""
             if s.status == "active":
                 left, total = remaining_fraction(s.period_start, s.period_end, now)
-                diff = (seat_price_cents(CATALOG, check, s.interval)
-                        - seat_price_cents(CATALOG, CATALOG.plan(old), s.interval)) * s.seats
-                cents = prorate_cents(diff, left, total)
+                cents = upgrade_cents(seat_price_cents(CATALOG, CATALOG.plan(old), s.interval),
+                                      seat_price_cents(CATALOG, check, s.interval), s.seats, left, total)
                 if cents > 0:
                     lines = [InvoiceLine(f"upgrade {old} to {req.plan} x {s.seats} seats, "
                                          f"{_day(now)} to {_day(s.period_end)} (prorated)", 1, cents, cents)]
