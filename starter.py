@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timedelta
@@ -20,19 +22,34 @@ from rich.table import Table
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.auto_recharge import AutoRecharges
 from activities.ledger import Ledger, check_id, utcnow
 from activities.payments import Payments, close_stripe_client, stripe_client_from_settings
-from models.billing_types import Interval, Invoice
+from models.auto_recharge_types import (
+    DEFAULT_SPENDING_LIMIT_CENTS,
+    AutoRechargeSettings,
+    BuyPack,
+    PackPurchase,
+    RechargeRun,
+    RechargeTrigger,
+)
+from models.billing_types import EnsureCustomer, Interval, Invoice
 from models.catalog import CATALOG
-from models.errors import BillingError, InvalidRequest, PaymentDeclined
+from models.errors import BillingError, IdempotencyConflict, InvalidRequest, PaymentDeclined
 from models.ledger_types import (
     Balance,
     DebitResult,
@@ -49,7 +66,13 @@ from models.subscription_types import PlanRequest, SeatsRequest, SubscribeReques
 from settings import Settings
 from stack.services import LOCALSTRIPE_PORT, database
 from stack.temporal import connect_client
-from workflows.subscription import ORG_ID, SubscriptionWorkflow, workflow_id
+from workflows import auto_recharge, pack_purchase
+from workflows.auto_recharge import AutoRechargeWorkflow
+from workflows.common import ORG_ID
+from workflows.pack_purchase import PackPurchaseWorkflow
+from workflows.subscription import SubscriptionWorkflow, workflow_id
+
+log = logging.getLogger("billing.client")
 
 _ERRORS: dict[str, type[BillingError]] = {"InvalidRequest": InvalidRequest, "PaymentDeclined": PaymentDeclined}
 
@@ -76,6 +99,7 @@ class BillingClient:
         self.ledger = ledger
         self.settings = settings
         self._temporal = temporal
+        self.auto_recharges = AutoRecharges(ledger)
         self._own_payments = payments is None
         self.payments = payments or Payments(ledger.pool, stripe_client_from_settings(
             settings, None if settings.stripe_api_key else f"http://127.0.0.1:{LOCALSTRIPE_PORT}"))
@@ -198,9 +222,29 @@ class BillingClient:
         self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
         quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
     ) -> DebitResult:
-        """Charge the cost of `action` now; refused whole (InsufficientCredits) if it does not fit."""
-        return await self.ledger.debit(org_id, action, idempotency_key=idempotency_key, tier=tier,
-                                       quantity=quantity, user_id=user_id, country=country)
+        """Charge the cost of `action` now; refused whole (InsufficientCredits) if it does not fit. One round
+        trip; a debit that leaves the balance under the auto-recharge threshold also starts the recharge."""
+        result = await self.ledger.debit(org_id, action, idempotency_key=idempotency_key, tier=tier,
+                                         quantity=quantity, user_id=user_id, country=country)
+        if result.recharge_triggered:
+            await self._trigger_recharge(org_id, idempotency_key)
+        return result
+
+    async def _trigger_recharge(self, org_id: str, reason: str) -> None:
+        """Signal-with-start the organization's auto-recharge. The debit has committed whatever happens
+        here: if the signal is lost, the recharge lease runs out (15 min) and the next debit under the
+        threshold asks again."""
+        try:
+            client = await self.temporal()
+            await client.start_workflow(
+                AutoRechargeWorkflow.run, RechargeRun(org_id), id=auto_recharge.workflow_id(org_id),
+                task_queue=self.settings.task_queue, start_signal="trigger",
+                start_signal_args=[RechargeTrigger(reason, self.ledger.clock())],
+                search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
+                static_summary=f"Auto-recharge of organization {org_id}")
+        except Exception:
+            log.exception("auto-recharge of %s: the trigger was not delivered (asked again after the lease)",
+                          org_id)
 
     def hold(
         self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
@@ -225,6 +269,66 @@ class BillingClient:
         self, org_id: str, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[Transaction]:
         return await self.ledger.transactions(org_id, since=since, until=until)
+
+    # -- credit packs and auto-recharge ----------------------------------------------------------------
+
+    async def buy_credits(
+        self, org_id: str, *, pack: str, idempotency_key: str | None = None, email: str | None = None,
+        payment_method: str | None = None,
+    ) -> PackPurchase:
+        """Buy a credit pack ("500", "1000", "2500", "5000"): charged once, its credits granted once (they
+        never expire), invoice and receipt email. The same `idempotency_key` again returns the first
+        purchase (another pack under it is IdempotencyConflict). Raises PaymentDeclined when the card is
+        declined: nothing is granted. An organization that has never subscribed passes `email` and
+        `payment_method` (its billing contact and card)."""
+        check_id("org_id", org_id)
+        CATALOG.pack(pack)
+        key = check_id("idempotency_key", idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
+        await self.ledger.balance(org_id)  # UnknownOrganization before anything starts
+        if email is not None or payment_method is not None:
+            await self._ensure_customer(org_id, email, payment_method)
+        client = await self.temporal()
+        wf_id = pack_purchase.workflow_id(org_id, key)
+        try:
+            handle = await client.start_workflow(
+                PackPurchaseWorkflow.run, BuyPack(org_id, pack, f"{org_id}:pack:{key}"), id=wf_id,
+                task_queue=self.settings.task_queue, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
+                static_summary=f"Pack {pack} for organization {org_id}")
+        except WorkflowAlreadyStartedError:  # bought (or declined) before: the first answer stands
+            handle = client.get_workflow_handle(wf_id)
+        try:
+            result: PackPurchase = await handle.result()
+        except WorkflowFailureError as err:
+            raise _billing_error(err) or err from None
+        if result.pack != pack:
+            raise IdempotencyConflict(org_id, key)
+        return result
+
+    async def _ensure_customer(self, org_id: str, email: str | None, payment_method: str | None) -> None:
+        profile = await self.auto_recharges.profile(org_id)
+        contact = email or (profile.email if profile else None)
+        if contact is None:
+            raise InvalidRequest(f"{org_id} has no billing contact yet: pass email with payment_method")
+        await self.payments.ensure_customer(EnsureCustomer(
+            org_id, contact, self.ledger.clock(), payment_method,
+            profile.vat_rate if profile else Decimal(0), profile.currency if profile else "EUR"))
+
+    async def set_auto_recharge(
+        self, org_id: str, *, threshold: Decimal, pack: str,
+        spending_limit_cents: int = DEFAULT_SPENDING_LIMIT_CENTS, enabled: bool = True,
+    ) -> AutoRechargeSettings:
+        """When a debit leaves the balance under `threshold` credits, buy `pack`s (as many as bring it back
+        above, in one charge), spending at most `spending_limit_cents` (tax included) per billing period
+        (free organizations: per calendar month). Takes effect at once; `enabled=False` turns it off."""
+        return await self.auto_recharges.set(org_id, threshold=threshold, pack=pack,
+                                              spending_limit_cents=spending_limit_cents, enabled=enabled)
+
+    async def auto_recharge(self, org_id: str) -> AutoRechargeSettings | None:
+        """The organization's auto-recharge settings (None: never set). `disabled_reason` says why the
+        engine turned it off ("payment_failed")."""
+        return await self.auto_recharges.get(org_id)
 
     # -- organization controls ---------------------------------------------------------------------
     async def set_user_limit(self, org_id: str, user_id: str, limit: Decimal | None) -> None:

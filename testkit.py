@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
-from temporalio.client import WorkflowQueryFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
@@ -44,21 +44,29 @@ from stack.stripe_server import CARD_OK, start_localstripe
 from stack.temporal import start_dev_server, start_time_skipping
 from starter import BillingClient
 from worker import build_worker
+from workflows import auto_recharge
+from workflows.auto_recharge import AutoRechargeWorkflow
 from workflows.subscription import SubscriptionWorkflow, workflow_id
 
 TASK_QUEUE = "billing-testkit"
 
 
 class KitBillingClient(BillingClient):
-    """BillingClient that remembers the organizations it subscribed, so the kit can wait for them."""
+    """BillingClient that remembers the organizations it subscribed and those whose auto-recharge it
+    started, so the kit can wait for them."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.known_orgs: set[str] = set()
+        self.recharging_orgs: set[str] = set()
 
     async def subscribe(self, org_id: str, **kwargs: Any) -> Subscription:
         self.known_orgs.add(org_id)
         return await super().subscribe(org_id, **kwargs)
+
+    async def _trigger_recharge(self, org_id: str, reason: str) -> None:
+        self.recharging_orgs.add(org_id)
+        await super()._trigger_recharge(org_id, reason)
 
 
 class TestKit:
@@ -95,24 +103,33 @@ class TestKit:
         await self.settle()
 
     async def settle(self, within: float = 60.0) -> None:
-        """Wait until no subscription has work in flight or due, then send the pending alerts."""
+        """Wait until no subscription or auto-recharge has work in flight or due, then send the pending
+        alerts."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        pending = set(self.billing.known_orgs)
+        pending: dict[str, Any] = {workflow_id(org): SubscriptionWorkflow.settled for org in self.billing.known_orgs}
+        pending |= {auto_recharge.workflow_id(org): AutoRechargeWorkflow.settled
+                    for org in self.billing.recharging_orgs}
         while pending:
             at = self.now()
-            for org in sorted(pending):
-                handle = self.env.client.get_workflow_handle(workflow_id(org))
-                try:
-                    if await handle.query(SubscriptionWorkflow.settled, at):
-                        pending.discard(org)
-                except (RPCError, WorkflowQueryFailedError):
-                    pending.discard(org)  # never started (refused subscribe)
+            for wf_id, query in sorted(pending.items()):
+                if await self._settled(wf_id, query, at):
+                    del pending[wf_id]
             if pending:
                 if loop.time() > deadline:
-                    raise TimeoutError(f"subscriptions still busy after {within}s: {sorted(pending)}")
+                    raise TimeoutError(f"workflows still busy after {within}s: {sorted(pending)}")
                 await asyncio.sleep(0.02)
         await self.alerts.send_pending(self.now())
+
+    async def _settled(self, wf_id: str, query: Any, at: datetime) -> bool:
+        handle = self.env.client.get_workflow_handle(wf_id)
+        try:
+            if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+                return True  # ended (an auto-recharge run ends when its work is done)
+            settled: bool = await handle.query(query, at)
+            return settled
+        except (RPCError, WorkflowQueryFailedError):
+            return True  # never started (a refused subscribe)
 
     # -- what happened -----------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.alert_sender import AlertSender
+from activities.auto_recharge import AutoRechargeActivities, AutoRecharges
 from activities.ledger import Ledger
 from activities.ledger_activities import LedgerActivities
 from activities.mailer import EmailActivities, Mailer
@@ -35,7 +36,7 @@ async def build_worker(
     sandboxed: bool = False, extra_workflows: Sequence[type] = (), extra_activities: Sequence[object] = (),
     **tuning: Any,
 ) -> AsyncIterator[Worker]:
-    """A running worker with every workflow and every activity (ledger, Stripe, email).
+    """A running worker with every workflow and every activity (ledger, auto-recharge, Stripe, email).
 
     `sandboxed`: run workflows in the SDK's sandbox, which re-imports the workflow module for every run
     and refuses non-deterministic calls. The test kit runs it (every scenario test is a determinism
@@ -43,8 +44,8 @@ async def build_worker(
     renewal, and the sandbox's re-import was about a third of the worker's CPU per renewal
     (bench/lifecycle.py --sandboxed)."""
     activities: list[object] = [
-        *LedgerActivities(ledger).all(), *PaymentActivities(payments).all(), *EmailActivities(mailer).all(),
-        *extra_activities,
+        *LedgerActivities(ledger).all(), *AutoRechargeActivities(AutoRecharges(ledger)).all(),
+        *PaymentActivities(payments).all(), *EmailActivities(mailer).all(), *extra_activities,
     ]
     if not sandboxed:
         tuning["workflow_runner"] = UnsandboxedWorkflowRunner()

@@ -161,9 +161,9 @@ class Ledger:
             return DebitResult(org_id, idempotency_key, Decimal("0.000"), None, False)
         row = await self._submit_debit(org_id, (idempotency_key, p.action, p.tier, p.quantity, p.country,
                                                 p.user_id, p.cost, at))
-        status, cost, available, replayed, a, b = row
+        status, cost, available, replayed, a, b, recharge = row
         await self._raise_for(status, org_id, idempotency_key, p, available, a, b)
-        return DebitResult(org_id, idempotency_key, from_milli(cost), from_milli(available), replayed)
+        return DebitResult(org_id, idempotency_key, from_milli(cost), from_milli(available), replayed, recharge)
 
     async def _submit_debit(self, org_id: str, item: tuple[Any, ...]) -> tuple[Any, ...]:
         """One debit, alone when its organization has nothing in flight (the common case, the fast path),
@@ -412,7 +412,7 @@ class Ledger:
     # -- organization settings (cold path; serialised by the wallet lock) ---------------------------
 
     @asynccontextmanager
-    async def _locked(self, org_id: str) -> AsyncIterator[AsyncConnection[Any]]:
+    async def wallet_locked(self, org_id: str) -> AsyncIterator[AsyncConnection[Any]]:
         check_id("org_id", org_id)
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute("SELECT 1 FROM wallets WHERE org_id = %s FOR NO KEY UPDATE", (org_id,))
@@ -427,7 +427,7 @@ class Ledger:
         milli = None if limit is None else to_milli(limit)
         if milli is not None and milli < 0:
             raise InvalidRequest(f"a user limit cannot be negative, got {limit}")
-        async with self._locked(org_id) as conn:
+        async with self.wallet_locked(org_id) as conn:
             if milli is None:
                 await conn.execute("DELETE FROM user_limits WHERE org_id = %s AND user_id = %s", (org_id, user_id))
             else:
@@ -448,7 +448,7 @@ class Ledger:
         seconds = int(window.total_seconds())
         if seconds < 1:
             raise InvalidRequest(f"a usage guard's window must be at least a second, got {window}")
-        async with self._locked(org_id) as conn:
+        async with self.wallet_locked(org_id) as conn:
             if max_uses is None:
                 await conn.execute("DELETE FROM usage_guards WHERE org_id = %s AND action = %s", (org_id, action))
             else:
@@ -463,7 +463,7 @@ class Ledger:
     async def resume_action(self, org_id: str, action: str) -> bool:
         """An admin lifts a usage-guard pause. Returns whether the action was paused."""
         self.catalog.action(action)
-        async with self._locked(org_id) as conn:
+        async with self.wallet_locked(org_id) as conn:
             cur = await conn.execute(
                 "UPDATE usage_guards SET paused_at = NULL WHERE org_id = %s AND action = %s "
                 "AND paused_at IS NOT NULL", (org_id, action))
@@ -473,7 +473,7 @@ class Ledger:
         milli = None if threshold is None else to_milli(threshold)
         if milli is not None and milli < 0:
             raise InvalidRequest(f"a low-balance threshold cannot be negative, got {threshold}")
-        async with self._locked(org_id) as conn:
+        async with self.wallet_locked(org_id) as conn:
             await conn.execute(
                 "UPDATE wallets SET low_balance_threshold = %s, low_balance_armed = true WHERE org_id = %s",
                 (milli, org_id))

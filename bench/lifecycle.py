@@ -65,7 +65,8 @@ from stack.postgres import migrate, start_embedded
 from stack.stripe_server import CARD_OK, start_localstripe
 from stack.temporal import dev_server_path, start_dev_server
 from worker import build_worker
-from workflows.subscription import ORG_ID, SubscriptionWorkflow, workflow_id
+from workflows.common import ORG_ID
+from workflows.subscription import SubscriptionWorkflow, workflow_id
 
 TASK_QUEUE = "bench-lifecycle"
 PLAN = "pro"

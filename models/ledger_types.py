@@ -17,6 +17,9 @@ class DebitResult:
     cost: Decimal              # on a repeat: what the first call charged (nothing is charged again)
     available: Decimal | None  # the balance after this call; None for credit-free actions (not metered)
     replayed: bool             # True when the key was seen before and this call changed nothing
+    # True when this debit left the balance under the auto-recharge threshold and no recharge was under
+    # way: the caller starts (signals) the organization's auto-recharge workflow. BillingClient does.
+    recharge_triggered: bool = False
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ wallets = Table(
     Column("has_guards", Boolean, nullable=False),
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
+    Column("recharge_threshold", BigInteger),   # auto-recharge's threshold while enabled (0003)
+    Column("recharge_resume_at", TS),           # auto-recharge's lease: no new trigger before it
 )
 
 buckets = Table(
@@ -218,4 +220,16 @@ outbox = Table(
     Column("html_body", Text, nullable=False),
     Column("created_at", TS, nullable=False),
     Column("sent_at", TS),
+)
+
+auto_recharge = Table(
+    "auto_recharge", metadata,
+    Column("org_id", Text, ForeignKey("wallets.org_id"), primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("threshold", BigInteger, nullable=False),
+    Column("pack", Text, nullable=False),
+    Column("spending_limit_cents", BigInteger, nullable=False),
+    Column("disabled_reason", Text),
+    Column("version", BigInteger, nullable=False),
+    Column("updated_at", TS, nullable=False),
 )

@@ -1,5 +1,5 @@
-"""The ledger's and billing's invariants (stated in migrations/versions/0001_ledger.sql and
-0002_billing.sql), checked against the database.
+"""The ledger's and billing's invariants (stated in migrations/versions/0001_ledger.sql, 0002_billing.sql
+and 0003_auto_recharge.sql), checked against the database.
 
 Each query returns the rows that break its invariant; all must be empty.
 """
@@ -60,6 +60,14 @@ INVARIANTS: dict[str, str] = {
         GROUP BY c.year, c.last
         HAVING count(i.number) <> c.last OR coalesce(max(i.seq), 0) <> c.last
             OR bool_or(i.number <> format('INV-%s-%s', i.year, lpad(i.seq::text, 6, '0')))""",
+    "R1 the wallet's recharge threshold is the enabled auto-recharge's threshold, else NULL": """
+        SELECT w.org_id, w.recharge_threshold, a.enabled, a.threshold
+        FROM wallets w LEFT JOIN auto_recharge a ON a.org_id = w.org_id
+        WHERE w.recharge_threshold IS DISTINCT FROM (CASE WHEN a.enabled THEN a.threshold END)""",
+    "R2 a pack bought (bucket keyed by a pack or auto-recharge payment) was paid: its payment succeeded": """
+        SELECT b.org_id, b.grant_key, p.status FROM buckets b
+        JOIN payments p ON p.key = b.grant_key
+        WHERE b.kind = 'pack' AND p.status <> 'succeeded'""",
 }
 
 

@@ -1,5 +1,7 @@
 """Temporal workflows only: deterministic, stdlib + temporalio + plain dataclasses. No I/O here."""
 
+from workflows.auto_recharge import AutoRechargeWorkflow
+from workflows.pack_purchase import PackPurchaseWorkflow
 from workflows.subscription import SubscriptionWorkflow
 
-ALL_WORKFLOWS: list[type] = [SubscriptionWorkflow]  # the auto-recharge workflow joins with packs
+ALL_WORKFLOWS: list[type] = [SubscriptionWorkflow, PackPurchaseWorkflow, AutoRechargeWorkflow]

@@ -19,8 +19,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.common import (
+    ORG_ID,
+    PERIOD_END,
+    PLAN,
+    STATUS,
+    day,
+    declined,
+    reject,
+    run_activity,
+    stamp,
+)
 
 with workflow.unsafe.imports_passed_through():
     from models.billing_types import (
@@ -55,35 +66,12 @@ with workflow.unsafe.imports_passed_through():
         SubscriptionState,
     )
 
-ORG_ID = SearchAttributeKey.for_keyword("BillingOrgId")
-PLAN = SearchAttributeKey.for_keyword("BillingPlan")
-STATUS = SearchAttributeKey.for_keyword("BillingStatus")
-PERIOD_END = SearchAttributeKey.for_datetime("BillingPeriodEnd")
-
 RETRY_AFTER_DAYS = (1, 3, 5)           # dunning: retries after the renewal date
 TRIAL_NOTICE = timedelta(days=3)       # "your trial ends in 3 days"
-NON_RETRYABLE = ["PaymentDeclined", "InvalidRequest", "IdempotencyConflict", "UnknownOrganization"]
-# Ledger writes and emails are short, local and idempotent by key: run as local activities they cost no
-# extra round trips through the server (a renewal is 2 workflow tasks, not 4). Stripe stays a regular
-# activity: a network call of unknown length, with its retries visible in the UI.
-LOCAL_ACTIVITIES = frozenset({"ledger.start_period", "ledger.change_plan", "email.send"})
-ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1), non_retryable_error_types=NON_RETRYABLE)
 
 
 def workflow_id(org_id: str) -> str:
     return f"subscription:{org_id}"
-
-
-def _reject(exc: BillingError) -> ApplicationError:
-    return ApplicationError(exc.message, type=type(exc).__name__, non_retryable=True)
-
-
-def _stamp(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _day(t: datetime | None) -> str:
-    return "" if t is None else t.strftime("%Y-%m-%d")
 
 
 @workflow.defn(name="Subscription")
@@ -110,7 +98,7 @@ class SubscriptionWorkflow:
             if delay > timedelta(0):
                 try:
                     await workflow.wait_condition(lambda: self.changed, timeout=delay,
-                                                  timeout_summary=f"until {_stamp(wake)}")
+                                                  timeout_summary=f"until {stamp(wake)}")
                     continue  # a change arrived: the next due moment may have moved
                 except TimeoutError:
                     pass
@@ -149,8 +137,8 @@ class SubscriptionWorkflow:
             assert s.trial_end is not None
             if now < s.trial_end:
                 s.trial_notice_sent = True
-                await self._email("trial_ending", f"{s.org_id}:{_stamp(s.trial_end)}:trial-ending", now,
-                                  plan=s.plan, trial_end=_day(s.trial_end),
+                await self._email("trial_ending", f"{s.org_id}:{stamp(s.trial_end)}:trial-ending", now,
+                                  plan=s.plan, trial_end=day(s.trial_end),
                                   amount=str(self._money(self._period_lines(s.plan, s.seats, now, now))))
                 return False
             await self._end_trial(now)
@@ -216,7 +204,7 @@ class SubscriptionWorkflow:
             # No new plan credits until paid; the old period's credits expire now, explicitly.
             await self._grant(s.plan, s.period_start, s.period_end, now, "unpaid", grant=False)
             await self._email("payment_failed", f"{key}:failed", now, plan=s.plan,
-                              amount=str(self._money(lines)), next_retry=_day(self._next_wake()))
+                              amount=str(self._money(lines)), next_retry=day(self._next_wake()))
             return
         s.status = "active"
         self._publish()
@@ -232,7 +220,7 @@ class SubscriptionWorkflow:
             s.failed_charges += 1
             last = s.failed_charges > len(RETRY_AFTER_DAYS)
             await self._email("payment_failed", f"{key}:failed", now, plan=s.plan, amount=str(self._money(lines)),
-                              next_retry=None if last else _day(self._next_wake()))
+                              next_retry=None if last else day(self._next_wake()))
             if last:
                 await self._to_free(now, "the payment for your subscription failed 4 times")
             return
@@ -257,7 +245,7 @@ class SubscriptionWorkflow:
             self._email("receipt", f"{charged.key}:receipt", now, plan=s.plan, seats=s.seats,
                         amount=str(Money(charged.amount_cents, charged.currency)),
                         invoice_number=charged.invoice_number,
-                        period_start=_day(s.period_start), period_end=_day(s.period_end)),
+                        period_start=day(s.period_start), period_end=day(s.period_end)),
         )
 
     async def _to_free(self, now: datetime, reason: str) -> None:
@@ -269,7 +257,7 @@ class SubscriptionWorkflow:
         s.failed_charges = s.change_seq = 0
         self._publish()
         await self._grant("free", now, None, now, "free")
-        await self._email("reverted_to_free", f"{s.org_id}:{_stamp(now)}:free", now, plan=left, reason=reason)
+        await self._email("reverted_to_free", f"{s.org_id}:{stamp(now)}:free", now, plan=left, reason=reason)
 
     # -- updates: validators refuse before history; handlers run one at a time ---------------------------
 
@@ -295,8 +283,8 @@ class SubscriptionWorkflow:
                 s.trial_notice_sent = False
                 self._publish()
                 await self._grant(s.plan, now, s.trial_end, now, "trial")
-                await self._email("trial_started", f"{s.org_id}:{_stamp(now)}:trial", now,
-                                  plan=s.plan, seats=s.seats, trial_end=_day(s.trial_end))
+                await self._email("trial_started", f"{s.org_id}:{stamp(now)}:trial", now,
+                                  plan=s.plan, seats=s.seats, trial_end=day(s.trial_end))
             else:
                 s.anchor, s.period_index, s.credit_month = now, 0, 0
                 await self._start_paid_period(now, "subscription", after_decline="free")
@@ -312,7 +300,7 @@ class SubscriptionWorkflow:
             check_subscribe(CATALOG, self.s.status, req.plan, req.seats, req.interval, req.trial_days,
                             req.email, req.vat_rate)
         except BillingError as exc:
-            raise _reject(exc) from None
+            raise reject(exc) from None
 
     @workflow.update
     async def upgrade(self, req: PlanRequest) -> Subscription:
@@ -332,7 +320,7 @@ class SubscriptionWorkflow:
                                       seat_price_cents(CATALOG, check, s.interval), s.seats, left, total)
                 if cents > 0:
                     lines = [InvoiceLine(f"upgrade {old} to {req.plan} x {s.seats} seats, "
-                                         f"{_day(now)} to {_day(s.period_end)} (prorated)", 1, cents, cents)]
+                                         f"{day(now)} to {day(s.period_end)} (prorated)", 1, cents, cents)]
                     charged = await self._charge(key, "upgrade", lines, now, raise_decline=True)
                     assert charged is not None
                     amount_text, invoice = str(Money(charged.amount_cents, charged.currency)), charged.invoice_number
@@ -362,7 +350,7 @@ class SubscriptionWorkflow:
             if target is not None:
                 assert s.period_start is not None
                 await self._email("downgrade_scheduled", self._key(f"downgrade-{s.change_seq}"),
-                                  workflow.now(), plan=s.plan, new_plan=target.name, effective=_day(s.period_end))
+                                  workflow.now(), plan=s.plan, new_plan=target.name, effective=day(s.period_end))
             self.changed = True
             return self._view()
 
@@ -387,22 +375,22 @@ class SubscriptionWorkflow:
                 self.changed = True
                 return self._view()
             amount: str | None = None
-            effective = _day(now)
+            effective = day(now)
             if seats > old:
                 if s.status == "active":
                     left, total = remaining_fraction(s.period_start, s.period_end, now)
                     cents = added_seats_cents(seat_price_cents(CATALOG, CATALOG.plan(s.plan), s.interval),
                                               seats - old, left, total)
                     if cents > 0:
-                        lines = [InvoiceLine(f"{s.plan} x {seats - old} more seats, {_day(now)} to "
-                                             f"{_day(s.period_end)} (prorated)", 1, cents, cents)]
+                        lines = [InvoiceLine(f"{s.plan} x {seats - old} more seats, {day(now)} to "
+                                             f"{day(s.period_end)} (prorated)", 1, cents, cents)]
                         charged = await self._charge(key, "seats", lines, now, raise_decline=True)
                         assert charged is not None
                         amount = str(Money(charged.amount_cents, charged.currency))
                 s.seats, s.pending_seats = seats, None
             else:
                 s.pending_seats = seats  # fewer seats from the next period
-                effective = _day(s.period_end)
+                effective = day(s.period_end)
             self._publish()
             await self._email("seats_changed", f"{key}:email", now, plan=s.plan, old_seats=old, seats=seats,
                               amount=amount, effective=effective)
@@ -428,7 +416,7 @@ class SubscriptionWorkflow:
                 self._publish()
                 assert s.period_start is not None
                 await self._email("cancellation_scheduled", self._key(f"cancel-{s.change_seq}"),
-                                  now, plan=s.plan, effective=_day(s.period_end))
+                                  now, plan=s.plan, effective=day(s.period_end))
             self.changed = True
             return self._view()
 
@@ -439,9 +427,9 @@ class SubscriptionWorkflow:
     def _check_cancel(self) -> None:
         s = self.s
         if s.status in (None, "free"):
-            raise _reject(InvalidRequest("there is no subscription to cancel: the organization is on Free"))
+            raise reject(InvalidRequest("there is no subscription to cancel: the organization is on Free"))
         if s.cancel_at_period_end:
-            raise _reject(InvalidRequest(f"the subscription is already cancelled for {_day(s.period_end)}"))
+            raise reject(InvalidRequest(f"the subscription is already cancelled for {day(s.period_end)}"))
 
     @workflow.update
     async def resume(self) -> Subscription:
@@ -453,7 +441,7 @@ class SubscriptionWorkflow:
             self._publish()
             assert s.period_start is not None
             await self._email("resumed", self._key(f"resume-{s.change_seq}"),
-                              workflow.now(), plan=s.plan, period_end=_day(s.period_end))
+                              workflow.now(), plan=s.plan, period_end=day(s.period_end))
             self.changed = True
             return self._view()
 
@@ -463,7 +451,7 @@ class SubscriptionWorkflow:
 
     def _check_resume(self) -> None:
         if not self.s.cancel_at_period_end:
-            raise _reject(InvalidRequest("the subscription is not cancelled: nothing to resume"))
+            raise reject(InvalidRequest("the subscription is not cancelled: nothing to resume"))
 
     @workflow.query
     def state(self) -> Subscription:
@@ -481,13 +469,13 @@ class SubscriptionWorkflow:
         try:
             return check()
         except BillingError as exc:
-            raise _reject(exc) from None
+            raise reject(exc) from None
 
     def _key(self, purpose: str) -> str:
         """The business key of an effect in the current period: {org}:{period_start}:{purpose}."""
         s = self.s
         assert s.period_start is not None
-        return f"{s.org_id}:{_stamp(s.period_start)}:{purpose}"
+        return f"{s.org_id}:{stamp(s.period_start)}:{purpose}"
 
     def _view(self) -> Subscription:
         s = self.s
@@ -497,7 +485,7 @@ class SubscriptionWorkflow:
     def _period_lines(self, plan: str, seats: int, start: datetime, end: datetime) -> list[InvoiceLine]:
         price = seat_price_cents(CATALOG, CATALOG.plan(plan), self.s.interval)
         label = "year" if self.s.interval == "year" else "month"
-        return [InvoiceLine(f"{plan} x {seats} seats, {_day(start)} to {_day(end)} ({label})",
+        return [InvoiceLine(f"{plan} x {seats} seats, {day(start)} to {day(end)} ({label})",
                             seats, price, price * seats)]
 
     def _money(self, lines: list[InvoiceLine]) -> Money:
@@ -524,22 +512,15 @@ class SubscriptionWorkflow:
             pending.append("cancel to Free")
         workflow.set_current_details(
             f"**{s.plan}** x {s.seats} seats, {s.interval}ly, **{s.status}**\n\n"
-            f"period: {_day(s.period_start)} to {_day(s.period_end)}"
-            + (f" (trial ends {_day(s.trial_end)})" if s.status == "trialing" else "")
+            f"period: {day(s.period_start)} to {day(s.period_end)}"
+            + (f" (trial ends {day(s.trial_end)})" if s.status == "trialing" else "")
             + (f"\n\nat period end: {', '.join(pending)}" if pending else "")
             + (f"\n\nfailed charges: {s.failed_charges}" if s.failed_charges else "")
             + f"\n\nrenewals: {s.renewals}"
         )
 
     async def _activity(self, name: str, arg: Any, result: type[Any], *, summary: str) -> Any:
-        if name in LOCAL_ACTIVITIES:
-            return await workflow.execute_local_activity(
-                name, arg, result_type=result, start_to_close_timeout=timedelta(seconds=60),
-                retry_policy=ACTIVITY_RETRY, summary=summary[:200])
-        return await workflow.execute_activity(
-            name, arg, result_type=result, start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=ACTIVITY_RETRY, summary=summary[:200],
-        )
+        return await run_activity(name, arg, result, summary=summary)
 
     async def _charge(self, key: str, purpose: Purpose, lines: list[InvoiceLine], now: datetime,
                       *, raise_decline: bool = False) -> ChargeResult | None:
@@ -551,8 +532,8 @@ class SubscriptionWorkflow:
             result: ChargeResult = await self._activity("stripe.charge", req, ChargeResult, summary=summary)
             return result
         except ActivityError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == "PaymentDeclined":
+            cause = declined(err)
+            if cause is not None:
                 if raise_decline:
                     raise ApplicationError(cause.message, *cause.details, type="PaymentDeclined",
                                            non_retryable=True) from None
@@ -566,8 +547,8 @@ class SubscriptionWorkflow:
         what = f"Grant {credits} {plan} credits" if grant else "Expire plan credits (period unpaid)"
         await self._activity(
             "ledger.start_period",
-            StartPeriod(s.org_id, f"{s.org_id}:{_stamp(start)}:{purpose}", plan, start, end, now, grant),
-            LedgerWriteResult, summary=f"{what}, {_day(start)} to {_day(end)}")
+            StartPeriod(s.org_id, f"{s.org_id}:{stamp(start)}:{purpose}", plan, start, end, now, grant),
+            LedgerWriteResult, summary=f"{what}, {day(start)} to {day(end)}")
 
     async def _email(self, template: str, key: str, now: datetime, **context: str | int | bool | None) -> None:
         s = self.s

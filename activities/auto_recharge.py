@@ -1,0 +1,170 @@
+"""Auto-recharge's records on PostgreSQL, and its activities.
+
+Settings live in `auto_recharge`; the one setting the debit needs (the threshold, while enabled) is
+mirrored on the wallet row in the same transaction, under the wallet lock, with the lease
+`recharge_resume_at` that collapses concurrent triggers (migrations/versions/0003_auto_recharge.sql).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from temporalio import activity
+
+from activities.errors import typed_errors
+from activities.ledger import Ledger, check_id, check_time
+from models.auto_recharge import check_settings, spending_window
+from models.auto_recharge_types import (
+    DEFAULT_SPENDING_LIMIT_CENTS,
+    AutoRechargeSettings,
+    BillingProfile,
+    DisableRecharge,
+    PlanRecharge,
+    RechargeContext,
+    SettleRecharge,
+    SettleResult,
+)
+from models.catalog import CATALOG
+from models.credits import from_milli, to_milli
+from models.errors import UnknownOrganization
+
+LEASE = timedelta(minutes=15)  # a round that takes longer is asked again (the workflow collapses it)
+
+
+class AutoRecharges:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.pool = ledger.pool
+
+    # -- settings (BillingClient) ---------------------------------------------------------------------
+
+    async def set(
+        self, org_id: str, *, threshold: Decimal, pack: str,
+        spending_limit_cents: int = DEFAULT_SPENDING_LIMIT_CENTS, enabled: bool = True,
+        now: datetime | None = None,
+    ) -> AutoRechargeSettings:
+        check_id("org_id", org_id)
+        value = check_settings(CATALOG, threshold=threshold, pack=pack,
+                               spending_limit_cents=spending_limit_cents, enabled=enabled)
+        at = check_time("now", now) if now is not None else self.ledger.clock()
+        milli = to_milli(value)
+        async with self.ledger.wallet_locked(org_id) as conn:
+            await conn.execute(
+                "INSERT INTO auto_recharge (org_id, enabled, threshold, pack, spending_limit_cents, updated_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (org_id) DO UPDATE SET enabled = EXCLUDED.enabled, "
+                "threshold = EXCLUDED.threshold, pack = EXCLUDED.pack, "
+                "spending_limit_cents = EXCLUDED.spending_limit_cents, disabled_reason = NULL, "
+                "version = auto_recharge.version + 1, updated_at = EXCLUDED.updated_at",
+                (org_id, enabled, milli, pack, spending_limit_cents, at))
+            # New settings re-arm: the next debit under the threshold asks for a recharge at once.
+            await conn.execute(
+                "UPDATE wallets SET recharge_threshold = %s, recharge_resume_at = NULL WHERE org_id = %s",
+                (milli if enabled else None, org_id))
+        return AutoRechargeSettings(org_id, enabled, from_milli(milli), pack, spending_limit_cents)
+
+    async def get(self, org_id: str) -> AutoRechargeSettings | None:
+        check_id("org_id", org_id)
+        row = await self.pool.fetchone(
+            "SELECT w.org_id, a.enabled, a.threshold, a.pack, a.spending_limit_cents, a.disabled_reason "
+            "FROM wallets w LEFT JOIN auto_recharge a ON a.org_id = w.org_id WHERE w.org_id = %s", (org_id,))
+        if row is None:
+            raise UnknownOrganization(org_id)
+        if row[1] is None:
+            return None
+        return AutoRechargeSettings(org_id, row[1], from_milli(row[2]), row[3], row[4], row[5])
+
+    # -- the workflow's steps -------------------------------------------------------------------------
+
+    async def plan(self, req: PlanRecharge) -> RechargeContext:
+        """Read what a round decides on: settings, balance (expired credits excluded), spending so far."""
+        now = check_time("now", req.now)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT a.enabled, a.threshold, a.pack, a.spending_limit_cents, a.version, w.daily_grant, "
+                "w.period_start, w.period_end, b.plan_credits + b.topup - b.held, "
+                "p.email, coalesce(p.currency, 'EUR'), coalesce(p.vat_rate, 0) "
+                "FROM wallets w CROSS JOIN LATERAL ledger_balance(w.org_id, %s) b "
+                "LEFT JOIN auto_recharge a ON a.org_id = w.org_id "
+                "LEFT JOIN billing_profiles p ON p.org_id = w.org_id WHERE w.org_id = %s", (now, req.org_id))
+            row = await cur.fetchone()
+            if row is None:
+                raise UnknownOrganization(req.org_id)
+            (enabled, threshold, pack, limit, version, daily, p_start, p_end, available, email, currency,
+             vat) = row
+            start, end = spending_window(daily > 0, p_start, p_end, now)
+            cur = await conn.execute(
+                "SELECT count(*), coalesce(sum(amount_cents) FILTER (WHERE status = 'succeeded' "
+                "AND created_at >= %s AND created_at < %s), 0) "
+                "FROM payments WHERE org_id = %s AND purpose = 'auto_recharge'", (start, end, req.org_id))
+            counted = await cur.fetchone()
+        assert counted is not None
+        return RechargeContext(
+            req.org_id, bool(enabled), from_milli(threshold or 0), pack or "", limit or 0, from_milli(available),
+            int(counted[1]), start, end, int(counted[0]), email, currency, Decimal(vat), version or 0)
+
+    async def settle(self, req: SettleRecharge) -> SettleResult:
+        now = check_time("now", req.now)
+        async with self.ledger.wallet_locked(req.org_id) as conn:
+            cur = await conn.execute(
+                "SELECT b.plan_credits + b.topup - b.held, w.recharge_threshold, coalesce(a.version, 0) FROM wallets w "
+                "CROSS JOIN LATERAL ledger_balance(w.org_id, %s) b LEFT JOIN auto_recharge a ON a.org_id = w.org_id "
+                "WHERE w.org_id = %s", (now, req.org_id))
+            row = await cur.fetchone()
+            assert row is not None
+            available, threshold, version = int(row[0]), row[1], row[2]
+            # New settings since the round read them: no block; the round's caller looks again.
+            block = req.blocked_until if version == req.settings_version else None
+            below = threshold is not None and available < threshold and block is None
+            resume = block or (now + LEASE if below else None)
+            await conn.execute("UPDATE wallets SET recharge_resume_at = %s WHERE org_id = %s", (resume, req.org_id))
+        return SettleResult(req.org_id, below, from_milli(available))
+
+    async def disable(self, req: DisableRecharge) -> bool:
+        """Turn auto-recharge off; False (nothing changed) when its settings changed since the round."""
+        now = check_time("now", req.now)
+        async with self.ledger.wallet_locked(req.org_id) as conn:
+            cur = await conn.execute(
+                "UPDATE auto_recharge SET enabled = false, disabled_reason = %s, version = version + 1, "
+                "updated_at = %s WHERE org_id = %s AND version = %s",
+                (req.reason, now, req.org_id, req.settings_version))
+            if cur.rowcount != 1:
+                return False
+            await conn.execute(
+                "UPDATE wallets SET recharge_threshold = NULL, recharge_resume_at = NULL WHERE org_id = %s",
+                (req.org_id,))
+            return True
+
+    async def profile(self, org_id: str) -> BillingProfile | None:
+        row = await self.pool.fetchone(
+            "SELECT email, currency, vat_rate, payment_method_id IS NOT NULL FROM billing_profiles "
+            "WHERE org_id = %s", (org_id,))
+        return None if row is None else BillingProfile(org_id, row[0], row[1], Decimal(row[2]), row[3])
+
+
+class AutoRechargeActivities:
+    def __init__(self, store: AutoRecharges) -> None:
+        self.store = store
+
+    @activity.defn(name="auto_recharge.plan")
+    @typed_errors
+    async def plan(self, req: PlanRecharge) -> RechargeContext:
+        return await self.store.plan(req)
+
+    @activity.defn(name="auto_recharge.settle")
+    @typed_errors
+    async def settle(self, req: SettleRecharge) -> SettleResult:
+        return await self.store.settle(req)
+
+    @activity.defn(name="auto_recharge.disable")
+    @typed_errors
+    async def disable(self, req: DisableRecharge) -> bool:
+        return await self.store.disable(req)
+
+    @activity.defn(name="billing.profile")
+    @typed_errors
+    async def profile(self, org_id: str) -> BillingProfile | None:
+        return await self.store.profile(org_id)
+
+    def all(self) -> list[object]:
+        return [self.plan, self.settle, self.disable, self.profile]

@@ -1,0 +1,136 @@
+"""Typed inputs and results of credit packs and auto-recharge: plain dataclasses, stdlib only, so the
+workflows import them and Temporal carries them (Decimal and aware datetimes round-trip exactly)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+DEFAULT_SPENDING_LIMIT_CENTS = 5000   # 50.00 per billing period (DESIGN.md section 4)
+
+RechargeStatus = Literal["recharged", "not_needed", "limit_reached", "disabled", "off"]
+
+
+@dataclass(frozen=True)
+class AutoRechargeSettings:
+    """An organization's auto-recharge: when a debit leaves the balance under `threshold`, buy `pack`s,
+    spending at most `spending_limit_cents` (tax included) per billing period."""
+
+    org_id: str
+    enabled: bool
+    threshold: Decimal
+    pack: str
+    spending_limit_cents: int
+    disabled_reason: str | None = None   # "payment_failed" when the engine turned it off
+
+
+@dataclass(frozen=True)
+class BuyPack:
+    """The pack purchase workflow's input: charge `pack` once per `key`, grant it once."""
+
+    org_id: str
+    pack: str
+    key: str                              # {org}:pack:{idempotency key}: payment key, grant key, email key
+
+
+@dataclass(frozen=True)
+class PackPurchase:
+    org_id: str
+    pack: str
+    credits: Decimal
+    amount_cents: int                     # charged, tax included
+    currency: str
+    invoice_number: str
+    payment_intent: str
+    available: Decimal                    # the balance right after the grant
+
+
+@dataclass(frozen=True)
+class BillingProfile:
+    org_id: str
+    email: str
+    currency: str
+    vat_rate: Decimal
+    has_payment_method: bool
+
+
+@dataclass(frozen=True)
+class RechargeTrigger:
+    """The signal: what asked for a recharge (the debit that crossed the threshold) and when."""
+
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class RechargeRun:
+    """The auto-recharge workflow's input, carried through continue-as-new."""
+
+    org_id: str
+    failed_attempts: int = 0              # consecutive declines (the third disables auto-recharge)
+    resume: bool = False                  # continued as new with a round still to run
+
+
+@dataclass(frozen=True)
+class PlanRecharge:
+    org_id: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class RechargeContext:
+    """Everything one round decides on, read at once: settings, balance, this period's spending."""
+
+    org_id: str
+    enabled: bool
+    threshold: Decimal
+    pack: str
+    spending_limit_cents: int
+    available: Decimal
+    spent_cents: int                      # succeeded auto-recharge charges in the window, tax included
+    window_start: datetime                # the billing period (free organizations: the calendar month)
+    window_end: datetime
+    payments_so_far: int                  # every auto-recharge payment attempt ever: the next key's number
+    email: str | None
+    currency: str
+    vat_rate: Decimal
+    settings_version: int                 # the settings' version (0: none): a round acts on this one
+
+
+@dataclass(frozen=True)
+class SettleRecharge:
+    """End a round: hold further triggers until `blocked_until` (limit reached, or a retry is due), or,
+    when None, re-arm unless the balance is still under the threshold (then another round runs). A
+    block is not applied when the settings changed since `settings_version` (the round decided on old ones)."""
+
+    org_id: str
+    now: datetime
+    settings_version: int
+    blocked_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    org_id: str
+    below_threshold: bool
+    available: Decimal
+
+
+@dataclass(frozen=True)
+class DisableRecharge:
+    """Turn auto-recharge off (unless its settings changed since `settings_version`)."""
+
+    org_id: str
+    reason: str
+    now: datetime
+    settings_version: int
+
+
+@dataclass(frozen=True)
+class RechargeOutcome:
+    org_id: str
+    status: RechargeStatus
+    packs_bought: int
+    charged_cents: int

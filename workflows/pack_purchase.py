@@ -1,0 +1,75 @@
+"""One credit pack bought by hand (`BillingClient.buy_credits`), id `pack:{org_id}:{idempotency key}`.
+
+Charge the pack (invoice issued), grant a never-expiring bucket, email the receipt: each step keyed by
+the purchase's key, so a retried activity, a replayed workflow or the same purchase asked twice charges
+once and grants once. A decline raises PaymentDeclined and grants nothing. Deterministic: no I/O here.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.common import ORG_ID, STATUS, declined, reject, run_activity
+
+with workflow.unsafe.imports_passed_through():
+    from models.auto_recharge import pack_lines
+    from models.auto_recharge_types import BillingProfile, BuyPack, PackPurchase
+    from models.billing_types import ChargeRequest, ChargeResult, EmailResult, SendEmail
+    from models.catalog import CATALOG
+    from models.errors import BillingError, InvalidRequest
+    from models.invoicing import charge_summary
+    from models.ledger_types import GrantPack, LedgerWriteResult
+    from models.money import Money
+
+
+def workflow_id(org_id: str, idempotency_key: str) -> str:
+    return f"pack:{org_id}:{idempotency_key}"
+
+
+@workflow.defn(name="PackPurchase")
+class PackPurchaseWorkflow:
+    @workflow.run
+    async def run(self, req: BuyPack) -> PackPurchase:
+        try:
+            pack = CATALOG.pack(req.pack)
+        except BillingError as exc:
+            raise reject(exc) from None
+        now = workflow.now()
+        profile: BillingProfile | None = await run_activity(
+            "billing.profile", req.org_id, BillingProfile | None, summary=f"Billing profile of {req.org_id}")
+        if profile is None:
+            raise reject(InvalidRequest(f"{req.org_id} has no billing profile: subscribe first, or pass "
+                                        "email and payment_method to buy_credits"))
+        lines = pack_lines(req.pack, pack, 1)
+        summary = charge_summary(lines, profile.vat_rate, profile.currency)
+        workflow.upsert_search_attributes([ORG_ID.value_set(req.org_id), STATUS.value_set("charging")])
+        workflow.set_current_details(f"**pack {req.pack}** ({pack.credits} credits) for {req.org_id}: charging")
+        try:
+            charged: ChargeResult = await run_activity(
+                "stripe.charge", ChargeRequest(req.org_id, req.key, "pack", lines, now, profile.vat_rate,
+                                               profile.currency, summary), ChargeResult, summary=summary)
+        except ActivityError as err:
+            cause = declined(err)
+            if cause is None:
+                raise
+            workflow.upsert_search_attributes([STATUS.value_set("declined")])
+            workflow.set_current_details(f"**pack {req.pack}** for {req.org_id}: declined, nothing granted")
+            raise ApplicationError(cause.message, *cause.details, type="PaymentDeclined",
+                                   non_retryable=True) from None
+        granted: LedgerWriteResult = await run_activity(
+            "ledger.grant_pack", GrantPack(req.org_id, req.key, pack.credits, now), LedgerWriteResult,
+            summary=f"Grant {pack.credits} pack credits (never expire)")
+        amount = str(Money(charged.amount_cents, charged.currency))
+        await run_activity(
+            "email.send",
+            SendEmail(req.org_id, f"{req.key}:receipt", "pack_receipt", profile.email, now, {
+                "org_id": req.org_id, "pack": req.pack, "credits": str(pack.credits), "amount": amount,
+                "invoice_number": charged.invoice_number}),
+            EmailResult, summary="Email pack_receipt to the billing contact")
+        workflow.upsert_search_attributes([STATUS.value_set("paid")])
+        workflow.set_current_details(
+            f"**pack {req.pack}** ({pack.credits} credits) for {req.org_id}: paid {amount}, "
+            f"invoice {charged.invoice_number}")
+        return PackPurchase(req.org_id, req.pack, pack.credits, charged.amount_cents, charged.currency,
+                            charged.invoice_number, charged.payment_intent, granted.available)
