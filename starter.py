@@ -297,7 +297,7 @@ class BillingClient:
                 search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
                 static_summary=f"Pack {pack} for organization {org_id}")
         except WorkflowAlreadyStartedError:  # bought (or declined) before: the first answer stands
-            handle = client.get_workflow_handle(wf_id)
+            handle = client.get_workflow_handle(wf_id, result_type=PackPurchase)
         try:
             result: PackPurchase = await handle.result()
         except WorkflowFailureError as err:
