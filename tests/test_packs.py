@@ -105,7 +105,7 @@ async def test_bad_purchases_are_refused_and_start_nothing(
 ) -> None:
     await kit.billing.subscribe(org, plan="pro", seats=1, email=EMAIL)
     with pytest.raises(error, match=message):
-        await kit.billing.buy_credits(org, **kwargs)  # type: ignore[arg-type]
+        await kit.billing.buy_credits(org, **kwargs)
     assert [c.purpose for c in kit.charges(org)] == ["subscription"]
 
 
