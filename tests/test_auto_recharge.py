@@ -122,7 +122,8 @@ async def test_a_declined_card_is_tried_three_times_then_auto_recharge_turns_off
     await kit.advance(timedelta(hours=1))
     assert recharges(kit, org) == [(2500, "declined")] * 3
     mails = [m for m in kit.emails(org) if m.template == "auto_recharge_failed"]
-    assert [m.subject for m in mails] == ["Auto-recharge payment failed"] * 2 + ["Auto-recharge disabled: payment failed"]
+    assert [m.subject for m in mails] == (["Auto-recharge payment failed"] * 2
+                                          + ["Auto-recharge disabled: payment failed"])
     assert "attempt 3" in mails[2].text and "now disabled" in mails[2].text
     settings = await kit.billing.auto_recharge(org)
     assert settings is not None and (settings.enabled, settings.disabled_reason) == (False, "payment_failed")
