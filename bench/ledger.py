@@ -4,7 +4,10 @@ Baselines (pgbench, C): `pgbench -N` (simple-update across 1M accounts: "spread"
 single-row UPDATE on one account ("hot": the row-lock ceiling of one wallet). Project: the real
 `Ledger.debit` path (price book, validation, one PL/pgSQL call) with the same number of clients and
 client threads (processes here), on wallets spread over the same count of organizations, then on one
-hot wallet. Every run checks zero overdraft and exact sums. Last line: spread_ratio=R1 hot_ratio=R2.
+hot wallet. Every wallet has auto-recharge enabled (threshold 1,000 credits, pack 500), as a platform
+team running it would: the debit decides the threshold crossing in its own statement, so the common case
+(no crossing) stays one round trip on the fast path. Every run checks zero overdraft and exact sums.
+Last line: spread_ratio=R1 hot_ratio=R2.
 
     python -m bench.ledger [--clients 16] [--seconds 10]
 """
@@ -28,6 +31,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from activities.auto_recharge import AutoRecharges
 from activities.ledger import Ledger
 from models.ledger_types import GrantPack, StartPeriod
 from stack.postgres import bin_dir, migrate, start_embedded
@@ -49,17 +53,18 @@ def pgbench_tps(url: str, args: list[str], seconds: int, clients: int, threads: 
 async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, start_at: float,
                        tag: str) -> tuple[int, int]:
     ledger = await Ledger.open(url, pool_size=clients)
-    done = refused = 0
+    done = refused = triggered = 0
     stop = start_at + seconds
 
     async def worker(i: int) -> None:
-        nonlocal done, refused
+        nonlocal done, refused, triggered
         n = 0
         org = orgs[i % len(orgs)]
         while time.time() < stop:
             try:
-                await ledger.debit(org, "email_validation", idempotency_key=f"{tag}-{i}-{n}", now=T0)
+                result = await ledger.debit(org, "email_validation", idempotency_key=f"{tag}-{i}-{n}", now=T0)
                 done += 1
+                triggered += result.recharge_triggered
             except Exception:
                 refused += 1
             n += 1
@@ -67,6 +72,7 @@ async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, 
     await asyncio.sleep(max(0.0, start_at - time.time()))
     await asyncio.gather(*(worker(i) for i in range(clients)))
     await ledger.close()
+    assert triggered == 0, f"{triggered} debits crossed an auto-recharge threshold far below the balance"
     return done, refused
 
 
@@ -94,12 +100,15 @@ def project_dps(url: str, orgs: list[str], clients: int, procs: int, seconds: fl
     return done / seconds, refused
 
 
-async def setup_wallets(url: str, n: int, credits: Decimal) -> list[str]:
+async def setup_wallets(url: str, n: int, credits: Decimal, auto_recharge: bool) -> list[str]:
     ledger = await Ledger.open(url, pool_size=4)
+    recharges = AutoRecharges(ledger)
     orgs = [f"bench-{n}-{i}" for i in range(n)]
     for org in orgs:
         await ledger.start_period(StartPeriod(org, f"{org}:start", "enterprise", T0, T0 + timedelta(days=31), T0))
         await ledger.grant_pack(GrantPack(org, f"{org}:pack", credits, T0))
+        if auto_recharge:
+            await recharges.set(org, threshold=Decimal(1000), pack="500", now=T0)
     await ledger.close()
     return orgs
 
@@ -130,6 +139,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--scale", type=int, default=10, help="pgbench scale (100k accounts each)")
+    ap.add_argument("--no-auto-recharge", action="store_true", help="debit wallets without auto-recharge")
     a = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
@@ -141,10 +151,11 @@ def main() -> None:
     hot_sql = root / "hot.sql"
     hot_sql.write_text("UPDATE pgbench_accounts SET abalance = abalance - 1 WHERE aid = 1;\n")
 
-    spread_orgs = asyncio.run(setup_wallets(url, a.clients, BIG))
-    hot_orgs = asyncio.run(setup_wallets(url, 1, BIG))
+    spread_orgs = asyncio.run(setup_wallets(url, a.clients, BIG, not a.no_auto_recharge))
+    hot_orgs = asyncio.run(setup_wallets(url, 1, BIG, not a.no_auto_recharge))
     print(f"server: PostgreSQL 18 (embedded), fsync on, {os.cpu_count()} cores; clients={a.clients} "
-          f"threads={a.threads} seconds={a.seconds} rounds={a.rounds}", flush=True)
+          f"threads={a.threads} seconds={a.seconds} rounds={a.rounds} "
+          f"auto-recharge={'off' if a.no_auto_recharge else 'on'}", flush=True)
 
     # Rounds alternate baseline and project so drift (checkpoints, autovacuum, a noisy neighbour) hits
     # both alike; each side reports its best round.
