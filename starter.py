@@ -499,6 +499,43 @@ def debit(
 
 
 @cli.command()
+def buy(
+    org_id: str, pack: Annotated[str, typer.Argument(help="500, 1000, 2500 or 5000")],
+    key: Annotated[str | None, typer.Option(help="idempotency key (default: a new purchase)")] = None,
+) -> None:
+    """Buy a credit pack (the worker must be running: `python3 tasks.py run`)."""
+    p = _run(lambda b: b.buy_credits(org_id, pack=pack, idempotency_key=key))
+    console.print(f"{org_id}: pack {p.pack} ({p.credits} credits) for {Money(p.amount_cents, p.currency)}, "
+                  f"invoice {p.invoice_number}; {p.available} credits available")
+
+
+@cli.command("auto-recharge")
+def auto_recharge_cmd(
+    org_id: str,
+    threshold: Annotated[str | None, typer.Option(help="credits; omit every option to show the settings")] = None,
+    pack: Annotated[str, typer.Option()] = "500",
+    limit_cents: Annotated[int, typer.Option(help="spending limit per billing period")] = 5000,
+    off: Annotated[bool, typer.Option("--off", help="turn auto-recharge off")] = False,
+) -> None:
+    """Set (or show) an organization's auto-recharge."""
+    async def go(b: BillingClient) -> AutoRechargeSettings | None:
+        if threshold is None and not off:
+            return await b.auto_recharge(org_id)
+        current = await b.auto_recharge(org_id)
+        value = Decimal(threshold) if threshold is not None else (current.threshold if current else Decimal(0))
+        return await b.set_auto_recharge(org_id, threshold=value, pack=pack, spending_limit_cents=limit_cents,
+                                         enabled=not off)
+
+    st = _run(go)
+    if st is None:
+        console.print(f"{org_id}: auto-recharge was never set")
+        return
+    state = "on" if st.enabled else f"off ({st.disabled_reason})" if st.disabled_reason else "off"
+    console.print(f"{org_id}: auto-recharge {state}: under {st.threshold} credits buy pack {st.pack}, "
+                  f"at most {Money(st.spending_limit_cents)} per billing period")
+
+
+@cli.command()
 def balance(org_id: str) -> None:
     """Show an organization's balance."""
     b = _run(lambda c: c.balance(org_id))

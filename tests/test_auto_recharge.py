@@ -5,16 +5,23 @@ declined card is retried then auto-recharge turns off (issue 4's scenarios, with
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 from datetime import datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
+from temporalio.worker import Replayer
 
 from models.errors import InvalidRequest
+from stack.temporal import DATA_CONVERTER
 from testkit import TestKit
-from workflows.auto_recharge import workflow_id
+from workflows.auto_recharge import AutoRechargeWorkflow, workflow_id
 from workflows.common import ORG_ID, PERIOD_END, STATUS
+from workflows.pack_purchase import PackPurchaseWorkflow
+from workflows.pack_purchase import workflow_id as pack_workflow_id
 
 EMAIL = "billing@acme.test"
 
@@ -174,3 +181,37 @@ async def test_bad_settings_are_refused_and_change_nothing(
     with pytest.raises(InvalidRequest, match=message):
         await kit.billing.set_auto_recharge(org, **kwargs)  # type: ignore[arg-type]
     assert await kit.billing.auto_recharge(org) == before
+
+
+RECORDED = Path(__file__).with_name("histories") / "auto_recharge"
+
+
+async def test_recharge_and_pack_histories_replay(kit: TestKit, org: str) -> None:
+    """Determinism: auto-recharge runs (a decline, its retry an hour later, a recharge, the limit) and a pack
+    purchase replay without a non-determinism error, fresh and as recorded (tests/histories/auto_recharge/)."""
+    await kit.billing.subscribe(org, plan="pro", seats=1, email=EMAIL)
+    await kit.billing.set_auto_recharge(org, threshold=Decimal(100), pack="500")
+    handle = kit.env.client.get_workflow_handle(workflow_id(org))
+    await kit.use_card(org, "declined")
+    assert await drain_to(kit, org, 50, "d1")
+    await kit.use_card(org, "ok")
+    await kit.advance(timedelta(hours=1))
+    assert recharges(kit, org) == [(2500, "declined"), (2500, "succeeded")]
+    fresh = [("auto-recharge", await handle.fetch_history())]
+    assert await drain_to(kit, org, 50, "d2")
+    assert await drain_to(kit, org, 50, "d3")
+    assert templates(kit, org)[-1] == "auto_recharge_limit"
+    fresh.append(("auto-recharge", await handle.fetch_history()))
+    await kit.billing.buy_credits(org, pack="1000", idempotency_key="p1")
+    fresh.append(("pack", await kit.env.client.get_workflow_handle(pack_workflow_id(org, "p1")).fetch_history()))
+    if os.environ.get("RECORD_HISTORIES"):  # refresh the recorded set: RECORD_HISTORIES=1 pytest -k replay
+        RECORDED.mkdir(parents=True, exist_ok=True)
+        for n, (name, history) in enumerate(fresh):
+            (RECORDED / f"{name}-{n:02d}.json").write_text(json.dumps(
+                {"workflow_id": history.workflow_id, "history": history.to_json_dict()}, indent=1))
+    recorded = [json.loads(p.read_text()) for p in sorted(RECORDED.glob("*.json"))]
+    assert len(recorded) == 3, "recorded histories missing under tests/histories/auto_recharge/"
+    histories = [h for _, h in fresh] + [WorkflowHistory.from_json(r["workflow_id"], r["history"]) for r in recorded]
+    replayer = Replayer(workflows=[AutoRechargeWorkflow, PackPurchaseWorkflow], data_converter=DATA_CONVERTER)
+    for history in histories:
+        await replayer.replay_workflow(history)
