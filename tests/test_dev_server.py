@@ -4,6 +4,7 @@ updates, search attributes, update-with-start) is checked against the real thing
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
 from decimal import Decimal
@@ -14,6 +15,7 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from models.errors import InvalidRequest, PaymentDeclined
 from stack.temporal import DATA_CONVERTER
 from testkit import TestKit, start_testkit
+from workflows.auto_recharge import workflow_id as recharge_workflow_id
 from workflows.subscription import workflow_id
 
 EMAIL = "billing@acme.test"
@@ -96,3 +98,28 @@ async def test_a_declined_upgrade_raises_and_keeps_the_old_plan(dev_kit: TestKit
     sub = await kit.billing.subscription(org)
     assert (sub.plan, sub.status) == ("starter", "active")
     assert [c.status for c in kit.charges(org)] == ["succeeded", "declined"]
+
+
+async def test_packs_and_auto_recharge_on_the_real_server(dev_kit: TestKit, org: str) -> None:
+    """A pack bought twice under one key, then 20 concurrent crossing debits: one recharge, as on the
+    time-skipping server; the run's search attributes and details as an operator reads them."""
+    kit = dev_kit
+    await kit.billing.subscribe(org, plan="pro", seats=1, email=EMAIL)
+    first = await kit.billing.buy_credits(org, pack="1000", idempotency_key="p1")
+    assert await kit.billing.buy_credits(org, pack="1000", idempotency_key="p1") == first
+    await kit.billing.set_auto_recharge(org, threshold=Decimal(10990), pack="500")
+    results = await asyncio.gather(*(
+        kit.billing.debit(org, action="ai_chat", tier="fast", quantity=11, idempotency_key=f"c{i}")
+        for i in range(20)))
+    assert sum(r.recharge_triggered for r in results) == 1
+    await kit.settle()
+    assert [(c.purpose, c.amount_cents) for c in kit.charges(org)] == [
+        ("subscription", 9000), ("pack", 4500), ("auto_recharge", 2500)]
+    assert (await kit.billing.balance(org)).available == Decimal(11000 - 220 + 500)
+    handle = kit.env.client.get_workflow_handle(recharge_workflow_id(org))
+    desc = await handle.describe()
+    assert desc.search_attributes["BillingStatus"] == ["recharged"]
+    assert await desc.static_summary() == f"Auto-recharge of organization {org}"
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    assert metadata.current_details.startswith("auto-recharge **recharged**")
+    assert "spent EUR 25.00 of EUR 50.00" in metadata.current_details

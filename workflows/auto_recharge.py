@@ -14,7 +14,7 @@ Deterministic: no I/O here; every effect is an activity keyed by `{org}:{window_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -147,7 +147,8 @@ class AutoRechargeWorkflow:
         settled = await self._settle(ctx, now, None)
         if settled.below_threshold:
             return _Round(None, packs, cents)
-        self._publish(status, f"balance {settled.available} credits", ctx)
+        after = replace(ctx, available=settled.available, spent_cents=ctx.spent_cents + cents)
+        self._publish(status, f"bought {packs} x pack {ctx.pack}" if packs else "balance above the threshold", after)
         return _Round(status, packs, cents)
 
     async def _declined(self, ctx: RechargeContext, now: datetime, key: str, total_cents: int) -> _Round:
