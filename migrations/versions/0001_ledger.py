@@ -9,6 +9,8 @@ from pathlib import Path
 
 from alembic import op
 
+from migrations.sql_script import run_sql_script
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -18,12 +20,7 @@ _SQL = Path(__file__).with_suffix(".sql")
 
 
 def upgrade() -> None:
-    # The raw driver cursor: the script holds PL/pgSQL bodies with '%' and '::' that must reach
-    # the server untouched (no parameter parsing).
-    driver = op.get_bind().connection.dbapi_connection
-    assert driver is not None
-    with driver.cursor() as cur:
-        cur.execute(_SQL.read_text())
+    run_sql_script(_SQL)
 
 
 def downgrade() -> None:

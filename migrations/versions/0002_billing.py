@@ -9,6 +9,8 @@ from pathlib import Path
 
 from alembic import op
 
+from migrations.sql_script import run_sql_script
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -18,10 +20,7 @@ _SQL = Path(__file__).with_suffix(".sql")
 
 
 def upgrade() -> None:
-    driver = op.get_bind().connection.dbapi_connection  # raw cursor: PL/pgSQL bodies reach the server as-is
-    assert driver is not None
-    with driver.cursor() as cur:
-        cur.execute(_SQL.read_text())
+    run_sql_script(_SQL)
 
 
 def downgrade() -> None:
