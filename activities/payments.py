@@ -200,6 +200,12 @@ def render_invoice(*, number: str, issued_at: datetime, org_id: str, email: str 
     )
 
 
+def stripe_idempotency_key(key: str) -> str:
+    """The business key as Stripe's Idempotency-Key: as is up to Stripe's 255 characters, else a digest
+    (org ids and caller keys may each be 200 characters long)."""
+    return key if len(key) <= 255 else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
 def _metadata(obj: object, name: str) -> str | None:
     """A metadata value of a Stripe object (StripeObjects are not dicts: no .get)."""
     metadata: Any = getattr(obj, "metadata", None)
@@ -471,7 +477,7 @@ class Payments:
                         "payment_method": pm, "confirm": True, "off_session": True,
                         "metadata": {"billing_key": req.key, "org_id": req.org_id, "purpose": req.purpose},
                     },
-                    options={"idempotency_key": req.key})
+                    options={"idempotency_key": stripe_idempotency_key(req.key)})
             except stripe.CardError as e:
                 failed = e.error.payment_intent if e.error is not None else None
                 if failed is not None and failed.status == "requires_action":

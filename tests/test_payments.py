@@ -22,7 +22,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.payments import PaymentActivities, Payments, SimulatedCrash, close_stripe_client, stripe_client
+from activities.payments import (
+    PaymentActivities,
+    Payments,
+    SimulatedCrash,
+    close_stripe_client,
+    stripe_client,
+    stripe_idempotency_key,
+)
 from models.billing_types import ChargeRequest, EnsureCustomer, InvoiceLine, Purpose
 from models.errors import InvalidRequest
 from stack.stripe_server import CARD_DECLINED_AT_ATTACH, start_localstripe
@@ -464,3 +471,12 @@ async def test_localstripe_keeps_its_store_in_memory_or_in_the_state_file(tmp_pa
         finally:
             await close_stripe_client(client)
     assert _mtime(state.with_suffix(".pickle.tmp")) is None
+
+
+def test_long_business_keys_become_a_stable_digest_within_stripes_255_characters() -> None:
+    short = "acme:2026-01-15T12:00:00Z:renewal"
+    assert stripe_idempotency_key(short) == short
+    long_key = "o" * 200 + ":pack:" + "k" * 200
+    digest = stripe_idempotency_key(long_key)
+    assert len(digest) <= 255 and digest == stripe_idempotency_key(long_key)
+    assert digest != stripe_idempotency_key(long_key[:-1] + "j")
