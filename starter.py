@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -246,15 +246,20 @@ class BillingClient:
             log.exception("auto-recharge of %s: the trigger was not delivered (asked again after the lease)",
                           org_id)
 
-    def hold(
+    @asynccontextmanager
+    async def hold(
         self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
         quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
         ttl: timedelta | None = None,
-    ) -> AbstractAsyncContextManager[HoldResult]:
+    ) -> AsyncIterator[HoldResult]:
         """`async with billing.hold(...) as h:` reserves now, commits if the block succeeds, releases if
-        it raises; a hold left open past its TTL releases itself."""
-        return self.ledger.holding(org_id, action, idempotency_key=idempotency_key, tier=tier,
-                                   quantity=quantity, user_id=user_id, country=country, ttl=ttl)
+        it raises; a hold left open past its TTL releases itself. A reservation that leaves the balance
+        under the auto-recharge threshold starts the recharge, as a debit does."""
+        async with self.ledger.holding(org_id, action, idempotency_key=idempotency_key, tier=tier,
+                                       quantity=quantity, user_id=user_id, country=country, ttl=ttl) as held:
+            if held.recharge_triggered:
+                await self._trigger_recharge(org_id, idempotency_key)
+            yield held
 
     async def balance(self, org_id: str) -> Balance:
         return await self.ledger.balance(org_id)

@@ -225,9 +225,10 @@ class Ledger:
         row = await self.pool.fetchone(_HOLD, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
                                       p.user_id, p.cost, at + ttl, at))
         assert row is not None
-        status, cost, available, replayed, a, b = row
+        status, cost, available, replayed, a, b, recharge = row
         await self._raise_for(status, org_id, idempotency_key, p, available, a, b)
-        return HoldResult(org_id, idempotency_key, from_milli(cost), from_milli(available), replayed, "open")
+        return HoldResult(org_id, idempotency_key, from_milli(cost), from_milli(available), replayed, "open",
+                          recharge)
 
     async def commit(self, org_id: str, idempotency_key: str, *, now: datetime | None = None) -> HoldResult:
         return await self._settle(org_id, idempotency_key, True, now)

@@ -30,6 +30,7 @@ class HoldResult:
     available: Decimal
     replayed: bool
     status: Literal["open", "committed", "released"]
+    recharge_triggered: bool = False   # this hold's reservation crossed the auto-recharge threshold
 
 
 @dataclass(frozen=True)

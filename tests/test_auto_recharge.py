@@ -215,3 +215,13 @@ async def test_recharge_and_pack_histories_replay(kit: TestKit, org: str) -> Non
     replayer = Replayer(workflows=[AutoRechargeWorkflow, PackPurchaseWorkflow], data_converter=DATA_CONVERTER)
     for history in histories:
         await replayer.replay_workflow(history)
+
+
+async def test_a_hold_that_reserves_under_the_threshold_recharges_too(kit: TestKit, org: str) -> None:
+    await kit.billing.subscribe(org, plan="pro", seats=1, email=EMAIL)
+    await kit.billing.set_auto_recharge(org, threshold=Decimal(9990), pack="500")
+    async with kit.billing.hold(org, action="credit_score", idempotency_key="lead-1") as held:  # 17 credits
+        assert (held.available, held.recharge_triggered) == (Decimal(9983), True)
+    await kit.settle()
+    assert recharges(kit, org) == [(2500, "succeeded")]
+    assert (await kit.billing.balance(org)).available == Decimal(10000 - 17 + 500)

@@ -93,6 +93,22 @@ async def test_first_crossing_triggers_then_lease_holds_15_minutes_then_triggers
     assert (await ledger.balance(org, now=T1 + 2 * LEASE + MIN)).available == D(8200)
 
 
+async def test_a_hold_that_reserves_under_the_threshold_triggers_like_a_debit(
+    ledger: Ledger, new_org: OrgFactory
+) -> None:
+    org = await armed(ledger, new_org)
+    first = await ledger.hold(org, "insight", tier="pro", quantity=6, idempotency_key="h1", now=T0)  # 9100
+    assert (first.available, first.recharge_triggered) == (D(9100), False)
+    crossing = await ledger.hold(org, "insight", tier="pro", quantity=1, idempotency_key="h2", now=T0)  # 8950
+    assert (crossing.available, crossing.recharge_triggered) == (D(8950), True)
+    again = await ledger.hold(org, "insight", tier="pro", quantity=1, idempotency_key="h2", now=T0 + MIN)
+    assert (again.replayed, again.recharge_triggered) == (True, False)  # a repeat asks nothing
+    under_lease = await insight(ledger, org, "k1", T0 + MIN)  # the hold took the lease
+    assert (under_lease.available, under_lease.recharge_triggered) == (D(8800), False)
+    await ledger.release(org, "h1", now=T0 + 2 * MIN)
+    await ledger.commit(org, "h2", now=T0 + 2 * MIN)
+
+
 async def test_free_org_crossing_triggers_and_a_new_day_refills_above_it(
     ledger: Ledger, new_org: OrgFactory
 ) -> None:

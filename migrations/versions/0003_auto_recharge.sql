@@ -2,7 +2,7 @@
 --   R1 wallets.recharge_threshold is auto_recharge.threshold while auto-recharge is enabled, else NULL
 --   R2 an auto-recharge grant (bucket grant_key = its payment key) exists iff that payment succeeded,
 --      for the credits the payment bought
--- The debit decides the threshold crossing in its own statement: wallets.recharge_threshold is the only
+-- The debit (and the hold) decides the threshold crossing in its own statement: wallets.recharge_threshold is the only
 -- setting it reads, and wallets.recharge_resume_at is the lease that collapses concurrent triggers (a
 -- recharge is under way, or the spending limit blocks it, until then).
 
@@ -195,4 +195,58 @@ BEGIN
     IF v_dirty THEN
         PERFORM ledger_save(w, p_nows[cardinality(p_nows)]);
     END IF;
+END $$;
+
+-- A hold's reservation can cross the threshold too: its result gains `recharge` likewise.
+DROP FUNCTION ledger_hold(text, text, text, text, numeric, text, text, bigint, timestamptz, timestamptz);
+
+CREATE FUNCTION ledger_hold(p_org text, p_key text, p_action text, p_tier text, p_qty numeric,
+                            p_country text, p_user text, p_cost bigint, p_expires_at timestamptz,
+                            p_now timestamptz,
+                            OUT status text, OUT cost bigint, OUT available bigint, OUT replayed boolean,
+                            OUT detail_a bigint, OUT detail_b bigint, OUT recharge boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    w wallets%ROWTYPE;
+    h holds%ROWTYPE;
+BEGIN
+    replayed := false; cost := p_cost; recharge := false;
+    SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
+    IF NOT FOUND THEN status := 'unknown_org'; RETURN; END IF;
+    w := ledger_refresh(w, p_now);
+    available := w.plan_remaining + w.topup_remaining - w.held;
+    SELECT * INTO h FROM holds WHERE org_id = p_org AND idem_key = p_key;
+    IF FOUND THEN
+        replayed := true; cost := h.cost;
+        IF h.action <> p_action OR h.tier IS DISTINCT FROM p_tier OR h.quantity <> p_qty
+           OR h.country IS DISTINCT FROM p_country OR h.user_id IS DISTINCT FROM p_user THEN
+            status := 'conflict';
+        ELSIF h.status = 'open' THEN
+            status := 'ok';
+        ELSE
+            status := 'hold_' || h.status;
+        END IF;
+        PERFORM ledger_save(w, p_now);
+        RETURN;
+    END IF;
+    SELECT * INTO status, detail_a, detail_b
+        FROM ledger_check(w, p_action, p_tier, p_user, p_cost, true, p_key, p_now);
+    IF status IS NULL THEN
+        INSERT INTO holds (org_id, idem_key, action, tier, quantity, country, user_id, cost, status,
+                           expires_at, created_at)
+            VALUES (p_org, p_key, p_action, p_tier, p_qty, p_country, p_user, p_cost, 'open', p_expires_at, p_now);
+        INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
+            VALUES (p_org, NULL, 'hold', -p_cost, 'hold:' || p_key, p_now);
+        w.held := w.held + p_cost;
+        w.open_holds := w.open_holds + 1;
+        available := available - p_cost;
+        status := 'ok';
+        -- A reservation lowers the available balance as a debit does: same auto-recharge trigger.
+        IF w.recharge_threshold IS NOT NULL AND available < w.recharge_threshold
+           AND (w.recharge_resume_at IS NULL OR w.recharge_resume_at <= p_now) THEN
+            w.recharge_resume_at := p_now + interval '15 minutes';
+            recharge := true;
+        END IF;
+    END IF;
+    PERFORM ledger_save(w, p_now);
 END $$;
