@@ -291,7 +291,10 @@ class BillingClient:
         key = check_id("idempotency_key", idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
         await self.ledger.balance(org_id)  # UnknownOrganization before anything starts
         if email is not None or payment_method is not None:
-            await self._ensure_customer(org_id, email, payment_method)
+            try:
+                await self._ensure_customer(org_id, email, payment_method)
+            except ApplicationError as err:  # a card declined when attached, an unusable payment method
+                raise _billing_error(err) or err from None
         client = await self.temporal()
         wf_id = pack_purchase.workflow_id(org_id, key)
         try:

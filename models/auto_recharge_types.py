@@ -70,7 +70,6 @@ class RechargeRun:
 
     org_id: str
     failed_attempts: int = 0              # consecutive declines (the third disables auto-recharge)
-    resume: bool = False                  # continued as new with a round still to run
 
 
 @dataclass(frozen=True)

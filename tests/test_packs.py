@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from models.errors import IdempotencyConflict, InvalidRequest, PaymentDeclined, UnknownOrganization
-from stack.stripe_server import CARD_OK
+from stack.stripe_server import CARD_DECLINED_AT_ATTACH, CARD_OK
 from testkit import TestKit
 from workflows.pack_purchase import workflow_id
 
@@ -93,6 +93,17 @@ async def test_a_free_organization_buys_with_its_contact_and_card(kit: TestKit, 
     bought = await kit.billing.buy_credits(org, pack="500", idempotency_key="p1", email=EMAIL,
                                            payment_method=card)
     assert (bought.amount_cents, bought.available) == (2500, Decimal(550))  # 50 free credits today + 500
+
+
+async def test_a_card_declined_when_attached_or_a_bad_contact_is_refused_typed(kit: TestKit, org: str) -> None:
+    await kit.billing.open_wallet(org)
+    bad_card = await kit.payments.create_card(CARD_DECLINED_AT_ATTACH)
+    with pytest.raises(PaymentDeclined):
+        await kit.billing.buy_credits(org, pack="500", idempotency_key="p1", email=EMAIL, payment_method=bad_card)
+    with pytest.raises(InvalidRequest, match="not an email address"):
+        await kit.billing.buy_credits(org, pack="500", idempotency_key="p2", email="nobody",
+                                      payment_method=await kit.payments.create_card(CARD_OK))
+    assert kit.charges(org) == [] and (await kit.billing.balance(org)).topup == Decimal(0)
 
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), [

@@ -93,7 +93,7 @@ class AutoRechargeWorkflow:
             if rounds >= ROUNDS_PER_RUN:
                 self.busy = False
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(RechargeRun(self.org_id, self.failed, resume=True))
+                workflow.continue_as_new(RechargeRun(self.org_id, self.failed))  # it starts with a round
 
     async def _round(self) -> _Round:
         self.busy, self.wake = True, None
