@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import venv
@@ -60,7 +61,14 @@ def main() -> int:
         bin_dir = PY.parent
         rc = subprocess.run([str(bin_dir / "ruff"), "check", "."]).returncode
         return rc or subprocess.run([str(bin_dir / "mypy"), "."]).returncode
-    return subprocess.run([str(PY), *COMMANDS[cmd], *extra]).returncode
+    child = subprocess.Popen([str(PY), *COMMANDS[cmd], *extra])
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            # Wait for the child to shut down gracefully (the worker stops its embedded services); pass the
+            # interrupt on in case it reached this process alone. (subprocess.run would kill it at once.)
+            child.send_signal(signal.SIGINT)
 
 
 if __name__ == "__main__":
