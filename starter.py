@@ -315,7 +315,7 @@ class BillingClient:
         return result
 
     async def _ensure_customer(self, org_id: str, email: str | None, payment_method: str | None) -> None:
-        profile = await self.auto_recharges.profile(org_id)
+        profile = await self.payments.profile(org_id)
         contact = email or (profile.email if profile else None)
         if contact is None:
             raise InvalidRequest(f"{org_id} has no billing contact yet: pass email with payment_method")

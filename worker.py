@@ -44,7 +44,7 @@ async def build_worker(
     renewal, and the sandbox's re-import was about a third of the worker's CPU per renewal
     (bench/lifecycle.py --sandboxed)."""
     activities: list[object] = [
-        *LedgerActivities(ledger).all(), *AutoRechargeActivities(AutoRecharges(ledger)).all(),
+        *LedgerActivities(ledger).all(), *AutoRechargeActivities(AutoRecharges(ledger), payments).all(),
         *PaymentActivities(payments).all(), *EmailActivities(mailer).all(), *extra_activities,
     ]
     if not sandboxed:

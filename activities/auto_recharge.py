@@ -7,13 +7,14 @@ mirrored on the wallet row in the same transaction, under the wallet lock, with 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
 from temporalio import activity
 
 from activities.errors import typed_errors
 from activities.ledger import Ledger, check_id, check_time
+from activities.payments import Payments
 from models.auto_recharge import check_settings, spending_window
 from models.auto_recharge_types import (
     DEFAULT_SPENDING_LIMIT_CENTS,
@@ -28,8 +29,6 @@ from models.auto_recharge_types import (
 from models.catalog import CATALOG
 from models.credits import from_milli, to_milli
 from models.errors import UnknownOrganization
-
-LEASE = timedelta(minutes=15)  # a round that takes longer is asked again (the workflow collapses it)
 
 
 class AutoRecharges:
@@ -116,8 +115,10 @@ class AutoRecharges:
             # New settings since the round read them: no block; the round's caller looks again.
             block = req.blocked_until if version == req.settings_version else None
             below = threshold is not None and available < threshold and block is None
-            resume = block or (now + LEASE if below else None)
-            await conn.execute("UPDATE wallets SET recharge_resume_at = %s WHERE org_id = %s", (resume, req.org_id))
+            # A block, a fresh lease while still under (the debit's own lease length), or re-armed.
+            await conn.execute(
+                "UPDATE wallets SET recharge_resume_at = CASE WHEN %s THEN %s::timestamptz + ledger_recharge_lease() "
+                "ELSE %s::timestamptz END WHERE org_id = %s", (below, now, block, req.org_id))
         return SettleResult(req.org_id, below, from_milli(available))
 
     async def disable(self, req: DisableRecharge) -> bool:
@@ -135,16 +136,13 @@ class AutoRecharges:
                 (req.org_id,))
             return True
 
-    async def profile(self, org_id: str) -> BillingProfile | None:
-        row = await self.pool.fetchone(
-            "SELECT email, currency, vat_rate, payment_method_id IS NOT NULL FROM billing_profiles "
-            "WHERE org_id = %s", (org_id,))
-        return None if row is None else BillingProfile(org_id, row[0], row[1], Decimal(row[2]), row[3])
-
 
 class AutoRechargeActivities:
-    def __init__(self, store: AutoRecharges) -> None:
+    """The auto-recharge workflow's steps, and the billing profile read both pack workflows start from."""
+
+    def __init__(self, store: AutoRecharges, payments: Payments) -> None:
         self.store = store
+        self.payments = payments
 
     @activity.defn(name="auto_recharge.plan")
     @typed_errors
@@ -164,7 +162,7 @@ class AutoRechargeActivities:
     @activity.defn(name="billing.profile")
     @typed_errors
     async def profile(self, org_id: str) -> BillingProfile | None:
-        return await self.store.profile(org_id)
+        return await self.payments.profile(org_id)
 
     def all(self) -> list[object]:
         return [self.plan, self.settle, self.disable, self.profile]

@@ -50,6 +50,7 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import declined, invalid
 from activities.ledger import check_id
 from activities.pg import LeanPool
+from models.auto_recharge_types import BillingProfile
 from models.billing_types import (
     CardKind,
     Charge,
@@ -580,6 +581,14 @@ class Payments:
                     subtotal, rate, tax, total, spi, html)
             for number, org, purpose, issued_at, currency, lines, subtotal, rate, tax, total, spi, html in rows
         ]
+
+    async def profile(self, org_id: str) -> BillingProfile | None:
+        """The organization's billing contact, currency and VAT rate (None: it has never had a profile)."""
+        pool = await self._ready()
+        row = await pool.fetchone(
+            "SELECT email, currency, vat_rate, payment_method_id IS NOT NULL FROM billing_profiles "
+            "WHERE org_id = %s", (org_id,))
+        return None if row is None else BillingProfile(org_id, row[0], row[1], Decimal(row[2]), row[3])
 
     async def customer_id(self, org_id: str) -> str | None:
         pool = await self._ready()

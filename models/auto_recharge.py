@@ -8,7 +8,7 @@ many of those as the window's limit allows (tax included); none when even one pa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -20,6 +20,9 @@ from models.invoicing import totals
 from models.periods import add_months
 
 MAX_THRESHOLD = Decimal(10**9)  # a billion credits: far above any balance, far below bigint milli
+# How long a trigger holds off the next one (migrations/versions/0003_auto_recharge.sql says the same in
+# ledger_recharge_lease): a round that takes longer, or a lost signal, is asked again.
+LEASE = timedelta(minutes=15)
 
 
 def spending_window(
@@ -76,9 +79,7 @@ def check_settings(
     """Refuse unusable settings with a clear message; returns the threshold as exact credits."""
     if not isinstance(enabled, bool):
         raise InvalidRequest(f"enabled must be true or false, got {enabled!r}")
-    if isinstance(threshold, float) or not isinstance(threshold, Decimal | int):
-        raise InvalidRequest(f"threshold must be a Decimal number of credits, got {threshold!r}")
-    if isinstance(threshold, bool):
+    if isinstance(threshold, float | bool) or not isinstance(threshold, Decimal | int):
         raise InvalidRequest(f"threshold must be a Decimal number of credits, got {threshold!r}")
     to_milli(threshold)  # finite, at most 3 decimal places
     value = Decimal(threshold)

@@ -14,8 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from activities.auto_recharge import LEASE, AutoRecharges
+from activities.auto_recharge import AutoRecharges
 from activities.ledger import Ledger
+from models.auto_recharge import LEASE
 from models.auto_recharge_types import (
     AutoRechargeSettings,
     DisableRecharge,

@@ -25,7 +25,7 @@ from temporalio.exceptions import ActivityError
 from workflows.common import ORG_ID, PERIOD_END, STATUS, day, declined, run_activity, stamp
 
 with workflow.unsafe.imports_passed_through():
-    from models.auto_recharge import decide, pack_lines
+    from models.auto_recharge import LEASE, decide, pack_lines
     from models.auto_recharge_types import (
         DisableRecharge,
         PlanRecharge,
@@ -45,7 +45,6 @@ with workflow.unsafe.imports_passed_through():
 
 RETRY_AFTER = timedelta(hours=1)   # a declined recharge is tried again after an hour...
 MAX_ATTEMPTS = 3                   # ...three tries in all, then auto-recharge is turned off
-LEASE = timedelta(minutes=15)      # as activities/auto_recharge.py: covers the wait before a retry
 ROUNDS_PER_RUN = 25                # then continue as new: history stays bounded
 
 

@@ -27,3 +27,4 @@ def downgrade() -> None:
     # The debit functions keep the `recharge` result column; 0001's versions would need re-creating.
     op.execute("DROP TABLE IF EXISTS auto_recharge")
     op.execute("DROP INDEX IF EXISTS payments_auto_recharge")
+    op.execute("DROP FUNCTION IF EXISTS ledger_recharge_due, ledger_recharge_lease CASCADE")

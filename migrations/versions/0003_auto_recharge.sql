@@ -24,6 +24,17 @@ CREATE INDEX payments_auto_recharge ON payments (org_id, created_at) WHERE purpo
 
 ALTER TYPE ledger_step ADD ATTRIBUTE recharge boolean;
 
+-- The trigger rule, in one place: a debit or a hold that leaves `p_available` under the threshold while
+-- no recharge is under way (no lease, or its lease ran out: a lost signal is asked again).
+CREATE FUNCTION ledger_recharge_due(w wallets, p_available bigint, p_now timestamptz) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT w.recharge_threshold IS NOT NULL AND p_available < w.recharge_threshold
+           AND (w.recharge_resume_at IS NULL OR w.recharge_resume_at <= p_now)
+$$;
+
+-- How long a trigger holds off the next one (models/auto_recharge.py LEASE says the same).
+CREATE FUNCTION ledger_recharge_lease() RETURNS interval LANGUAGE sql IMMUTABLE AS $$ SELECT interval '15 minutes' $$;
+
 CREATE OR REPLACE FUNCTION ledger_save(w wallets, p_now timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -91,11 +102,8 @@ BEGIN
     IF w.has_guards OR w.has_user_limits THEN
         PERFORM ledger_count_use(w, p_action, p_user, p_cost, p_now);
     END IF;
-    -- Auto-recharge: this debit left the balance under the threshold and no recharge is under way (no
-    -- lease, or its lease ran out: a lost signal is asked again). Take the lease; the caller signals.
-    IF w.recharge_threshold IS NOT NULL AND r.available < w.recharge_threshold
-       AND (w.recharge_resume_at IS NULL OR w.recharge_resume_at <= p_now) THEN
-        w.recharge_resume_at := p_now + interval '15 minutes';
+    IF ledger_recharge_due(w, r.available, p_now) THEN  -- take the lease; the caller signals
+        w.recharge_resume_at := p_now + ledger_recharge_lease();
         r.recharge := true;
     END IF;
     r.status := 'ok'; r.dirty := true; r.w := w;
@@ -242,9 +250,8 @@ BEGIN
         available := available - p_cost;
         status := 'ok';
         -- A reservation lowers the available balance as a debit does: same auto-recharge trigger.
-        IF w.recharge_threshold IS NOT NULL AND available < w.recharge_threshold
-           AND (w.recharge_resume_at IS NULL OR w.recharge_resume_at <= p_now) THEN
-            w.recharge_resume_at := p_now + interval '15 minutes';
+        IF ledger_recharge_due(w, available, p_now) THEN
+            w.recharge_resume_at := p_now + ledger_recharge_lease();
             recharge := true;
         END IF;
     END IF;
