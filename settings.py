@@ -1,4 +1,4 @@
-"""Settings from the environment, each with the embedded default of DESIGN.md section 3 when unset."""
+"""Settings from the environment, each with the embedded development default when unset (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+# The embedded development stack's fixed addresses (stack/services.py), so an operator knows where to look.
+LOCALSTRIPE_PORT = 8420
+SMTP_SINK_PORT = 8025
+DEV_STRIPE_URL = f"http://127.0.0.1:{LOCALSTRIPE_PORT}"
 
 
 def _env(name: str) -> str | None:

@@ -1,8 +1,11 @@
-"""`BillingClient`, the async facade platform teams import, and the CLI over it.
+"""`BillingClient`, the async facade platform teams import (the CLI over it is cli.py).
 
     from starter import BillingClient
     billing = await BillingClient.connect()          # reads the environment (see settings.py)
     await billing.debit("acme", action="ai_chat", tier="smart", idempotency_key="msg-42")
+
+It imports nothing of the embedded development stack (stack/) and never migrates the database
+(`billing migrate` does): a production caller needs neither DDL rights nor the extras.
 """
 
 from __future__ import annotations
@@ -13,12 +16,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-import uvloop
-from rich.console import Console
-from rich.table import Table
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
@@ -33,12 +32,11 @@ from temporalio.common import (
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.auto_recharge import AutoRecharges
-from activities.ledger import Ledger, check_id, utcnow
-from activities.payments import Payments, close_stripe_client, stripe_client_from_settings
+from ledger import Ledger
+from ledger.auto_recharge import AutoRecharges
 from models.auto_recharge_types import (
     DEFAULT_SPENDING_LIMIT_CENTS,
     AutoRechargeSettings,
@@ -49,7 +47,9 @@ from models.auto_recharge_types import (
 )
 from models.billing_types import EnsureCustomer, Interval, Invoice
 from models.catalog import CATALOG
-from models.errors import BillingError, IdempotencyConflict, InvalidRequest, PaymentDeclined
+from models.checks import check_id, utcnow
+from models.errors import BillingError, IdempotencyConflict, InvalidRequest, from_failure
+from models.keys import open_wallet_key, pack_key, pack_workflow_id, recharge_workflow_id, subscription_workflow_id
 from models.ledger_types import (
     Balance,
     DebitResult,
@@ -60,35 +60,21 @@ from models.ledger_types import (
     UsageGrouping,
     UsageRow,
 )
-from models.money import Money
 from models.subscription_rules import check_subscribe
 from models.subscription_types import PlanRequest, SeatsRequest, SubscribeRequest, Subscription, SubscriptionState
-from settings import Settings
-from stack.services import LOCALSTRIPE_PORT, database
-from stack.temporal import connect_client
-from workflows import auto_recharge, pack_purchase
+from payments import Payments, close_stripe_client, stripe_client_from_settings
+from settings import DEV_STRIPE_URL, Settings
+from temporal_client import connect_client
 from workflows.auto_recharge import AutoRechargeWorkflow
 from workflows.common import ORG_ID
 from workflows.pack_purchase import PackPurchaseWorkflow
-from workflows.subscription import SubscriptionWorkflow, workflow_id
+from workflows.subscription import SubscriptionWorkflow
 
 log = logging.getLogger("billing.client")
 
-_ERRORS: dict[str, type[BillingError]] = {"InvalidRequest": InvalidRequest, "PaymentDeclined": PaymentDeclined}
-
-
-def _billing_error(err: BaseException) -> BillingError | None:
-    """The typed error a workflow update or activity failure stands for (None: not ours, re-raise)."""
-    cause: BaseException | None = err
-    while cause is not None:
-        if isinstance(cause, ApplicationError) and cause.type in _ERRORS:
-            if cause.type == "PaymentDeclined":
-                return PaymentDeclined(cause.message, str(cause.details[0]) if cause.details else None)
-            return _ERRORS[cause.type](cause.message)
-        if isinstance(cause, ApplicationError) and cause.type == "IdempotencyConflict":
-            return InvalidRequest(cause.message)
-        cause = cause.__cause__ or getattr(cause, "cause", None)
-    return None
+def _billing_error(err: BaseException) -> BaseException:
+    """The typed error behind a Temporal failure (models/errors.py), else the failure itself."""
+    return from_failure(err) or err
 
 
 class BillingClient:
@@ -102,17 +88,19 @@ class BillingClient:
         self.auto_recharges = AutoRecharges(ledger)
         self._own_payments = payments is None
         self.payments = payments or Payments(ledger.pool, stripe_client_from_settings(
-            settings, None if settings.stripe_api_key else f"http://127.0.0.1:{LOCALSTRIPE_PORT}"))
+            settings, None if settings.stripe_api_key else DEV_STRIPE_URL))
 
     @classmethod
     async def connect(
         cls, settings: Settings | None = None, *, clock: Callable[[], datetime] = utcnow
     ) -> BillingClient:
-        """Connect with `settings` (default: from the environment); an unset DATABASE_URL uses the
-        embedded PostgreSQL under .data/ (started if needed, migrated)."""
+        """Connect with `settings` (default: from the environment). Never migrates: `billing migrate`
+        (or the main command) has brought the schema up to date."""
         settings = settings or Settings.from_env()
-        url, _ = await database(settings)
-        ledger = await Ledger.open(url, pool_size=settings.db_pool_size, clock=clock,
+        if not settings.database_url:
+            raise InvalidRequest("DATABASE_URL is not set: the client needs the ledger's database "
+                                 "(the CLI and the test kit start the embedded one for development)")
+        ledger = await Ledger.open(settings.database_url, pool_size=settings.db_pool_size, clock=clock,
                                    hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
         return cls(ledger, settings)
 
@@ -145,7 +133,7 @@ class BillingClient:
         check_subscribe(CATALOG, None, plan, seats, interval, trial_days, email, vat_rate)  # before any start
         client = await self.temporal()
         start = WithStartWorkflowOperation(
-            SubscriptionWorkflow.run, SubscriptionState(org_id), id=workflow_id(org_id),
+            SubscriptionWorkflow.run, SubscriptionState(org_id), id=subscription_workflow_id(org_id),
             task_queue=self.settings.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
             static_summary=f"Subscription of organization {org_id}",
@@ -156,7 +144,7 @@ class BillingClient:
                 SubscriptionWorkflow.subscribe, req, start_workflow_operation=start)
             return result
         except WorkflowUpdateFailedError as err:
-            raise _billing_error(err) or err from None
+            raise _billing_error(err) from None
 
     async def upgrade(self, org_id: str, *, plan: str) -> Subscription:
         """Move to a higher plan now, charging the price difference for the rest of the period."""
@@ -196,7 +184,7 @@ class BillingClient:
 
     async def _handle(self, org_id: str) -> WorkflowHandle[Any, Any]:
         check_id("org_id", org_id)
-        return (await self.temporal()).get_workflow_handle(workflow_id(org_id))
+        return (await self.temporal()).get_workflow_handle(subscription_workflow_id(org_id))
 
     @staticmethod
     def _not_found(org_id: str, err: RPCError) -> BaseException:
@@ -213,7 +201,7 @@ class BillingClient:
                 result = await handle.execute_update(update, arg)
             return result
         except WorkflowUpdateFailedError as err:
-            raise _billing_error(err) or err from None
+            raise _billing_error(err) from None
         except RPCError as err:
             raise self._not_found(org_id, err) from None
 
@@ -237,7 +225,7 @@ class BillingClient:
         try:
             client = await self.temporal()
             await client.start_workflow(
-                AutoRechargeWorkflow.run, RechargeRun(org_id), id=auto_recharge.workflow_id(org_id),
+                AutoRechargeWorkflow.run, RechargeRun(org_id), id=recharge_workflow_id(org_id),
                 task_queue=self.settings.task_queue, start_signal="trigger",
                 start_signal_args=[RechargeTrigger(reason, self.ledger.clock())],
                 search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
@@ -291,15 +279,12 @@ class BillingClient:
         key = check_id("idempotency_key", idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
         await self.ledger.balance(org_id)  # UnknownOrganization before anything starts
         if email is not None or payment_method is not None:
-            try:
-                await self._ensure_customer(org_id, email, payment_method)
-            except ApplicationError as err:  # a card declined when attached, an unusable payment method
-                raise _billing_error(err) or err from None
+            await self._ensure_customer(org_id, email, payment_method)  # PaymentDeclined at attach, say
         client = await self.temporal()
-        wf_id = pack_purchase.workflow_id(org_id, key)
+        wf_id = pack_workflow_id(org_id, key)
         try:
             handle = await client.start_workflow(
-                PackPurchaseWorkflow.run, BuyPack(org_id, pack, f"{org_id}:pack:{key}"), id=wf_id,
+                PackPurchaseWorkflow.run, BuyPack(org_id, pack, pack_key(org_id, key)), id=wf_id,
                 task_queue=self.settings.task_queue, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
@@ -309,7 +294,7 @@ class BillingClient:
         try:
             result: PackPurchase = await handle.result()
         except WorkflowFailureError as err:
-            raise _billing_error(err) or err from None
+            raise _billing_error(err) from None
         if result.pack != pack:
             raise IdempotencyConflict(org_id, key)
         return result
@@ -361,224 +346,7 @@ class BillingClient:
         if not CATALOG.plan(plan).is_free:
             raise InvalidRequest(f"the {plan} plan's credits come with a subscription: subscribe to it")
         now = self.ledger.clock()
-        return await self.ledger.start_period(StartPeriod(org_id, f"{org_id}:open:{plan}", plan, now, None, now))
+        return await self.ledger.start_period(StartPeriod(org_id, open_wallet_key(org_id, plan), plan, now, None, now))
 
 
-# -- CLI ---------------------------------------------------------------------------------------------
-
-cli = typer.Typer(help="Billing engine: subscriptions, metering, balances, invoices.", no_args_is_help=True)
-console = Console()
-
-
-@asynccontextmanager
-async def _client() -> AsyncIterator[BillingClient]:
-    billing = await BillingClient.connect()
-    try:
-        yield billing
-    finally:
-        await billing.close()
-
-
-def _run(coro_fn: Callable[[BillingClient], Any]) -> Any:
-    async def go() -> Any:
-        async with _client() as billing:
-            return await coro_fn(billing)
-
-    try:
-        return uvloop.run(go())
-    except BillingError as exc:
-        console.print(f"[red]{type(exc).__name__}[/red]: {exc.message}")
-        raise typer.Exit(2) from None
-
-
-def _show(sub: Subscription) -> None:
-    t = Table(title=f"{sub.org_id}: subscription")
-    for col in ("plan", "seats", "interval", "status", "period", "at period end"):
-        t.add_column(col)
-    pending = [p for p in (sub.pending_plan and f"downgrade to {sub.pending_plan}",
-                           sub.pending_seats and f"{sub.pending_seats} seats",
-                           sub.cancel_at_period_end and "cancel to Free") if p]
-    period = "" if sub.period_start is None else f"{sub.period_start:%Y-%m-%d} to {sub.period_end:%Y-%m-%d}"
-    if sub.status == "trialing":
-        period += f" (trial ends {sub.trial_end:%Y-%m-%d})"
-    t.add_row(sub.plan, str(sub.seats), sub.interval, sub.status, period, ", ".join(pending))
-    console.print(t)
-
-
-@cli.command()
-def subscribe(
-    org_id: str,
-    plan: Annotated[str, typer.Option()],
-    email: Annotated[str, typer.Option(help="the billing contact")],
-    seats: Annotated[int, typer.Option()] = 1,
-    interval: Annotated[str, typer.Option(help="month or year")] = "month",
-    trial_days: Annotated[int, typer.Option()] = 0,
-    payment_method: Annotated[str | None, typer.Option(help="a Stripe PaymentMethod id")] = None,
-) -> None:
-    """Start a subscription (the worker must be running: `python3 tasks.py run`)."""
-    _show(_run(lambda b: b.subscribe(org_id, plan=plan, seats=seats, interval=interval,  # type: ignore[arg-type]
-                                     trial_days=trial_days, email=email, payment_method=payment_method)))
-
-
-@cli.command()
-def upgrade(org_id: str, plan: Annotated[str, typer.Option()]) -> None:
-    """Move to a higher plan now (prorated charge)."""
-    _show(_run(lambda b: b.upgrade(org_id, plan=plan)))
-
-
-@cli.command()
-def downgrade(org_id: str, plan: Annotated[str, typer.Option()]) -> None:
-    """Move to a lower plan at period end (the current plan withdraws a pending downgrade)."""
-    _show(_run(lambda b: b.downgrade(org_id, plan=plan)))
-
-
-@cli.command()
-def seats(org_id: str, count: int) -> None:
-    """Change the number of seats: more now (prorated), fewer from the next period."""
-    _show(_run(lambda b: b.change_seats(org_id, seats=count)))
-
-
-@cli.command()
-def cancel(org_id: str) -> None:
-    """Cancel to Free at period end."""
-    _show(_run(lambda b: b.cancel(org_id)))
-
-
-@cli.command()
-def resume(org_id: str) -> None:
-    """Undo a cancellation before the period ends."""
-    _show(_run(lambda b: b.resume(org_id)))
-
-
-@cli.command()
-def status(org_id: str) -> None:
-    """Show an organization's subscription."""
-    _show(_run(lambda b: b.subscription(org_id)))
-
-
-@cli.command()
-def invoices(org_id: str) -> None:
-    """List an organization's invoices."""
-    rows = _run(lambda b: b.invoices(org_id))
-    t = Table(title=f"{org_id} invoices")
-    for col in ("number", "date", "purpose", "subtotal", "tax", "total", "payment"):
-        t.add_column(col)
-    for i in rows:
-        t.add_row(i.number, f"{i.issued_at:%Y-%m-%d}", i.purpose, str(Money(i.subtotal_cents, i.currency)),
-                  str(Money(i.tax_cents, i.currency)), str(Money(i.total_cents, i.currency)), i.stripe_payment_id)
-    console.print(t)
-
-
-@cli.command()
-def card(
-    org_id: str, kind: Annotated[str, typer.Argument(help="ok, declined, requires_authentication or none")],
-) -> None:
-    """Give an organization a test card on the fake Stripe (localstripe; not with STRIPE_API_KEY)."""
-    async def go(b: BillingClient) -> str | None:
-        if b.settings.stripe_api_key:
-            raise InvalidRequest("test cards are for the fake Stripe: attach real payment methods with Stripe")
-        return await b.payments.set_card(org_id, kind)  # type: ignore[arg-type]
-
-    pm = _run(go)
-    console.print(f"{org_id}: default payment method {pm or 'removed'} ({kind})")
-
-
-@cli.command("open")
-def open_cmd(org_id: str, plan: Annotated[str, typer.Option()] = "free") -> None:
-    """Open a free organization's wallet (paid plans: subscribe)."""
-    r = _run(lambda b: b.open_wallet(org_id, plan=plan))
-    console.print(f"{org_id}: wallet on {plan}, {r.available} credits available")
-
-
-@cli.command()
-def debit(
-    org_id: str, action: str,
-    key: Annotated[str, typer.Option(help="idempotency key")],
-    tier: Annotated[str | None, typer.Option()] = None,
-    quantity: Annotated[str, typer.Option()] = "1",
-    user: Annotated[str | None, typer.Option()] = None,
-    country: Annotated[str | None, typer.Option()] = None,
-) -> None:
-    """Charge one action now."""
-    r = _run(lambda b: b.debit(org_id, action=action, idempotency_key=key, tier=tier,
-                               quantity=Decimal(quantity), user_id=user, country=country))
-    note = " (repeat: first result)" if r.replayed else ""
-    console.print(f"{org_id}: charged {r.cost} credits, {r.available} available{note}")
-
-
-@cli.command()
-def buy(
-    org_id: str, pack: Annotated[str, typer.Argument(help="500, 1000, 2500 or 5000")],
-    key: Annotated[str | None, typer.Option(help="idempotency key (default: a new purchase)")] = None,
-) -> None:
-    """Buy a credit pack (the worker must be running: `python3 tasks.py run`)."""
-    p = _run(lambda b: b.buy_credits(org_id, pack=pack, idempotency_key=key))
-    console.print(f"{org_id}: pack {p.pack} ({p.credits} credits) for {Money(p.amount_cents, p.currency)}, "
-                  f"invoice {p.invoice_number}; {p.available} credits available")
-
-
-@cli.command("auto-recharge")
-def auto_recharge_cmd(
-    org_id: str,
-    threshold: Annotated[str | None, typer.Option(help="credits; omit every option to show the settings")] = None,
-    pack: Annotated[str, typer.Option()] = "500",
-    limit_cents: Annotated[int, typer.Option(help="spending limit per billing period")] = 5000,
-    off: Annotated[bool, typer.Option("--off", help="turn auto-recharge off")] = False,
-) -> None:
-    """Set (or show) an organization's auto-recharge."""
-    async def go(b: BillingClient) -> AutoRechargeSettings | None:
-        if threshold is None and not off:
-            return await b.auto_recharge(org_id)
-        current = await b.auto_recharge(org_id)
-        value = Decimal(threshold) if threshold is not None else (current.threshold if current else Decimal(0))
-        return await b.set_auto_recharge(org_id, threshold=value, pack=pack, spending_limit_cents=limit_cents,
-                                         enabled=not off)
-
-    st = _run(go)
-    if st is None:
-        console.print(f"{org_id}: auto-recharge was never set")
-        return
-    state = "on" if st.enabled else f"off ({st.disabled_reason})" if st.disabled_reason else "off"
-    console.print(f"{org_id}: auto-recharge {state}: under {st.threshold} credits buy pack {st.pack}, "
-                  f"at most {Money(st.spending_limit_cents)} per billing period")
-
-
-@cli.command()
-def balance(org_id: str) -> None:
-    """Show an organization's balance."""
-    b = _run(lambda c: c.balance(org_id))
-    t = Table(title=f"{org_id} on {b.plan_name}")
-    for col in ("available", "plan", "topup", "held", "allocation", "consumed this period"):
-        t.add_column(col, justify="right")
-    t.add_row(*(str(v) for v in (b.available, b.plan, b.topup, b.held, b.allocation, b.consumed_this_period)))
-    console.print(t)
-
-
-@cli.command()
-def usage(org_id: str, by: Annotated[str, typer.Option(help="action, tier or user")] = "action") -> None:
-    """Usage grouped by action, tier or user."""
-    rows = _run(lambda c: c.usage(org_id, by=by))  # type: ignore[arg-type]
-    t = Table(title=f"{org_id} usage by {by}")
-    for col in (by, "uses", "quantity", "credits"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(str(r.key), str(r.uses), str(r.quantity), str(r.credits))
-    console.print(t)
-
-
-@cli.command()
-def transactions(org_id: str) -> None:
-    """The ledger entries of an organization."""
-    rows = _run(lambda c: c.transactions(org_id))
-    t = Table(title=f"{org_id} ledger")
-    for col in ("at", "kind", "credits", "bucket", "ref"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r.at.isoformat(timespec="seconds"), r.kind, str(r.credits), r.bucket or "", r.ref)
-    console.print(t)
-
-
-__all__ = ["Balance", "BillingClient", "DebitResult", "HoldResult"]
-
-if __name__ == "__main__":
-    cli()
+__all__ = ["Balance", "BillingClient", "BillingError", "DebitResult", "HoldResult"]

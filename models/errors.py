@@ -1,8 +1,19 @@
-"""The typed errors every entry point raises. Each carries a plain message and, where useful, details."""
+"""The typed errors every entry point raises, in one registry, and their one crossing of the Temporal
+boundary each way.
+
+Each error carries a plain message and, where useful, typed fields (declared as class annotations, so
+the crossing can restore them). An error raised in an activity or a workflow becomes a non-retryable
+`ApplicationError` whose type is the class name and whose one detail holds the fields
+(`to_application_error`); the caller gets the same class back from any path (`from_failure`).
+"""
 
 from __future__ import annotations
 
+import typing
 from decimal import Decimal
+from typing import Any
+
+from temporalio.exceptions import ApplicationError
 
 
 class BillingError(Exception):
@@ -18,24 +29,40 @@ class InvalidRequest(BillingError):
 
 
 class UnknownOrganization(InvalidRequest):
+    org_id: str
+
     def __init__(self, org_id: str) -> None:
         super().__init__(f"unknown organization {org_id!r}: it has no wallet yet")
         self.org_id = org_id
 
 
 class InsufficientCredits(BillingError):
+    org_id: str
+    cost: Decimal
+    available: Decimal
+
     def __init__(self, org_id: str, cost: Decimal, available: Decimal) -> None:
         super().__init__(f"{org_id}: this costs {cost} credits but only {available} are available")
         self.org_id, self.cost, self.available = org_id, cost, available
 
 
 class TierNotAvailable(BillingError):
+    org_id: str
+    tier: str
+    plan: str
+
     def __init__(self, org_id: str, tier: str, plan: str) -> None:
         super().__init__(f"{org_id}: model tier {tier!r} is not included in the {plan!r} plan")
         self.org_id, self.tier, self.plan = org_id, tier, plan
 
 
 class UserLimitExceeded(BillingError):
+    org_id: str
+    user_id: str
+    limit: Decimal
+    used: Decimal
+    cost: Decimal
+
     def __init__(self, org_id: str, user_id: str, limit: Decimal, used: Decimal, cost: Decimal) -> None:
         super().__init__(
             f"{org_id}: user {user_id!r} has used {used} of their {limit} credits this period; "
@@ -45,6 +72,9 @@ class UserLimitExceeded(BillingError):
 
 
 class UsageGuardPaused(BillingError):
+    org_id: str
+    action: str
+
     def __init__(self, org_id: str, action: str) -> None:
         super().__init__(
             f"{org_id}: action {action!r} is paused by its usage guard until an admin resumes it"
@@ -53,12 +83,18 @@ class UsageGuardPaused(BillingError):
 
 
 class ConcurrencyLimitExceeded(BillingError):
+    org_id: str
+    limit: int
+
     def __init__(self, org_id: str, limit: int) -> None:
         super().__init__(f"{org_id}: {limit} holds are already open, the plan's maximum")
         self.org_id, self.limit = org_id, limit
 
 
 class IdempotencyConflict(BillingError):
+    org_id: str
+    key: str
+
     def __init__(self, org_id: str, key: str) -> None:
         super().__init__(
             f"{org_id}: idempotency key {key!r} was already used for a different request"
@@ -69,12 +105,69 @@ class IdempotencyConflict(BillingError):
 class HoldNotOpen(BillingError):
     """A commit or release of a hold that is unknown, already settled the other way, or expired."""
 
+    org_id: str
+    key: str
+    status: str
+
     def __init__(self, org_id: str, key: str, status: str) -> None:
         super().__init__(f"{org_id}: hold {key!r} cannot be settled: it is {status}")
         self.org_id, self.key, self.status = org_id, key, status
 
 
 class PaymentDeclined(BillingError):
+    decline_code: str | None
+
     def __init__(self, message: str, decline_code: str | None = None) -> None:
         super().__init__(message)
         self.decline_code = decline_code
+
+
+# -- the registry and the Temporal boundary ------------------------------------------------------------
+
+ERRORS: dict[str, type[BillingError]] = {cls.__name__: cls for cls in (
+    BillingError, InvalidRequest, UnknownOrganization, InsufficientCredits, TierNotAvailable, UserLimitExceeded,
+    UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen, PaymentDeclined,
+)}
+# Business answers: retrying cannot change them (Temporal's retry policies list these names).
+NON_RETRYABLE: list[str] = sorted(ERRORS)
+
+
+def _fields(cls: type[BillingError]) -> dict[str, Any]:
+    return {name: hint for name, hint in typing.get_type_hints(cls).items() if name != "message"}
+
+
+def to_application_error(exc: BillingError) -> ApplicationError:
+    """The error as Temporal carries it: non-retryable, typed by class name, its fields as the one detail
+    (Decimals as strings: the payload converter writes JSON)."""
+    fields = {name: str(v) if isinstance(v := getattr(exc, name, None), Decimal) else v
+              for name in _fields(type(exc))}
+    return ApplicationError(exc.message, fields, type=type(exc).__name__, non_retryable=True)
+
+
+def _from_application_error(err: ApplicationError) -> BillingError | None:
+    cls = ERRORS.get(err.type or "")
+    if cls is None:
+        return None
+    exc = cls.__new__(cls)
+    BillingError.__init__(exc, err.message)
+    details = err.details
+    raw: dict[str, Any] = details[0] if details and isinstance(details[0], dict) else {}
+    if cls is PaymentDeclined and details and isinstance(details[0], str):
+        raw = {"decline_code": details[0]}  # the shape recorded before this registry (old histories)
+    for name, hint in _fields(cls).items():
+        value = raw.get(name)
+        setattr(exc, name, Decimal(value) if hint is Decimal and value is not None else value)
+    return exc
+
+
+def from_failure(err: BaseException) -> BillingError | None:
+    """The typed error behind a Temporal failure (an update, a workflow, an activity, at any depth of
+    causes); None when it is not one of ours."""
+    cause: BaseException | None = err
+    while cause is not None:
+        if isinstance(cause, ApplicationError):
+            found = _from_application_error(cause)
+            if found is not None:
+                return found
+        cause = cause.__cause__ or getattr(cause, "cause", None)
+    return None

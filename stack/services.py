@@ -5,49 +5,30 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
-from temporalio.client import Client
+from ledger.migrate import migrate
 
-from settings import Settings
+from settings import LOCALSTRIPE_PORT, SMTP_SINK_PORT, Settings
 from stack.mail import SmtpSink
-from stack.postgres import migrate, start_embedded
+from stack.postgres import start_embedded
 from stack.stripe_server import start_localstripe
-from stack.temporal import connect_client, start_dev_server
-
-LOCALSTRIPE_PORT = 8420  # the embedded defaults' fixed ports, so an operator knows where to look
-SMTP_SINK_PORT = 8025
-
-
-@dataclass(frozen=True)
-class Running:
-    database_url: str
-    database_embedded: bool
-    temporal_address: str
-    temporal_embedded: bool
-    temporal_ui: str | None
-    client: Client
-    stripe_url: str | None   # the fake Stripe's base URL; None with STRIPE_API_KEY (the real API)
-    smtp_url: str
-    maildir: Path | None     # where the embedded SMTP sink writes .eml files; None with SMTP_URL
+from stack.temporal import start_dev_server
+from temporal_client import connect_client
+from worker import Running
 
 
 async def database(settings: Settings) -> tuple[str, bool]:
-    """The database URL (embedded PostgreSQL under .data/ when DATABASE_URL is unset), migrated."""
+    """The database URL: DATABASE_URL, else the embedded PostgreSQL under .data/ (started if needed)."""
     if settings.database_url:
-        url, embedded = settings.database_url, False
-    else:
-        url = await asyncio.to_thread(start_embedded, settings.data_dir / "postgres")
-        embedded = True
-    await asyncio.to_thread(migrate, url)
-    return url, embedded
+        return settings.database_url, False
+    return await asyncio.to_thread(start_embedded, settings.data_dir / "postgres"), True
 
 
 @asynccontextmanager
 async def running_stack(settings: Settings) -> AsyncIterator[Running]:
     async with AsyncExitStack() as stack:
         url, db_embedded = await database(settings)
+        await asyncio.to_thread(migrate, url)  # the development stack migrates for you (`billing migrate`)
         if settings.temporal_address:
             client = await connect_client(settings)
             address, ui, t_embedded = settings.temporal_address, None, False

@@ -1,7 +1,7 @@
 """The fake Stripe of the embedded stack: localstripe in its own process, in memory, on loopback.
 
 It is reached by the real `stripe` SDK (`StripeClient(base_addresses={"api": url})`, see
-activities/payments.py). localstripe ignores Idempotency-Key: exactly-once is ours (the payments table).
+payments/stripe_client.py). localstripe ignores Idempotency-Key: exactly-once is ours (the payments table).
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from pathlib import Path
 
 import aiohttp
 
+from payments.stripe_client import DUMMY_API_KEY
 from settings import ROOT
 
-# localstripe's test cards (DESIGN.md section 3).
+# localstripe's test cards (docs/architecture.md, the embedded stack).
 CARD_OK = "4242424242424242"
 CARD_DECLINED = "4000000000000341"           # attaches, then every charge is declined
 CARD_DECLINED_AT_ATTACH = "4000000000000002"
 CARD_REQUIRES_AUTHENTICATION = "4000002500003155"
-
-DUMMY_API_KEY = "sk_test_localstripe"
 
 
 async def _answers(session: aiohttp.ClientSession, url: str) -> bool:

@@ -3,42 +3,14 @@ SQLite file under .data/, the billing search attributes registered)."""
 
 from __future__ import annotations
 
-import functools
 import shutil
 import sys
 from pathlib import Path
 
-from pydantic import TypeAdapter
-from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
-from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter, PydanticPayloadConverter
-from temporalio.converter import DataConverter
 from temporalio.testing import WorkflowEnvironment
 
-from settings import Settings
-
-# Payloads are our dataclasses with Decimal and aware datetimes: pydantic round-trips them exactly. The
-# SDK builds a payload converter per workflow run, each with an empty cache of pydantic TypeAdapters;
-# with a run per renewal, rebuilding them was ~12% of the worker's CPU. One process-wide cache instead.
-_TYPE_ADAPTERS = functools.lru_cache(maxsize=1024)(TypeAdapter)
-
-
-class BillingPayloadConverter(PydanticPayloadConverter):
-    def __init__(self) -> None:
-        super().__init__()
-        for converter in self.converters.values():
-            if isinstance(converter, PydanticJSONPlainPayloadConverter):
-                converter._type_adapter = _TYPE_ADAPTERS
-
-
-DATA_CONVERTER = DataConverter(payload_converter_class=BillingPayloadConverter)
-
-SEARCH_ATTRIBUTES = (
-    SearchAttributeKey.for_keyword("BillingOrgId"),
-    SearchAttributeKey.for_keyword("BillingPlan"),
-    SearchAttributeKey.for_keyword("BillingStatus"),
-    SearchAttributeKey.for_datetime("BillingPeriodEnd"),
-)
+from temporal_client import DATA_CONVERTER
+from workflows.common import SEARCH_ATTRIBUTES
 
 
 def _wheel_binary(name: str) -> str:
@@ -75,12 +47,6 @@ async def start_dev_server(
         ui_port=ui_port,
         dev_server_extra_args=["--ui-disable-news-fetch"] if ui_port is not None else [],
     )
-
-
-async def connect_client(settings: Settings) -> Client:
-    """A client of TEMPORAL_ADDRESS, or of the embedded dev server `run` starts (localhost:7233)."""
-    return await Client.connect(settings.temporal_address or "localhost:7233",
-                                namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER)
 
 
 async def start_time_skipping() -> WorkflowEnvironment:

@@ -13,9 +13,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from activities.ledger import Ledger
+from ledger import Ledger
+from ledger.migrate import migrate
 from models.ledger_types import StartPeriod
-from stack.postgres import migrate, start_embedded
+from stack.postgres import start_embedded
 from testkit import TestKit, start_testkit
 from tests.invariants import violations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHistory
 
-from workflows.subscription import workflow_id
+from models.keys import subscription_workflow_id as workflow_id
 
 
 async def run_histories(client: Client, org_id: str) -> list[WorkflowHistory]:

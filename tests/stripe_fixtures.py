@@ -1,5 +1,5 @@
 """Session fixtures for the fake Stripe: one localstripe process (in memory) per test session, and a
-`Payments` on it and the session's PostgreSQL. Import them into a test module (or tests/conftest.py)."""
+`KitPayments` on it and the session's PostgreSQL. Import them into a test module (or tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from activities.payments import Payments, close_stripe_client, stripe_client
+from payments import close_stripe_client, stripe_client
 from stack.stripe_server import CARD_OK, start_localstripe
+from testkit.payments import KitPayments
 
 
 @pytest.fixture(scope="session")
@@ -18,10 +19,10 @@ async def localstripe_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def payments(database_url: str, localstripe_url: str) -> AsyncIterator[Payments]:
+async def payments(database_url: str, localstripe_url: str) -> AsyncIterator[KitPayments]:
     """Every customer created without a payment method gets a working card, as in the test kit."""
     client = stripe_client(base_url=localstripe_url)
-    pay = Payments(database_url, client, default_card=CARD_OK, pool_size=8)
+    pay = KitPayments(database_url, client, default_card=CARD_OK, pool_size=8)
     yield pay
     await pay.close()
     await close_stripe_client(client)

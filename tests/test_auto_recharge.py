@@ -16,12 +16,13 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowHistory
 from temporalio.worker import Replayer
 
 from models.errors import InvalidRequest
-from stack.temporal import DATA_CONVERTER
+from models.keys import pack_workflow_id
+from models.keys import recharge_workflow_id as workflow_id
+from temporal_client import DATA_CONVERTER
 from testkit import TestKit
-from workflows.auto_recharge import AutoRechargeWorkflow, workflow_id
+from workflows.auto_recharge import AutoRechargeWorkflow
 from workflows.common import ORG_ID, PERIOD_END, STATUS
 from workflows.pack_purchase import PackPurchaseWorkflow
-from workflows.pack_purchase import workflow_id as pack_workflow_id
 
 EMAIL = "billing@acme.test"
 

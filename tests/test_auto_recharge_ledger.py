@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from activities.auto_recharge import AutoRecharges
-from activities.ledger import Ledger
+from ledger import Ledger
+from ledger.auto_recharge import AutoRecharges
 from models.auto_recharge import LEASE
 from models.auto_recharge_types import (
     AutoRechargeSettings,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from activities.ledger import Ledger
+from ledger import Ledger
 from models.buckets import Bucket, draw, live
 from models.credits import from_milli
 from models.errors import InsufficientCredits

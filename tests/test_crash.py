@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from activities.ledger import Ledger
+from ledger import Ledger
 from tests.conftest import T0, OrgFactory
 
 D = Decimal

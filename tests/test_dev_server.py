@@ -13,10 +13,10 @@ import pytest
 from temporalio.api.sdk.v1 import WorkflowMetadata
 
 from models.errors import InvalidRequest, PaymentDeclined
-from stack.temporal import DATA_CONVERTER
+from models.keys import recharge_workflow_id
+from models.keys import subscription_workflow_id as workflow_id
+from temporal_client import DATA_CONVERTER
 from testkit import TestKit, start_testkit
-from workflows.auto_recharge import workflow_id as recharge_workflow_id
-from workflows.subscription import workflow_id
 
 EMAIL = "billing@acme.test"
 

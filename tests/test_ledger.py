@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from activities.ledger import Ledger
+from ledger import Ledger
 from models.errors import (
     ConcurrencyLimitExceeded,
     HoldNotOpen,

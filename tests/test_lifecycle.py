@@ -1,5 +1,5 @@
 """The subscription lifecycle through the test kit (time-skipping Temporal, real PostgreSQL, localstripe,
-SMTP): every rule of DESIGN.md section 4 with exact amounts."""
+SMTP): every rule of docs/product.md and docs/lifecycle.md with exact amounts."""
 
 from __future__ import annotations
 

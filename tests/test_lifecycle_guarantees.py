@@ -15,10 +15,11 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from models.errors import InvalidRequest
-from stack.temporal import DATA_CONVERTER
+from models.keys import subscription_workflow_id as workflow_id
+from temporal_client import DATA_CONVERTER
 from testkit import TestKit
 from tests.histories import run_histories
-from workflows.subscription import SubscriptionWorkflow, workflow_id
+from workflows.subscription import SubscriptionWorkflow
 
 EMAIL = "billing@acme.test"
 WORKFLOW_TASK_EVENTS = {EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED, EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,

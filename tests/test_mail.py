@@ -19,10 +19,11 @@ from psycopg import AsyncConnection
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.alert_sender import AlertSender
-from activities.ledger import Ledger
-from activities.mailer import EmailActivities, EmailTemplates, Mailer, SmtpTarget, message_id
-from activities.pg import LeanPool
+from activities.email import EmailActivities
+from ledger import Ledger
+from ledger.pool import LeanPool
+from mail.alerts import AlertSender
+from mail.mailer import EmailTemplates, Mailer, SmtpTarget, message_id
 from models.billing_types import EmailResult, SendEmail
 from models.errors import UsageGuardPaused
 from models.ledger_types import StartPeriod
@@ -32,7 +33,7 @@ from tests.conftest import T0, OrgFactory
 
 Context = dict[str, str | int | bool | None]
 
-# Each template's context keys (DESIGN.md "Emails"), with values as the workflows format them.
+# Each template's context keys (docs/product.md, "Emails"), with values as the workflows format them.
 CONTEXTS: dict[str, Context] = {
     "trial_started": {"plan": "pro", "seats": 3, "trial_end": "2026-01-29"},
     "trial_ending": {"plan": "pro", "trial_end": "2026-01-29", "amount": str(Money(27000))},
@@ -58,7 +59,7 @@ CONTEXTS: dict[str, Context] = {
     "auto_recharge_limit": {"limit": str(Money(5000)), "spent": str(Money(5000))},
     "auto_recharge_failed": {"amount": str(Money(2500)), "attempt": 2, "final": False},
 }
-SUBJECTS = {  # the ones DESIGN.md spells out
+SUBJECTS = {  # the ones docs/product.md spells out
     "trial_started": "Your pro trial has started",
     "trial_ending": "Your trial ends in 3 days",
     "receipt": "Receipt INV-2026-000042: EUR 270.00",

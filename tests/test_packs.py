@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 
 from models.errors import IdempotencyConflict, InvalidRequest, PaymentDeclined, UnknownOrganization
+from models.keys import pack_workflow_id as workflow_id
 from stack.stripe_server import CARD_DECLINED_AT_ATTACH, CARD_OK
 from testkit import TestKit
-from workflows.pack_purchase import workflow_id
 
 EMAIL = "billing@acme.test"
 

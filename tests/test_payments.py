@@ -22,17 +22,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.payments import (
-    PaymentActivities,
-    Payments,
-    SimulatedCrash,
-    close_stripe_client,
-    stripe_client,
-    stripe_idempotency_key,
-)
+from activities.payments import PaymentActivities
 from models.billing_types import ChargeRequest, EnsureCustomer, InvoiceLine, Purpose
 from models.errors import InvalidRequest
+from payments import Payments, close_stripe_client, stripe_client
+from payments.stripe_client import stripe_idempotency_key
 from stack.stripe_server import CARD_DECLINED_AT_ATTACH, start_localstripe
+from testkit.payments import KitPayments, SimulatedCrash
 from tests.stripe_fixtures import localstripe_url, payments
 
 __all__ = ["localstripe_url", "payments"]  # the session fixtures, used by name below
@@ -80,14 +76,14 @@ async def declined_code(call: Any) -> str:
         await call
     err = info.value
     assert (err.type, err.non_retryable) == ("PaymentDeclined", True), err
-    return str(err.details[0])
+    return str(err.details[0]["decline_code"])  # the error's fields (models/errors.py)
 
 
 # -- charges and invoices -------------------------------------------------------------------------------
 
 
 async def test_a_charge_is_one_succeeded_payment_and_one_invoice_with_exact_totals(
-    payments: Payments, database_url: str
+    payments: KitPayments, database_url: str
 ) -> None:
     year = await fresh_year(database_url)
     now = at(year)
@@ -114,7 +110,7 @@ async def test_a_charge_is_one_succeeded_payment_and_one_invoice_with_exact_tota
         assert text in inv.html, text
 
 
-async def test_the_invoice_escapes_what_it_renders(payments: Payments, database_url: str) -> None:
+async def test_the_invoice_escapes_what_it_renders(payments: KitPayments, database_url: str) -> None:
     now = at(await fresh_year(database_url))
     org = await new_customer(payments, now)
     lines = [InvoiceLine("<script>alert(1)</script> & co", 1, 1999, 1999)]
@@ -126,7 +122,7 @@ async def test_the_invoice_escapes_what_it_renders(payments: Payments, database_
     assert "Tax (0%)" in inv.html
 
 
-async def test_the_same_key_twice_charges_once_and_replays_the_first_result(payments: Payments) -> None:
+async def test_the_same_key_twice_charges_once_and_replays_the_first_result(payments: KitPayments) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
     first = await payments.charge(charge_req(org, now))
@@ -138,7 +134,7 @@ async def test_the_same_key_twice_charges_once_and_replays_the_first_result(paym
     assert len(await payments.invoices(org)) == 1
 
 
-async def test_concurrent_duplicates_charge_once(payments: Payments) -> None:
+async def test_concurrent_duplicates_charge_once(payments: KitPayments) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
     results = await asyncio.gather(*(payments.charge(charge_req(org, now)) for _ in range(5)))
@@ -149,7 +145,7 @@ async def test_concurrent_duplicates_charge_once(payments: Payments) -> None:
 
 
 async def test_a_network_error_before_stripe_then_concurrent_retries_charge_once(
-    payments: Payments, database_url: str
+    payments: KitPayments, database_url: str
 ) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
@@ -177,7 +173,7 @@ async def test_a_network_error_before_stripe_then_concurrent_retries_charge_once
 
 @pytest.mark.parametrize("change", ["lines", "vat", "purpose"])
 async def test_the_same_key_with_other_content_is_a_conflict_and_changes_nothing(
-    payments: Payments, database_url: str, change: str
+    payments: KitPayments, database_url: str, change: str
 ) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
@@ -189,14 +185,14 @@ async def test_the_same_key_with_other_content_is_a_conflict_and_changes_nothing
         "purpose": charge_req(org, now, key=key, purpose="upgrade"),
     }[change]
     with pytest.raises(ApplicationError) as info:
-        await payments.charge(other)
+        await PaymentActivities(payments).charge(other)
     assert (info.value.type, info.value.non_retryable) == ("IdempotencyConflict", True)
     assert await payment_rows(database_url, org) == [(key, "succeeded", 32400, first.payment_intent, None)]
     assert len(await payments.stripe_payment_intents(org)) == 1
 
 
 async def test_a_crash_after_stripe_charged_then_a_retry_charges_once(
-    payments: Payments, database_url: str
+    payments: KitPayments, database_url: str
 ) -> None:
     now = at(await fresh_year(database_url))
     org = await new_customer(payments, now)
@@ -222,7 +218,7 @@ async def test_a_crash_after_stripe_charged_then_a_retry_charges_once(
 
 
 async def test_a_retry_on_another_worker_after_a_crash_charges_once(
-    payments: Payments, database_url: str, localstripe_url: str
+    payments: KitPayments, database_url: str, localstripe_url: str
 ) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
@@ -242,19 +238,19 @@ async def test_a_retry_on_another_worker_after_a_crash_charges_once(
 
 
 async def test_a_declined_card_is_a_non_retryable_decline_recorded_once(
-    payments: Payments, database_url: str
+    payments: KitPayments, database_url: str
 ) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
     await payments.set_card(org, "declined")
     req = charge_req(org, now)
-    assert await declined_code(payments.charge(req)) == "card_declined"
+    assert await declined_code(PaymentActivities(payments).charge(req)) == "card_declined"
     [(key, status, amount, _, code)] = await payment_rows(database_url, org)
     assert (key, status, amount, code) == (req.key, "declined", 32400, "card_declined")
     assert await payments.invoices(org) == []
     assert len(await payments.stripe_payment_intents(org)) == 1
     # The same key again: declined again, without a second attempt at Stripe.
-    assert await declined_code(payments.charge(req)) == "card_declined"
+    assert await declined_code(PaymentActivities(payments).charge(req)) == "card_declined"
     assert len(await payments.stripe_payment_intents(org)) == 1
     # A new card and a new key charge.
     await payments.set_card(org, "ok")
@@ -264,12 +260,12 @@ async def test_a_declined_card_is_a_non_retryable_decline_recorded_once(
 
 
 async def test_a_card_that_requires_authentication_is_declined_and_its_intent_canceled(
-    payments: Payments, database_url: str
+    payments: KitPayments, database_url: str
 ) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
     await payments.set_card(org, "requires_authentication")
-    assert await declined_code(payments.charge(charge_req(org, now))) == "authentication_required"
+    assert await declined_code(PaymentActivities(payments).charge(charge_req(org, now))) == "authentication_required"
     [(_, status, _, pi, code)] = await payment_rows(database_url, org)
     assert (status, code) == ("declined", "authentication_required")
     intent = await payments.stripe.v1.payment_intents.retrieve_async(pi)
@@ -277,12 +273,12 @@ async def test_a_card_that_requires_authentication_is_declined_and_its_intent_ca
     assert await payments.invoices(org) == []
 
 
-async def test_no_payment_method_is_a_decline_that_attempts_and_records_nothing(payments: Payments) -> None:
+async def test_no_payment_method_is_a_decline_that_attempts_and_records_nothing(payments: KitPayments) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
     assert await payments.set_card(org, "none") is None
     req = charge_req(org, now)
-    assert await declined_code(payments.charge(req)) == "no_payment_method"
+    assert await declined_code(PaymentActivities(payments).charge(req)) == "no_payment_method"
     assert await payments.charges(org) == []
     assert await payments.stripe_payment_intents(org) == []
     # Nothing was attempted, so the same key charges once there is a card.
@@ -291,13 +287,13 @@ async def test_no_payment_method_is_a_decline_that_attempts_and_records_nothing(
     assert [c.status for c in await payments.charges(org)] == ["succeeded"]
 
 
-async def test_a_charge_without_a_billing_profile_is_a_no_payment_method_decline(payments: Payments) -> None:
+async def test_a_charge_without_a_billing_profile_is_a_no_payment_method_decline(payments: KitPayments) -> None:
     org = f"pay-nobody-{uuid.uuid4().hex[:8]}"
-    assert await declined_code(payments.charge(charge_req(org, at(2031)))) == "no_payment_method"
+    assert await declined_code(PaymentActivities(payments).charge(charge_req(org, at(2031)))) == "no_payment_method"
     assert await payments.charges(org) == []
 
 
-async def test_bad_charges_are_refused_and_write_nothing(payments: Payments, database_url: str) -> None:
+async def test_bad_charges_are_refused_and_write_nothing(payments: KitPayments, database_url: str) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
     bad = [
@@ -309,7 +305,7 @@ async def test_bad_charges_are_refused_and_write_nothing(payments: Payments, dat
     ]
     for req in bad:
         with pytest.raises(ApplicationError) as info:
-            await payments.charge(req)
+            await PaymentActivities(payments).charge(req)
         assert (info.value.type, info.value.non_retryable) == ("InvalidRequest", True), req
     assert await payment_rows(database_url, org) == []
 
@@ -318,7 +314,7 @@ async def test_bad_charges_are_refused_and_write_nothing(payments: Payments, dat
 
 
 async def test_invoice_numbers_are_gapless_under_20_concurrent_charges(
-    payments: Payments, database_url: str
+    payments: KitPayments, database_url: str
 ) -> None:
     year = await fresh_year(database_url)
     now = at(year, 6, 1)
@@ -330,7 +326,7 @@ async def test_invoice_numbers_are_gapless_under_20_concurrent_charges(
         assert await cur.fetchone() == (20,)
 
 
-async def test_each_year_numbers_from_000001(payments: Payments, database_url: str) -> None:
+async def test_each_year_numbers_from_000001(payments: KitPayments, database_url: str) -> None:
     y1 = await fresh_year(database_url)
     y2 = y1 + 1
     org = await new_customer(payments, at(y1))
@@ -342,12 +338,12 @@ async def test_each_year_numbers_from_000001(payments: Payments, database_url: s
     assert [i.number for i in await payments.invoices(org)] == numbers
 
 
-async def test_a_declined_charge_takes_no_invoice_number(payments: Payments, database_url: str) -> None:
+async def test_a_declined_charge_takes_no_invoice_number(payments: KitPayments, database_url: str) -> None:
     year = await fresh_year(database_url)
     ok, bad = await new_customer(payments, at(year)), await new_customer(payments, at(year))
     await payments.set_card(bad, "declined")
     first = await payments.charge(charge_req(ok, at(year, 2)))
-    await declined_code(payments.charge(charge_req(bad, at(year, 3))))
+    await declined_code(PaymentActivities(payments).charge(charge_req(bad, at(year, 3))))
     second = await payments.charge(charge_req(ok, at(year, 4)))
     assert (first.invoice_number, second.invoice_number) == (f"INV-{year}-000001", f"INV-{year}-000002")
 
@@ -355,7 +351,7 @@ async def test_a_declined_charge_takes_no_invoice_number(payments: Payments, dat
 # -- customers ----------------------------------------------------------------------------------------------
 
 
-async def test_ensure_customer_creates_one_customer_with_the_default_card(payments: Payments) -> None:
+async def test_ensure_customer_creates_one_customer_with_the_default_card(payments: KitPayments) -> None:
     now = at(2031)
     org = f"pay-{uuid.uuid4().hex[:12]}"
     req = EnsureCustomer(org, f"{org}@example.com", now, vat_rate=D("0.21"))
@@ -371,7 +367,7 @@ async def test_ensure_customer_creates_one_customer_with_the_default_card(paymen
 
 
 async def test_ensure_customer_after_a_crash_finds_the_customer_instead_of_creating_another(
-    payments: Payments,
+    payments: KitPayments,
 ) -> None:
     org = f"pay-{uuid.uuid4().hex[:12]}"
     email = f"{org}@example.com"
@@ -383,7 +379,7 @@ async def test_ensure_customer_after_a_crash_finds_the_customer_instead_of_creat
     assert [c.id for c in found.data] == [earlier.id]
 
 
-async def test_ensure_customer_attaches_the_given_payment_method_as_default(payments: Payments) -> None:
+async def test_ensure_customer_attaches_the_given_payment_method_as_default(payments: KitPayments) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
     pm = await payments.create_card("4242424242424242")
@@ -394,26 +390,27 @@ async def test_ensure_customer_attaches_the_given_payment_method_as_default(paym
     assert intent.payment_method == pm
 
 
-async def test_a_card_declined_at_attach_is_a_non_retryable_decline(payments: Payments) -> None:
+async def test_a_card_declined_at_attach_is_a_non_retryable_decline(payments: KitPayments) -> None:
     now = at(2031)
     org = f"pay-{uuid.uuid4().hex[:12]}"
     pm = await payments.create_card(CARD_DECLINED_AT_ATTACH)
     req = EnsureCustomer(org, f"{org}@example.com", now, payment_method=pm)
-    assert await declined_code(payments.ensure_customer(req)) == "card_declined"
+    assert await declined_code(PaymentActivities(payments).ensure_customer(req)) == "card_declined"
     # The customer exists without a card: a charge is a no_payment_method decline.
-    assert await declined_code(payments.charge(charge_req(org, now))) == "no_payment_method"
+    assert await declined_code(PaymentActivities(payments).charge(charge_req(org, now))) == "no_payment_method"
 
 
-async def test_an_unknown_payment_method_is_refused_for_good(payments: Payments) -> None:
+async def test_an_unknown_payment_method_is_refused_for_good(payments: KitPayments) -> None:
     now = at(2031)
     org = await new_customer(payments, now)
     with pytest.raises(ApplicationError) as info:
-        await payments.ensure_customer(EnsureCustomer(org, f"{org}@example.com", now, payment_method="pm_nope"))
+        await PaymentActivities(payments).ensure_customer(
+            EnsureCustomer(org, f"{org}@example.com", now, payment_method="pm_nope"))
     assert (info.value.type, info.value.non_retryable) == ("InvalidRequest", True)
     assert (await payments.charge(charge_req(org, now))).amount_cents == 32400  # the default card stays
 
 
-async def test_set_card_needs_a_billing_profile(payments: Payments) -> None:
+async def test_set_card_needs_a_billing_profile(payments: KitPayments) -> None:
     with pytest.raises(InvalidRequest, match="no billing profile"):
         await payments.set_card(f"pay-nobody-{uuid.uuid4().hex[:8]}", "ok")
     with pytest.raises(InvalidRequest, match="card kind"):
@@ -423,7 +420,7 @@ async def test_set_card_needs_a_billing_profile(payments: Payments) -> None:
 # -- the Temporal activities ---------------------------------------------------------------------------------
 
 
-async def test_the_activities_charge_and_decline(payments: Payments) -> None:
+async def test_the_activities_charge_and_decline(payments: KitPayments) -> None:
     acts = PaymentActivities(payments)
     env = ActivityEnvironment()
     now = at(2031)

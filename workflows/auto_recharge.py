@@ -22,7 +22,8 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError
 
-from workflows.common import ORG_ID, PERIOD_END, STATUS, day, declined, run_activity, stamp
+from workflows.activity_defs import CHARGE, DISABLE_RECHARGE, GRANT_PACK, PLAN_RECHARGE, SEND_EMAIL, SETTLE_RECHARGE
+from workflows.common import ORG_ID, PERIOD_END, STATUS, declined
 
 with workflow.unsafe.imports_passed_through():
     from models.auto_recharge import LEASE, decide, pack_lines
@@ -37,19 +38,16 @@ with workflow.unsafe.imports_passed_through():
         SettleRecharge,
         SettleResult,
     )
-    from models.billing_types import ChargeRequest, ChargeResult, EmailResult, SendEmail
+    from models.billing_types import ChargeRequest, SendEmail
     from models.catalog import CATALOG
     from models.invoicing import charge_summary
-    from models.ledger_types import GrantPack, LedgerWriteResult
+    from models.keys import day, period_key, recharge_key, stamp, step_key
+    from models.ledger_types import GrantPack
     from models.money import Money
 
 RETRY_AFTER = timedelta(hours=1)   # a declined recharge is tried again after an hour...
 MAX_ATTEMPTS = 3                   # ...three tries in all, then auto-recharge is turned off
 ROUNDS_PER_RUN = 25                # then continue as new: history stays bounded
-
-
-def workflow_id(org_id: str) -> str:
-    return f"auto-recharge:{org_id}"
 
 
 @dataclass(frozen=True)
@@ -97,9 +95,8 @@ class AutoRechargeWorkflow:
     async def _round(self) -> _Round:
         self.busy, self.wake = True, None
         now = workflow.now()
-        ctx: RechargeContext = await run_activity(
-            "auto_recharge.plan", PlanRecharge(self.org_id, now), RechargeContext,
-            summary="Read settings, balance and this period's auto-recharge spending")
+        ctx = await PLAN_RECHARGE.run(PlanRecharge(self.org_id, now),
+                                      summary="Read settings, balance and this period's auto-recharge spending")
         pack = CATALOG.packs.get(ctx.pack)
         if not ctx.enabled or pack is None:
             self._publish("off", "auto-recharge is off", ctx)
@@ -108,7 +105,7 @@ class AutoRechargeWorkflow:
                           pack_name=ctx.pack, pack=pack, spending_limit_cents=ctx.spending_limit_cents,
                           spent_cents=ctx.spent_cents, vat_rate=ctx.vat_rate)
         if decision.action == "limit_reached":
-            await self._email(ctx, f"{self.org_id}:{stamp(ctx.window_start)}:auto_recharge_limit",
+            await self._email(ctx, period_key(self.org_id, ctx.window_start, "auto_recharge_limit"),
                               "auto_recharge_limit", now, spent=self._money(ctx, ctx.spent_cents),
                               limit=self._money(ctx, ctx.spending_limit_cents))
             # No trigger before the period ends (new settings lift this at once).
@@ -119,23 +116,22 @@ class AutoRechargeWorkflow:
         if decision.action != "buy":
             return await self._done(ctx, now, "not_needed", 0, 0)
 
-        key = f"{self.org_id}:{stamp(ctx.window_start)}:auto_recharge:{ctx.payments_so_far + 1}"
+        key = recharge_key(self.org_id, ctx.window_start, ctx.payments_so_far + 1)
         lines = pack_lines(ctx.pack, pack, decision.packs)
         summary = charge_summary(lines, ctx.vat_rate, ctx.currency)
         self._publish("recharging", f"charging {decision.packs} x pack {ctx.pack}", ctx)
         try:
-            charged: ChargeResult = await run_activity(
-                "stripe.charge", ChargeRequest(self.org_id, key, "auto_recharge", lines, now, ctx.vat_rate,
-                                               ctx.currency, summary), ChargeResult, summary=summary)
+            charged = await CHARGE.run(ChargeRequest(self.org_id, key, "auto_recharge", lines, now, ctx.vat_rate,
+                                                     ctx.currency, summary), summary=summary)
         except ActivityError as err:
             if declined(err) is None:
                 raise
             return await self._declined(ctx, now, key, decision.total_cents)
         self.failed = 0
         credits = pack.credits * decision.packs
-        await run_activity("ledger.grant_pack", GrantPack(self.org_id, key, credits, now), LedgerWriteResult,
-                           summary=f"Grant {credits} pack credits (never expire)")
-        await self._email(ctx, f"{key}:receipt", "auto_recharge_receipt", now, packs=decision.packs,
+        await GRANT_PACK.run(GrantPack(self.org_id, key, credits, now),
+                             summary=f"Grant {credits} pack credits (never expire)")
+        await self._email(ctx, step_key(key, "receipt"), "auto_recharge_receipt", now, packs=decision.packs,
                           credits=str(credits), amount=self._money(ctx, charged.amount_cents),
                           invoice_number=charged.invoice_number, pack=ctx.pack)
         return await self._done(ctx, now, "recharged", decision.packs, charged.amount_cents)
@@ -154,13 +150,13 @@ class AutoRechargeWorkflow:
         self.failed += 1
         final = self.failed >= MAX_ATTEMPTS
         if final:
-            off = await run_activity(
-                "auto_recharge.disable", DisableRecharge(self.org_id, "payment_failed", now, ctx.settings_version),
-                bool, summary="Disable auto-recharge: the card was declined 3 times")
+            off = await DISABLE_RECHARGE.run(
+                DisableRecharge(self.org_id, "payment_failed", now, ctx.settings_version),
+                summary="Disable auto-recharge: the card was declined 3 times")
             if not off:  # the settings changed meanwhile (a new card, say): decide again on those
                 self.failed = 0
                 return _Round(None)
-        await self._email(ctx, f"{key}:failed", "auto_recharge_failed", now, attempt=self.failed, final=final,
+        await self._email(ctx, step_key(key, "failed"), "auto_recharge_failed", now, attempt=self.failed, final=final,
                           amount=self._money(ctx, total_cents))
         if final:
             self.failed = 0
@@ -174,19 +170,17 @@ class AutoRechargeWorkflow:
         return _Round(None)
 
     async def _settle(self, ctx: RechargeContext, now: datetime, blocked_until: datetime | None) -> SettleResult:
-        result: SettleResult = await run_activity(
-            "auto_recharge.settle", SettleRecharge(self.org_id, now, ctx.settings_version, blocked_until),
-            SettleResult, summary="Re-arm auto-recharge" if blocked_until is None
+        return await SETTLE_RECHARGE.run(
+            SettleRecharge(self.org_id, now, ctx.settings_version, blocked_until),
+            summary="Re-arm auto-recharge" if blocked_until is None
             else f"Hold auto-recharge triggers until {stamp(blocked_until)}")
-        return result
 
     async def _email(self, ctx: RechargeContext, key: str, template: str, now: datetime,
                      **context: str | int | bool | None) -> None:
         if ctx.email is None:  # no billing contact (no profile): nothing to send to
             return
-        await run_activity("email.send", SendEmail(self.org_id, key, template, ctx.email, now,
-                                                   {"org_id": self.org_id, **context}),
-                           EmailResult, summary=f"Email {template} to the billing contact")
+        await SEND_EMAIL.run(SendEmail(self.org_id, key, template, ctx.email, now, {"org_id": self.org_id, **context}),
+                             summary=f"Email {template} to the billing contact")
 
     @staticmethod
     def _money(ctx: RechargeContext, cents: int) -> str:

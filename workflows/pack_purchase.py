@@ -1,4 +1,4 @@
-"""One credit pack bought by hand (`BillingClient.buy_credits`), id `pack:{org_id}:{idempotency key}`.
+"""One credit pack bought by hand (`BillingClient.buy_credits`), id models.keys.pack_workflow_id.
 
 Charge the pack (invoice issued), grant a never-expiring bucket, email the receipt: each step keyed by
 the purchase's key, so a retried activity, a replayed workflow or the same purchase asked twice charges
@@ -10,21 +10,19 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.common import ORG_ID, STATUS, declined, reject, run_activity
+from workflows.activity_defs import BILLING_PROFILE, CHARGE, GRANT_PACK, SEND_EMAIL
+from workflows.common import ORG_ID, STATUS, declined, reject
 
 with workflow.unsafe.imports_passed_through():
     from models.auto_recharge import pack_lines
-    from models.auto_recharge_types import BillingProfile, BuyPack, PackPurchase
-    from models.billing_types import ChargeRequest, ChargeResult, EmailResult, SendEmail
+    from models.auto_recharge_types import BuyPack, PackPurchase
+    from models.billing_types import ChargeRequest, SendEmail
     from models.catalog import CATALOG
     from models.errors import BillingError, InvalidRequest
     from models.invoicing import charge_summary
-    from models.ledger_types import GrantPack, LedgerWriteResult
+    from models.keys import step_key
+    from models.ledger_types import GrantPack
     from models.money import Money
-
-
-def workflow_id(org_id: str, idempotency_key: str) -> str:
-    return f"pack:{org_id}:{idempotency_key}"
 
 
 @workflow.defn(name="PackPurchase")
@@ -36,8 +34,7 @@ class PackPurchaseWorkflow:
         except BillingError as exc:
             raise reject(exc) from None
         now = workflow.now()
-        profile: BillingProfile | None = await run_activity(
-            "billing.profile", req.org_id, BillingProfile | None, summary=f"Billing profile of {req.org_id}")
+        profile = await BILLING_PROFILE.run(req.org_id, summary=f"Billing profile of {req.org_id}")
         if profile is None:
             raise reject(InvalidRequest(f"{req.org_id} has no billing profile: subscribe first, or pass "
                                         "email and payment_method to buy_credits"))
@@ -46,9 +43,8 @@ class PackPurchaseWorkflow:
         workflow.upsert_search_attributes([ORG_ID.value_set(req.org_id), STATUS.value_set("charging")])
         workflow.set_current_details(f"**pack {req.pack}** ({pack.credits} credits) for {req.org_id}: charging")
         try:
-            charged: ChargeResult = await run_activity(
-                "stripe.charge", ChargeRequest(req.org_id, req.key, "pack", lines, now, profile.vat_rate,
-                                               profile.currency, summary), ChargeResult, summary=summary)
+            charged = await CHARGE.run(ChargeRequest(req.org_id, req.key, "pack", lines, now, profile.vat_rate,
+                                                     profile.currency, summary), summary=summary)
         except ActivityError as err:
             cause = declined(err)
             if cause is None:
@@ -57,16 +53,14 @@ class PackPurchaseWorkflow:
             workflow.set_current_details(f"**pack {req.pack}** for {req.org_id}: declined, nothing granted")
             raise ApplicationError(cause.message, *cause.details, type="PaymentDeclined",
                                    non_retryable=True) from None
-        granted: LedgerWriteResult = await run_activity(
-            "ledger.grant_pack", GrantPack(req.org_id, req.key, pack.credits, now), LedgerWriteResult,
-            summary=f"Grant {pack.credits} pack credits (never expire)")
+        granted = await GRANT_PACK.run(GrantPack(req.org_id, req.key, pack.credits, now),
+                                       summary=f"Grant {pack.credits} pack credits (never expire)")
         amount = str(Money(charged.amount_cents, charged.currency))
-        await run_activity(
-            "email.send",
-            SendEmail(req.org_id, f"{req.key}:receipt", "pack_receipt", profile.email, now, {
+        await SEND_EMAIL.run(
+            SendEmail(req.org_id, step_key(req.key, "receipt"), "pack_receipt", profile.email, now, {
                 "org_id": req.org_id, "pack": req.pack, "credits": str(pack.credits), "amount": amount,
                 "invoice_number": charged.invoice_number}),
-            EmailResult, summary="Email pack_receipt to the billing contact")
+            summary="Email pack_receipt to the billing contact")
         workflow.upsert_search_attributes([STATUS.value_set("paid")])
         workflow.set_current_details(
             f"**pack {req.pack}** ({pack.credits} credits) for {req.org_id}: paid {amount}, "

@@ -21,33 +21,23 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.common import (
-    ORG_ID,
-    PERIOD_END,
-    PLAN,
-    STATUS,
-    day,
-    declined,
-    reject,
-    run_activity,
-    stamp,
-)
+from workflows.activity_defs import CHANGE_PLAN, CHARGE, ENSURE_CUSTOMER, SEND_EMAIL, START_PERIOD
+from workflows.common import ORG_ID, PERIOD_END, PLAN, STATUS, declined, reject
 
 with workflow.unsafe.imports_passed_through():
     from models.billing_types import (
         ChargeRequest,
         ChargeResult,
-        CustomerResult,
-        EmailResult,
         EnsureCustomer,
         InvoiceLine,
         Purpose,
         SendEmail,
     )
     from models.catalog import CATALOG
-    from models.errors import BillingError, InvalidRequest
+    from models.errors import BillingError, InvalidRequest, PaymentDeclined
     from models.invoicing import charge_summary, totals
-    from models.ledger_types import ChangePlan, LedgerWriteResult, StartPeriod
+    from models.keys import day, period_key, stamp, step_key
+    from models.ledger_types import ChangePlan, StartPeriod
     from models.money import Money
     from models.periods import credit_month_bounds, period_bounds, remaining_fraction
     from models.proration import added_seats_cents, upgrade_cents
@@ -68,10 +58,6 @@ with workflow.unsafe.imports_passed_through():
 
 RETRY_AFTER_DAYS = (1, 3, 5)           # dunning: retries after the renewal date
 TRIAL_NOTICE = timedelta(days=3)       # "your trial ends in 3 days"
-
-
-def workflow_id(org_id: str) -> str:
-    return f"subscription:{org_id}"
 
 
 @workflow.defn(name="Subscription")
@@ -137,7 +123,7 @@ class SubscriptionWorkflow:
             assert s.trial_end is not None
             if now < s.trial_end:
                 s.trial_notice_sent = True
-                await self._email("trial_ending", f"{s.org_id}:{stamp(s.trial_end)}:trial-ending", now,
+                await self._email("trial_ending", period_key(s.org_id, s.trial_end, "trial-ending"), now,
                                   plan=s.plan, trial_end=day(s.trial_end),
                                   amount=str(self._money(self._period_lines(s.plan, s.seats, now, now))))
                 return False
@@ -203,7 +189,7 @@ class SubscriptionWorkflow:
             self._publish()
             # No new plan credits until paid; the old period's credits expire now, explicitly.
             await self._grant(s.plan, s.period_start, s.period_end, now, "unpaid", grant=False)
-            await self._email("payment_failed", f"{key}:failed", now, plan=s.plan,
+            await self._email("payment_failed", step_key(key, "failed"), now, plan=s.plan,
                               amount=str(self._money(lines)), next_retry=day(self._next_wake()))
             return
         s.status = "active"
@@ -219,8 +205,8 @@ class SubscriptionWorkflow:
         if charged is None:
             s.failed_charges += 1
             last = s.failed_charges > len(RETRY_AFTER_DAYS)
-            await self._email("payment_failed", f"{key}:failed", now, plan=s.plan, amount=str(self._money(lines)),
-                              next_retry=None if last else day(self._next_wake()))
+            await self._email("payment_failed", step_key(key, "failed"), now, plan=s.plan,
+                              amount=str(self._money(lines)), next_retry=None if last else day(self._next_wake()))
             if last:
                 await self._to_free(now, "the payment for your subscription failed 4 times")
             return
@@ -257,7 +243,7 @@ class SubscriptionWorkflow:
         s.failed_charges = s.change_seq = 0
         self._publish()
         await self._grant("free", now, None, now, "free")
-        await self._email("reverted_to_free", f"{s.org_id}:{stamp(now)}:free", now, plan=left, reason=reason)
+        await self._email("reverted_to_free", period_key(s.org_id, now, "free"), now, plan=left, reason=reason)
 
     # -- updates: validators refuse before history; handlers run one at a time ---------------------------
 
@@ -267,13 +253,12 @@ class SubscriptionWorkflow:
             s = self.s
             self._check_subscribe(req)  # again under the lock: an earlier update may have changed the state
             now = workflow.now()
-            customer = await self._activity(
-                "stripe.ensure_customer",
+            customer = await ENSURE_CUSTOMER.run(
                 EnsureCustomer(s.org_id, req.email, now, req.payment_method, req.vat_rate, s.currency),
-                CustomerResult, summary=f"Stripe customer for {s.org_id}")
+                summary=f"Stripe customer for {s.org_id}")
             if req.trial_days == 0 and customer.payment_method is None:
-                raise ApplicationError("a payment method is required to subscribe without a trial",
-                                       "no_payment_method", type="PaymentDeclined", non_retryable=True)
+                raise reject(PaymentDeclined("a payment method is required to subscribe without a trial",
+                                             "no_payment_method"))
             s.email, s.plan, s.seats = req.email, req.plan, req.seats
             s.interval, s.vat_rate = req.interval, req.vat_rate
             s.pending_plan, s.pending_seats, s.cancel_at_period_end = None, None, False
@@ -283,7 +268,7 @@ class SubscriptionWorkflow:
                 s.trial_notice_sent = False
                 self._publish()
                 await self._grant(s.plan, now, s.trial_end, now, "trial")
-                await self._email("trial_started", f"{s.org_id}:{stamp(now)}:trial", now,
+                await self._email("trial_started", period_key(s.org_id, now, "trial"), now,
                                   plan=s.plan, seats=s.seats, trial_end=day(s.trial_end))
             else:
                 s.anchor, s.period_index, s.credit_month = now, 0, 0
@@ -324,13 +309,13 @@ class SubscriptionWorkflow:
                     charged = await self._charge(key, "upgrade", lines, now, raise_decline=True)
                     assert charged is not None
                     amount_text, invoice = str(Money(charged.amount_cents, charged.currency)), charged.invoice_number
-            await self._activity("ledger.change_plan", ChangePlan(s.org_id, key, req.plan, now),
-                                 LedgerWriteResult, summary=f"Plan credits: {old} to {req.plan}")
+            await CHANGE_PLAN.run(ChangePlan(s.org_id, key, req.plan, now),
+                                  summary=f"Plan credits: {old} to {req.plan}")
             s.plan = req.plan
             s.pending_plan = None  # an upgrade replaces a pending downgrade
             self._publish()
-            await self._email("upgrade_confirmed", f"{key}:email", now, old_plan=old, plan=s.plan, seats=s.seats,
-                              amount=amount_text, invoice_number=invoice)
+            await self._email("upgrade_confirmed", step_key(key, "email"), now, old_plan=old, plan=s.plan,
+                              seats=s.seats, amount=amount_text, invoice_number=invoice)
             self.changed = True
             return self._view()
 
@@ -392,7 +377,7 @@ class SubscriptionWorkflow:
                 s.pending_seats = seats  # fewer seats from the next period
                 effective = day(s.period_end)
             self._publish()
-            await self._email("seats_changed", f"{key}:email", now, plan=s.plan, old_seats=old, seats=seats,
+            await self._email("seats_changed", step_key(key, "email"), now, plan=s.plan, old_seats=old, seats=seats,
                               amount=amount, effective=effective)
             self.changed = True
             return self._view()
@@ -475,7 +460,7 @@ class SubscriptionWorkflow:
         """The business key of an effect in the current period: {org}:{period_start}:{purpose}."""
         s = self.s
         assert s.period_start is not None
-        return f"{s.org_id}:{stamp(s.period_start)}:{purpose}"
+        return period_key(s.org_id, s.period_start, purpose)
 
     def _view(self) -> Subscription:
         s = self.s
@@ -519,9 +504,6 @@ class SubscriptionWorkflow:
             + f"\n\nrenewals: {s.renewals}"
         )
 
-    async def _activity(self, name: str, arg: Any, result: type[Any], *, summary: str) -> Any:
-        return await run_activity(name, arg, result, summary=summary)
-
     async def _charge(self, key: str, purpose: Purpose, lines: list[InvoiceLine], now: datetime,
                       *, raise_decline: bool = False) -> ChargeResult | None:
         """The charge's result, or None when the card was declined (raised instead if `raise_decline`)."""
@@ -529,8 +511,7 @@ class SubscriptionWorkflow:
         summary = charge_summary(lines, s.vat_rate, s.currency)
         req = ChargeRequest(s.org_id, key, purpose, lines, now, s.vat_rate, s.currency, summary)
         try:
-            result: ChargeResult = await self._activity("stripe.charge", req, ChargeResult, summary=summary)
-            return result
+            return await CHARGE.run(req, summary=summary)
         except ActivityError as err:
             cause = declined(err)
             if cause is not None:
@@ -545,14 +526,12 @@ class SubscriptionWorkflow:
         s = self.s
         credits = CATALOG.plan(plan).credits
         what = f"Grant {credits} {plan} credits" if grant else "Expire plan credits (period unpaid)"
-        await self._activity(
-            "ledger.start_period",
-            StartPeriod(s.org_id, f"{s.org_id}:{stamp(start)}:{purpose}", plan, start, end, now, grant),
-            LedgerWriteResult, summary=f"{what}, {day(start)} to {day(end)}")
+        key = period_key(s.org_id, start, purpose)
+        await START_PERIOD.run(StartPeriod(s.org_id, key, plan, start, end, now, grant),
+                               summary=f"{what}, {day(start)} to {day(end)}")
 
     async def _email(self, template: str, key: str, now: datetime, **context: str | int | bool | None) -> None:
         s = self.s
-        await self._activity("email.send", SendEmail(s.org_id, key, template, s.email, now,
-                                                     {"org_id": s.org_id, **context}),
-                             EmailResult, summary=f"Email {template} to the billing contact")
+        await SEND_EMAIL.run(SendEmail(s.org_id, key, template, s.email, now, {"org_id": s.org_id, **context}),
+                             summary=f"Email {template} to the billing contact")
 

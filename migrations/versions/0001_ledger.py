@@ -1,5 +1,5 @@
-"""The credit ledger: wallets, buckets, entries, usage, holds, limits, guards, alerts, and the
-PL/pgSQL functions that make every ledger operation one statement (see 0001_ledger.sql).
+"""The credit ledger: wallets, buckets, entries, usage, holds, limits, guards, alerts (see 0001_ledger.sql;
+the PL/pgSQL functions that make every ledger operation one statement are in ledger/sql/).
 
 Revision ID: 0001
 Revises:
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from alembic import op
 
+from ledger.migrate import drop_repeatables
 from migrations.sql_script import run_sql_script
 
 revision = "0001"
@@ -24,6 +25,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for statement in drop_repeatables():
+        op.execute(statement)
     op.execute(
         "DROP TABLE IF EXISTS wallet_ops, alerts, usage_guards, user_usage, user_limits, holds, "
         "usage_events, ledger_entries, buckets, wallets CASCADE"

@@ -1,5 +1,5 @@
-"""Billing records (customers, payments, invoices, email outbox) and the ledger's mid-period plan change
-(see 0002_billing.sql).
+"""Billing records: customers, payments, invoices, email outbox (see 0002_billing.sql; the ledger's
+mid-period plan change and the outbox's sent-once trigger are in ledger/sql/).
 
 Revision ID: 0002
 Revises: 0001
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from alembic import op
 
+from ledger.migrate import drop_repeatables
 from migrations.sql_script import run_sql_script
 
 revision = "0002"
@@ -24,6 +25,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION IF EXISTS ledger_change_plan CASCADE")
+    for statement in drop_repeatables():
+        op.execute(statement)
     op.execute("DROP TABLE IF EXISTS outbox, invoices, invoice_counters, payments, billing_profiles CASCADE")
-    op.execute("DROP FUNCTION IF EXISTS outbox_sent_once CASCADE")

@@ -1,5 +1,6 @@
-"""Auto-recharge: its settings, the wallet's threshold and lease, and the debit functions that decide the
-threshold crossing in their own statement (see 0003_auto_recharge.sql).
+"""Auto-recharge: its settings, the wallet's threshold and lease, and the `recharge` result of the debit
+and the hold (see 0003_auto_recharge.sql; the functions that decide the threshold crossing in their own
+statement are in ledger/sql/).
 
 Revision ID: 0003
 Revises: 0002
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from alembic import op
 
+from ledger.migrate import drop_repeatables
 from migrations.sql_script import run_sql_script
 
 revision = "0003"
@@ -24,7 +26,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # The debit functions keep the `recharge` result column; 0001's versions would need re-creating.
+    for statement in drop_repeatables():
+        op.execute(statement)
     op.execute("DROP TABLE IF EXISTS auto_recharge")
     op.execute("DROP INDEX IF EXISTS payments_auto_recharge")
-    op.execute("DROP FUNCTION IF EXISTS ledger_recharge_due, ledger_recharge_lease CASCADE")
+    op.execute("ALTER TYPE ledger_step DROP ATTRIBUTE IF EXISTS recharge")
+    op.execute("ALTER TABLE wallets DROP COLUMN IF EXISTS recharge_threshold, DROP COLUMN IF EXISTS recharge_resume_at")

@@ -17,11 +17,12 @@ from datetime import datetime
 
 from temporalio.exceptions import ApplicationError
 
-from activities.ledger import utcnow
-from activities.mailer import Mailer
-from activities.pg import LeanPool
+from ledger.pool import LeanPool
+from mail.mailer import Mailer
 from models.billing_types import SendEmail
+from models.checks import utcnow
 from models.credits import from_milli
+from models.keys import alert_key
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class AlertSender:
             if context is not None:
                 try:
                     result = await self.mailer.send(SendEmail(
-                        org_id=alert.org_id, key=f"alert:{alert.id}", template=TEMPLATES[alert.kind],
+                        org_id=alert.org_id, key=alert_key(alert.id), template=TEMPLATES[alert.kind],
                         to=alert.email, now=now, context=context))
                 except ApplicationError as exc:
                     if not exc.non_retryable:

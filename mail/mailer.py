@@ -33,15 +33,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import jinja2
 from psycopg import AsyncConnection
 from psycopg.errors import LockNotAvailable
-from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import invalid
-from activities.pg import LeanPool
+from ledger.pool import LeanPool
 from models.billing_types import EmailResult, SendEmail
-from settings import ROOT
+from models.errors import IdempotencyConflict, to_application_error
+from templates import TEMPLATES_DIR
 
-TEMPLATES_DIR = ROOT / "templates"
 DEFAULT_SENDER = "Billing <billing@localhost>"
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TRUE = {"1", "true", "yes", "on"}
@@ -197,9 +196,7 @@ class Mailer:
                 assert row is not None, "outbox rows are never deleted"
                 org_id, template, to_addr, subject, text, html, created_at, sent_at = row
                 if (org_id, template, to_addr) != (req.org_id, req.template, req.to):
-                    raise ApplicationError(
-                        f"email {req.key!r} was already requested as {template!r} to {to_addr} for {org_id}",
-                        type="IdempotencyConflict", non_retryable=True)
+                    raise to_application_error(IdempotencyConflict(req.org_id, req.key))
                 if sent_at is not None:
                     return EmailResult(req.key, sent=False)
                 msg = self._message(req.key, org_id, template, to_addr, subject, text, html, created_at)
@@ -276,15 +273,3 @@ class Mailer:
                     raise ApplicationError(f"the SMTP server refused the message: {exc.smtp_code} {exc.smtp_error!r}",
                                            type="EmailRejected", non_retryable=True) from exc
                 raise
-
-
-class EmailActivities:
-    def __init__(self, mailer: Mailer) -> None:
-        self.mailer = mailer
-
-    @activity.defn(name="email.send")
-    async def send(self, req: SendEmail) -> EmailResult:
-        return await self.mailer.send(req)
-
-    def all(self) -> list[object]:
-        return [self.send]

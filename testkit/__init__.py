@@ -31,23 +31,25 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.alert_sender import AlertSender
-from activities.ledger import Ledger
-from activities.mailer import Mailer
-from activities.payments import Payments, close_stripe_client, stripe_client_from_settings
+from ledger import Ledger
+from ledger.migrate import migrate
+from mail.alerts import AlertSender
+from mail.mailer import Mailer
 from models.auto_recharge_types import PackPurchase
 from models.billing_types import CardKind, Charge
+from models.keys import recharge_workflow_id, subscription_workflow_id
 from models.subscription_types import Subscription
+from payments import close_stripe_client, stripe_client_from_settings
 from settings import Settings
 from stack.mail import ReceivedEmail, SmtpSink
-from stack.postgres import migrate, start_embedded
+from stack.postgres import start_embedded
 from stack.stripe_server import CARD_OK, start_localstripe
 from stack.temporal import start_dev_server, start_time_skipping
 from starter import BillingClient
+from testkit.payments import KitPayments
 from worker import build_worker
-from workflows import auto_recharge
 from workflows.auto_recharge import AutoRechargeWorkflow
-from workflows.subscription import SubscriptionWorkflow, workflow_id
+from workflows.subscription import SubscriptionWorkflow
 
 TASK_QUEUE = "billing-testkit"
 
@@ -81,7 +83,7 @@ class KitBillingClient(BillingClient):
 class TestKit:
     __test__ = False  # not a pytest class
 
-    def __init__(self, env: WorkflowEnvironment, billing: KitBillingClient, payments: Payments,
+    def __init__(self, env: WorkflowEnvironment, billing: KitBillingClient, payments: KitPayments,
                  sink: SmtpSink, alerts: AlertSender, database_url: str) -> None:
         self.env = env
         self.billing = billing
@@ -116,8 +118,9 @@ class TestKit:
         alerts."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        pending: dict[str, Any] = {workflow_id(org): SubscriptionWorkflow.settled for org in self.billing.known_orgs}
-        pending |= {auto_recharge.workflow_id(org): AutoRechargeWorkflow.settled
+        pending: dict[str, Any] = {subscription_workflow_id(org): SubscriptionWorkflow.settled
+                                   for org in self.billing.known_orgs}
+        pending |= {recharge_workflow_id(org): AutoRechargeWorkflow.settled
                     for org in self.billing.recharging_orgs}
         while pending:
             at = self.now()
@@ -190,7 +193,7 @@ async def start_testkit(
         stack.push_async_callback(ledger.close)
         stripe = stripe_client_from_settings(settings, stripe_url)
         stack.push_async_callback(close_stripe_client, stripe)
-        payments = Payments(database_url, stripe, default_card=CARD_OK)
+        payments = KitPayments(database_url, stripe, default_card=CARD_OK)
         stack.push_async_callback(payments.close)
         mailer = await Mailer.open(database_url, sink.url)
         stack.push_async_callback(mailer.close)

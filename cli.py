@@ -1,0 +1,277 @@
+"""The `billing` command: the CLI over BillingClient, and the operator's steps (`billing migrate`).
+
+    billing migrate                      # bring the schema up to date (tables, then the ledger's functions)
+    billing subscribe acme --plan pro --email ops@acme.test
+    billing balance acme
+
+With DATABASE_URL unset, it uses the embedded development PostgreSQL under .data/ (the one the main
+command, `python3 tasks.py run`, starts and migrates): the `embedded` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Annotated, Any
+
+import typer
+import uvloop
+from ledger.migrate import migrate as apply_migrations
+from rich.console import Console
+from rich.table import Table
+
+from models.auto_recharge_types import AutoRechargeSettings
+from models.errors import BillingError, InvalidRequest
+from models.money import Money
+from models.subscription_types import Subscription
+from settings import Settings
+from starter import BillingClient
+
+cli = typer.Typer(help="Billing engine: subscriptions, metering, balances, invoices.", no_args_is_help=True)
+console = Console()
+
+
+async def _settings() -> Settings:
+    """The environment's settings; without DATABASE_URL, the embedded development database's URL."""
+    settings = Settings.from_env()
+    if settings.database_url:
+        return settings
+    from stack.services import database  # the embedded stack: development only, imported on demand
+
+    url, _ = await database(settings)
+    return dataclasses.replace(settings, database_url=url)
+
+
+@asynccontextmanager
+async def _client() -> AsyncIterator[BillingClient]:
+    billing = await BillingClient.connect(await _settings())
+    try:
+        yield billing
+    finally:
+        await billing.close()
+
+
+def _run(coro_fn: Callable[[BillingClient], Any]) -> Any:
+    async def go() -> Any:
+        async with _client() as billing:
+            return await coro_fn(billing)
+
+    try:
+        return uvloop.run(go())
+    except BillingError as exc:
+        console.print(f"[red]{type(exc).__name__}[/red]: {exc.message}")
+        raise typer.Exit(2) from None
+
+
+def _show(sub: Subscription) -> None:
+    t = Table(title=f"{sub.org_id}: subscription")
+    for col in ("plan", "seats", "interval", "status", "period", "at period end"):
+        t.add_column(col)
+    pending = [p for p in (sub.pending_plan and f"downgrade to {sub.pending_plan}",
+                           sub.pending_seats and f"{sub.pending_seats} seats",
+                           sub.cancel_at_period_end and "cancel to Free") if p]
+    period = "" if sub.period_start is None else f"{sub.period_start:%Y-%m-%d} to {sub.period_end:%Y-%m-%d}"
+    if sub.status == "trialing":
+        period += f" (trial ends {sub.trial_end:%Y-%m-%d})"
+    t.add_row(sub.plan, str(sub.seats), sub.interval, sub.status, period, ", ".join(pending))
+    console.print(t)
+
+
+@cli.command()
+def subscribe(
+    org_id: str,
+    plan: Annotated[str, typer.Option()],
+    email: Annotated[str, typer.Option(help="the billing contact")],
+    seats: Annotated[int, typer.Option()] = 1,
+    interval: Annotated[str, typer.Option(help="month or year")] = "month",
+    trial_days: Annotated[int, typer.Option()] = 0,
+    payment_method: Annotated[str | None, typer.Option(help="a Stripe PaymentMethod id")] = None,
+) -> None:
+    """Start a subscription (the worker must be running: `python3 tasks.py run`)."""
+    _show(_run(lambda b: b.subscribe(org_id, plan=plan, seats=seats, interval=interval,  # type: ignore[arg-type]
+                                     trial_days=trial_days, email=email, payment_method=payment_method)))
+
+
+@cli.command()
+def upgrade(org_id: str, plan: Annotated[str, typer.Option()]) -> None:
+    """Move to a higher plan now (prorated charge)."""
+    _show(_run(lambda b: b.upgrade(org_id, plan=plan)))
+
+
+@cli.command()
+def downgrade(org_id: str, plan: Annotated[str, typer.Option()]) -> None:
+    """Move to a lower plan at period end (the current plan withdraws a pending downgrade)."""
+    _show(_run(lambda b: b.downgrade(org_id, plan=plan)))
+
+
+@cli.command()
+def seats(org_id: str, count: int) -> None:
+    """Change the number of seats: more now (prorated), fewer from the next period."""
+    _show(_run(lambda b: b.change_seats(org_id, seats=count)))
+
+
+@cli.command()
+def cancel(org_id: str) -> None:
+    """Cancel to Free at period end."""
+    _show(_run(lambda b: b.cancel(org_id)))
+
+
+@cli.command()
+def resume(org_id: str) -> None:
+    """Undo a cancellation before the period ends."""
+    _show(_run(lambda b: b.resume(org_id)))
+
+
+@cli.command()
+def status(org_id: str) -> None:
+    """Show an organization's subscription."""
+    _show(_run(lambda b: b.subscription(org_id)))
+
+
+@cli.command()
+def invoices(org_id: str) -> None:
+    """List an organization's invoices."""
+    rows = _run(lambda b: b.invoices(org_id))
+    t = Table(title=f"{org_id} invoices")
+    for col in ("number", "date", "purpose", "subtotal", "tax", "total", "payment"):
+        t.add_column(col)
+    for i in rows:
+        t.add_row(i.number, f"{i.issued_at:%Y-%m-%d}", i.purpose, str(Money(i.subtotal_cents, i.currency)),
+                  str(Money(i.tax_cents, i.currency)), str(Money(i.total_cents, i.currency)), i.stripe_payment_id)
+    console.print(t)
+
+
+@cli.command()
+def card(
+    org_id: str, kind: Annotated[str, typer.Argument(help="ok, declined, requires_authentication or none")],
+) -> None:
+    """Give an organization a test card on the fake Stripe (localstripe; not with STRIPE_API_KEY)."""
+    async def go(b: BillingClient) -> str | None:
+        if b.settings.stripe_api_key:
+            raise InvalidRequest("test cards are for the fake Stripe: attach real payment methods with Stripe")
+        from testkit.payments import KitPayments  # test cards: the test kit's side
+
+        cards = KitPayments(b.ledger.pool, b.payments.stripe)
+        return await cards.set_card(org_id, kind)  # type: ignore[arg-type]
+
+    pm = _run(go)
+    console.print(f"{org_id}: default payment method {pm or 'removed'} ({kind})")
+
+
+@cli.command("open")
+def open_cmd(org_id: str, plan: Annotated[str, typer.Option()] = "free") -> None:
+    """Open a free organization's wallet (paid plans: subscribe)."""
+    r = _run(lambda b: b.open_wallet(org_id, plan=plan))
+    console.print(f"{org_id}: wallet on {plan}, {r.available} credits available")
+
+
+@cli.command()
+def debit(
+    org_id: str, action: str,
+    key: Annotated[str, typer.Option(help="idempotency key")],
+    tier: Annotated[str | None, typer.Option()] = None,
+    quantity: Annotated[str, typer.Option()] = "1",
+    user: Annotated[str | None, typer.Option()] = None,
+    country: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Charge one action now."""
+    r = _run(lambda b: b.debit(org_id, action=action, idempotency_key=key, tier=tier,
+                               quantity=Decimal(quantity), user_id=user, country=country))
+    note = " (repeat: first result)" if r.replayed else ""
+    console.print(f"{org_id}: charged {r.cost} credits, {r.available} available{note}")
+
+
+@cli.command()
+def buy(
+    org_id: str, pack: Annotated[str, typer.Argument(help="500, 1000, 2500 or 5000")],
+    key: Annotated[str | None, typer.Option(help="idempotency key (default: a new purchase)")] = None,
+) -> None:
+    """Buy a credit pack (the worker must be running: `python3 tasks.py run`)."""
+    p = _run(lambda b: b.buy_credits(org_id, pack=pack, idempotency_key=key))
+    console.print(f"{org_id}: pack {p.pack} ({p.credits} credits) for {Money(p.amount_cents, p.currency)}, "
+                  f"invoice {p.invoice_number}; {p.available} credits available")
+
+
+@cli.command("auto-recharge")
+def auto_recharge_cmd(
+    org_id: str,
+    threshold: Annotated[str | None, typer.Option(help="credits; omit every option to show the settings")] = None,
+    pack: Annotated[str, typer.Option()] = "500",
+    limit_cents: Annotated[int, typer.Option(help="spending limit per billing period")] = 5000,
+    off: Annotated[bool, typer.Option("--off", help="turn auto-recharge off")] = False,
+) -> None:
+    """Set (or show) an organization's auto-recharge."""
+    async def go(b: BillingClient) -> AutoRechargeSettings | None:
+        if threshold is None and not off:
+            return await b.auto_recharge(org_id)
+        current = await b.auto_recharge(org_id)
+        value = Decimal(threshold) if threshold is not None else (current.threshold if current else Decimal(0))
+        return await b.set_auto_recharge(org_id, threshold=value, pack=pack, spending_limit_cents=limit_cents,
+                                         enabled=not off)
+
+    st = _run(go)
+    if st is None:
+        console.print(f"{org_id}: auto-recharge was never set")
+        return
+    state = "on" if st.enabled else f"off ({st.disabled_reason})" if st.disabled_reason else "off"
+    console.print(f"{org_id}: auto-recharge {state}: under {st.threshold} credits buy pack {st.pack}, "
+                  f"at most {Money(st.spending_limit_cents)} per billing period")
+
+
+@cli.command()
+def balance(org_id: str) -> None:
+    """Show an organization's balance."""
+    b = _run(lambda c: c.balance(org_id))
+    t = Table(title=f"{org_id} on {b.plan_name}")
+    for col in ("available", "plan", "topup", "held", "allocation", "consumed this period"):
+        t.add_column(col, justify="right")
+    t.add_row(*(str(v) for v in (b.available, b.plan, b.topup, b.held, b.allocation, b.consumed_this_period)))
+    console.print(t)
+
+
+@cli.command()
+def usage(org_id: str, by: Annotated[str, typer.Option(help="action, tier or user")] = "action") -> None:
+    """Usage grouped by action, tier or user."""
+    rows = _run(lambda c: c.usage(org_id, by=by))  # type: ignore[arg-type]
+    t = Table(title=f"{org_id} usage by {by}")
+    for col in (by, "uses", "quantity", "credits"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(str(r.key), str(r.uses), str(r.quantity), str(r.credits))
+    console.print(t)
+
+
+@cli.command()
+def transactions(org_id: str) -> None:
+    """The ledger entries of an organization."""
+    rows = _run(lambda c: c.transactions(org_id))
+    t = Table(title=f"{org_id} ledger")
+    for col in ("at", "kind", "credits", "bucket", "ref"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r.at.isoformat(timespec="seconds"), r.kind, str(r.credits), r.bucket or "", r.ref)
+    console.print(t)
+
+
+@cli.command("migrate")
+def migrate_cmd() -> None:
+    """Bring the database schema up to date: Alembic's migrations (tables), then the ledger's functions
+    (ledger/sql/). Concurrent runs wait for each other (an advisory lock)."""
+    async def go() -> str:
+        settings = await _settings()
+        assert settings.database_url is not None
+        await asyncio.to_thread(apply_migrations, settings.database_url)
+        return settings.database_url.split("@")[-1]
+
+    console.print(f"migrated {uvloop.run(go())}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

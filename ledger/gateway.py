@@ -1,0 +1,463 @@
+"""The credit ledger on PostgreSQL.
+
+Every operation is one call of a PL/pgSQL function (ledger/sql/): one round
+trip, serialised per organization by the wallet row lock, so concurrent debits never overdraw. Input is
+validated here before anything reaches the database; the function's status becomes a typed error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from psycopg import AsyncConnection
+
+from ledger.pool import LeanPool
+from models.catalog import CATALOG, Catalog
+from models.checks import check_id, check_key, check_time, utcnow
+from models.credits import from_milli, to_milli
+from models.errors import (
+    BillingError,
+    ConcurrencyLimitExceeded,
+    HoldNotOpen,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidRequest,
+    TierNotAvailable,
+    UnknownOrganization,
+    UsageGuardPaused,
+    UserLimitExceeded,
+)
+from models.ledger_types import (
+    Alert,
+    Balance,
+    ChangePlan,
+    DebitResult,
+    GrantPack,
+    HoldResult,
+    LedgerWriteResult,
+    StartPeriod,
+    Transaction,
+    UsageGrouping,
+    UsageRow,
+)
+from models.pricing import unit_cost_milli, units_cost_milli, validate_quantity
+
+_DEBIT = "SELECT * FROM ledger_debit(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_DEBIT_BATCH = (
+    "SELECT * FROM ledger_debit_batch(%s, %s::text[], %s::text[], %s::text[], %s::numeric[], %s::text[], "
+    "%s::text[], %s::bigint[], %s::timestamptz[])"
+)
+MAX_BATCH = 64
+MAX_COST_MILLI = 10**15  # a trillion credits: far above any wallet, far below bigint
+_HOLD = "SELECT * FROM ledger_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_SETTLE = "SELECT * FROM ledger_settle(%s, %s, %s, %s)"
+_BALANCE = "SELECT * FROM ledger_balance(%s, %s)"
+_START = "SELECT * FROM ledger_start_period(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_GRANT = "SELECT * FROM ledger_grant_pack(%s, %s, %s, %s)"
+_CHANGE = "SELECT * FROM ledger_change_plan(%s, %s, %s, %s, %s, %s, %s)"
+
+
+class _Priced(NamedTuple):
+    action: str
+    tier: str | None
+    quantity: Decimal
+    country: str | None
+    user_id: str | None
+    cost_milli: int
+
+
+class Ledger:
+    """Async access to the ledger. `clock` gives business time (the test kit controls it)."""
+
+    def __init__(
+        self, pool: LeanPool, *, catalog: Catalog = CATALOG,
+        clock: Callable[[], datetime] = utcnow, hold_ttl: timedelta = timedelta(minutes=15),
+    ) -> None:
+        self.pool = pool
+        self.catalog = catalog
+        self.clock = clock
+        self.hold_ttl = hold_ttl
+        self._unit_costs: dict[tuple[str, str | None, str | None], int] = {}
+        # Debits of an organization that arrive while one of its calls is in flight wait here and go
+        # together in the next call (application-level group commit: one lock and one commit for all).
+        self._waiting: dict[str, list[tuple[tuple[Any, ...], asyncio.Future[tuple[Any, ...]]]]] = {}
+        self._in_flight: set[str] = set()
+        self._batches: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int = 10, **kwargs: Any) -> Ledger:
+        pool = LeanPool(url, pool_size)
+        await pool.open()
+        return cls(pool, **kwargs)
+
+    async def close(self) -> None:
+        while self._batches:  # let batches in flight finish: their callers are waiting on them
+            await asyncio.gather(*self._batches, return_exceptions=True)
+        await self.pool.close()
+
+    def _now(self, now: datetime | None) -> datetime:
+        return check_time("now", now) if now is not None else self.clock()
+
+    def _price(
+        self, action: str, tier: str | None, quantity: int | Decimal, country: str | None, user_id: str | None
+    ) -> _Priced:
+        if not isinstance(action, str):
+            raise InvalidRequest(f"action must be a string, got {action!r}")
+        q = validate_quantity(quantity)
+        if q != q.quantize(Decimal("0.001")):
+            raise InvalidRequest(f"quantity has at most 3 decimal places, got {quantity}")
+        # Unit prices are cached per (action, tier, country): the catalog is immutable once loaded.
+        unit_milli = self._unit_costs.get((action, tier, country))
+        if unit_milli is None:
+            unit_milli = unit_cost_milli(action, tier, country, self.catalog)
+            self._unit_costs[(action, tier, country)] = unit_milli
+        cost_milli = units_cost_milli(unit_milli, q)
+        if cost_milli > MAX_COST_MILLI:
+            raise InvalidRequest(f"{quantity} x {action} costs more than any wallet can hold")
+        return _Priced(action, tier, q, country.upper() if country else None,
+                       None if user_id is None else check_id("user_id", user_id), cost_milli)
+
+    # -- metering ----------------------------------------------------------------------------------
+
+    async def debit(
+        self, org_id: str, action: str, *, idempotency_key: str, tier: str | None = None,
+        quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
+        now: datetime | None = None,
+    ) -> DebitResult:
+        check_id("org_id", org_id)
+        check_id("idempotency_key", idempotency_key)
+        p = self._price(action, tier, quantity, country, user_id)
+        at = self._now(now)
+        if p.cost_milli == 0:  # credit-free actions are not metered
+            return DebitResult(org_id, idempotency_key, Decimal("0.000"), None, False)
+        row = await self._submit_debit(org_id, (idempotency_key, p.action, p.tier, p.quantity, p.country,
+                                                p.user_id, p.cost_milli, at))
+        status, cost_milli, available_milli, replayed, a, b, recharge = row
+        await self._raise_for(status, org_id, idempotency_key, p, available_milli, a, b)
+        return DebitResult(org_id, idempotency_key, from_milli(cost_milli), from_milli(available_milli), replayed,
+                           recharge)
+
+    async def _submit_debit(self, org_id: str, item: tuple[Any, ...]) -> tuple[Any, ...]:
+        """One debit, alone when its organization has nothing in flight (the common case, the fast path),
+        else batched with the others that arrive meanwhile."""
+        if org_id in self._in_flight:
+            fut: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(org_id, []).append((item, fut))
+            return await fut
+        self._in_flight.add(org_id)
+        try:
+            row = await self.pool.fetchone(_DEBIT, (org_id, *item))
+            assert row is not None
+            return row
+        finally:
+            self._next_batch(org_id)
+
+    def _next_batch(self, org_id: str) -> None:
+        waiting = self._waiting.get(org_id)
+        if not waiting:
+            self._waiting.pop(org_id, None)
+            self._in_flight.discard(org_id)
+            return
+        batch, self._waiting[org_id] = waiting[:MAX_BATCH], waiting[MAX_BATCH:]
+        # Its own task: a caller that gives up waiting must not cancel the others' debits.
+        task = asyncio.get_running_loop().create_task(self._run_batch(org_id, batch))
+        self._batches.add(task)
+        task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(
+        self, org_id: str, batch: list[tuple[tuple[Any, ...], asyncio.Future[tuple[Any, ...]]]]
+    ) -> None:
+        try:
+            columns = list(zip(*(item for item, _ in batch), strict=True))
+            rows = await self.pool.fetchall(_DEBIT_BATCH, (org_id, *(list(c) for c in columns)))
+            for (_, fut), row in zip(batch, rows, strict=True):
+                if not fut.done():
+                    fut.set_result(row)
+        except BaseException as exc:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._next_batch(org_id)
+
+    async def hold(
+        self, org_id: str, action: str, *, idempotency_key: str, tier: str | None = None,
+        quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
+        ttl: timedelta | None = None, now: datetime | None = None,
+    ) -> HoldResult:
+        check_id("org_id", org_id)
+        check_id("idempotency_key", idempotency_key)
+        p = self._price(action, tier, quantity, country, user_id)
+        ttl = self.hold_ttl if ttl is None else ttl
+        if ttl <= timedelta(0):
+            raise InvalidRequest(f"a hold's ttl must be positive, got {ttl}")
+        at = self._now(now)
+        row = await self.pool.fetchone(_HOLD, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
+                                      p.user_id, p.cost_milli, at + ttl, at))
+        assert row is not None
+        status, cost_milli, available_milli, replayed, a, b, recharge = row
+        await self._raise_for(status, org_id, idempotency_key, p, available_milli, a, b)
+        return HoldResult(org_id, idempotency_key, from_milli(cost_milli), from_milli(available_milli), replayed,
+                          "open", recharge)
+
+    async def commit(self, org_id: str, idempotency_key: str, *, now: datetime | None = None) -> HoldResult:
+        return await self._settle(org_id, idempotency_key, True, now)
+
+    async def release(self, org_id: str, idempotency_key: str, *, now: datetime | None = None) -> HoldResult:
+        return await self._settle(org_id, idempotency_key, False, now)
+
+    async def _settle(self, org_id: str, key: str, commit: bool, now: datetime | None) -> HoldResult:
+        check_id("org_id", org_id)
+        check_id("idempotency_key", key)
+        row = await self.pool.fetchone(_SETTLE, (org_id, key, commit, self._now(now)))
+        assert row is not None
+        status, cost_milli, available_milli, replayed = row
+        if status == "unknown_org":
+            raise UnknownOrganization(org_id)
+        if status != "ok":
+            raise HoldNotOpen(org_id, key, status.removeprefix("hold_"))
+        return HoldResult(org_id, key, from_milli(cost_milli), from_milli(available_milli), replayed,
+                          "committed" if commit else "released")
+
+    @asynccontextmanager
+    async def holding(
+        self, org_id: str, action: str, *, idempotency_key: str, **kwargs: Any
+    ) -> AsyncIterator[HoldResult]:
+        """Reserve on enter; commit when the block succeeds, release when it raises."""
+        held = await self.hold(org_id, action, idempotency_key=idempotency_key, **kwargs)
+        now = kwargs.get("now")  # an explicit business time applies to the settlement too
+        try:
+            yield held
+        except BaseException:
+            await self.release(org_id, idempotency_key, now=now)
+            raise
+        await self.commit(org_id, idempotency_key, now=now)
+
+    async def _raise_for(
+        self, status: str, org_id: str, key: str, p: _Priced, available_milli: int | None,
+        detail_a: int | None, detail_b: int | None,
+    ) -> None:
+        """The typed error of a refusal. The details mean what the status says: user_limit (the user's limit
+        and use so far, milli-credits), concurrency (the plan's maximum holds)."""
+        if status == "ok":
+            return
+        if status == "unknown_org":
+            raise UnknownOrganization(org_id)
+        if status == "conflict":
+            raise IdempotencyConflict(org_id, key)
+        if status == "tier":
+            async with self.pool.connection() as conn:  # cold path: name the plan in the message
+                cur = await conn.execute("SELECT plan FROM wallets WHERE org_id = %s", (org_id,))
+                row = await cur.fetchone()
+            raise TierNotAvailable(org_id, p.tier or "", row[0] if row else "?")
+        if status == "insufficient":
+            raise InsufficientCredits(org_id, from_milli(p.cost_milli), from_milli(max(available_milli or 0, 0)))
+        if status == "guard_paused":
+            raise UsageGuardPaused(org_id, p.action)
+        if status == "user_limit":
+            assert p.user_id is not None and detail_a is not None and detail_b is not None
+            raise UserLimitExceeded(org_id, p.user_id, from_milli(detail_a), from_milli(detail_b),
+                                    from_milli(p.cost_milli))
+        if status == "concurrency":
+            raise ConcurrencyLimitExceeded(org_id, detail_a or 0)
+        if status.startswith("hold_"):
+            raise HoldNotOpen(org_id, key, status.removeprefix("hold_"))
+        raise BillingError(f"{org_id}: unexpected ledger status {status!r}")
+
+    # -- reads -------------------------------------------------------------------------------------
+
+    async def balance(self, org_id: str, *, now: datetime | None = None) -> Balance:
+        check_id("org_id", org_id)
+        row = await self.pool.fetchone(_BALANCE, (org_id, self._now(now)))
+        if row is None or row[0] is None:
+            raise UnknownOrganization(org_id)
+        plan_name, plan, topup, held, allocation, consumed, start, end = row
+        return Balance(org_id, plan_name, from_milli(plan + topup - held), from_milli(plan),
+                       from_milli(topup), from_milli(held), from_milli(allocation), from_milli(consumed),
+                       start, end)
+
+    async def usage(
+        self, org_id: str, *, by: UsageGrouping = "action", since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRow]:
+        check_id("org_id", org_id)
+        column = {"action": "action", "tier": "tier", "user": "user_id"}.get(by)
+        if column is None:
+            raise InvalidRequest(f"usage is grouped by 'action', 'tier' or 'user', not {by!r}")
+        lo, hi = self._range(since, until)
+        await self._require_org(org_id)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {column}, count(*), sum(quantity), sum(cost) FROM usage_events "
+                "WHERE org_id = %s AND created_at >= %s AND created_at < %s "
+                f"GROUP BY {column} ORDER BY sum(cost) DESC, {column} NULLS LAST",
+                (org_id, lo, hi),
+            )
+            rows = await cur.fetchall()
+        return [UsageRow(k, n, Decimal(q), from_milli(c)) for k, n, q, c in rows]
+
+    async def transactions(
+        self, org_id: str, *, since: datetime | None = None, until: datetime | None = None
+    ) -> list[Transaction]:
+        check_id("org_id", org_id)
+        lo, hi = self._range(since, until)
+        await self._require_org(org_id)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT e.id, e.created_at, e.kind, e.amount, b.grant_key, e.ref FROM ledger_entries e "
+                "LEFT JOIN buckets b ON b.id = e.bucket_id "
+                "WHERE e.org_id = %s AND e.created_at >= %s AND e.created_at < %s ORDER BY e.id",
+                (org_id, lo, hi),
+            )
+            rows = await cur.fetchall()
+        return [Transaction(i, at, kind, from_milli(amount), bucket, ref) for i, at, kind, amount, bucket, ref
+                in rows]
+
+    def _range(self, since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
+        lo = check_time("since", since) if since is not None else datetime(1970, 1, 1, tzinfo=UTC)
+        hi = check_time("until", until) if until is not None else datetime(9999, 1, 1, tzinfo=UTC)
+        if hi < lo:
+            raise InvalidRequest(f"until ({hi}) is before since ({lo})")
+        return lo, hi
+
+    async def _require_org(self, org_id: str) -> None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute("SELECT 1 FROM wallets WHERE org_id = %s", (org_id,))
+            if await cur.fetchone() is None:
+                raise UnknownOrganization(org_id)
+
+    # -- grants (driven by the lifecycle workflows) ------------------------------------------------
+
+    async def start_period(self, req: StartPeriod) -> LedgerWriteResult:
+        check_id("org_id", req.org_id)
+        check_key("key", req.key)
+        plan = self.catalog.plan(req.plan)
+        check_time("period_start", req.period_start)
+        daily = plan.credits_per == "day"
+        if not daily:
+            if req.period_end is None or check_time("period_end", req.period_end) <= req.period_start:
+                raise InvalidRequest("a monthly plan's period needs an end after its start")
+        row = await self.pool.fetchone(_START, (
+            req.org_id, req.key, plan.name, list(plan.tiers), plan.max_concurrent_holds,
+            plan.credits_milli if daily else 0, plan.credits_milli if req.grant else 0, req.period_start,
+            None if daily else req.period_end, check_time("now", req.now),
+        ))
+        return self._written(row, req.org_id, req.key)
+
+    async def change_plan(self, req: ChangePlan) -> LedgerWriteResult:
+        check_id("org_id", req.org_id)
+        check_key("key", req.key)
+        plan = self.catalog.plan(req.plan)
+        if plan.credits_per == "day":
+            raise InvalidRequest("a move to the free plan starts a period (start_period), it is not a change")
+        row = await self.pool.fetchone(_CHANGE, (
+            req.org_id, req.key, plan.name, list(plan.tiers), plan.max_concurrent_holds, plan.credits_milli,
+            check_time("now", req.now),
+        ))
+        if row is not None and row[0] == "no_period":
+            raise InvalidRequest(f"{req.org_id} has no paid period running to change the plan of")
+        return self._written(row, req.org_id, req.key)
+
+    async def grant_pack(self, req: GrantPack) -> LedgerWriteResult:
+        check_id("org_id", req.org_id)
+        check_key("key", req.key)
+        amount = to_milli(req.credits)
+        if amount <= 0:
+            raise InvalidRequest(f"a grant must be positive, got {req.credits}")
+        row = await self.pool.fetchone(_GRANT, (req.org_id, req.key, amount, check_time("now", req.now)))
+        return self._written(row, req.org_id, req.key)
+
+    @staticmethod
+    def _written(row: tuple[Any, ...] | None, org_id: str, key: str) -> LedgerWriteResult:
+        """The answer of a keyed grant (start_period, change_plan, grant_pack): (status, available, replayed)."""
+        assert row is not None
+        status, available_milli, replayed = row
+        if status == "unknown_org":
+            raise UnknownOrganization(org_id)
+        if status == "conflict":
+            raise IdempotencyConflict(org_id, key)
+        return LedgerWriteResult(org_id, from_milli(available_milli), replayed)
+
+    # -- organization settings (cold path; serialised by the wallet lock) ---------------------------
+
+    @asynccontextmanager
+    async def wallet_locked(self, org_id: str) -> AsyncIterator[AsyncConnection[Any]]:
+        check_id("org_id", org_id)
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute("SELECT 1 FROM wallets WHERE org_id = %s FOR NO KEY UPDATE", (org_id,))
+            if await cur.fetchone() is None:
+                raise UnknownOrganization(org_id)
+            yield conn
+
+    async def set_user_limit(self, org_id: str, user_id: str, limit: Decimal | None) -> None:
+        """Credits a user may spend per period; user_id '*' sets the default for every user."""
+        if user_id != "*":
+            check_id("user_id", user_id)
+        milli = None if limit is None else to_milli(limit)
+        if milli is not None and milli < 0:
+            raise InvalidRequest(f"a user limit cannot be negative, got {limit}")
+        async with self.wallet_locked(org_id) as conn:
+            if milli is None:
+                await conn.execute("DELETE FROM user_limits WHERE org_id = %s AND user_id = %s", (org_id, user_id))
+            else:
+                await conn.execute(
+                    "INSERT INTO user_limits VALUES (%s, %s, %s) ON CONFLICT (org_id, user_id) "
+                    "DO UPDATE SET limit_milli = EXCLUDED.limit_milli", (org_id, user_id, milli))
+            await conn.execute(
+                "UPDATE wallets SET has_user_limits = EXISTS (SELECT 1 FROM user_limits WHERE org_id = %s) "
+                "WHERE org_id = %s", (org_id, org_id))
+
+    async def set_usage_guard(
+        self, org_id: str, action: str, *, max_uses: int | None, window: timedelta = timedelta(hours=1)
+    ) -> None:
+        """More than `max_uses` uses of `action` within `window` pauses it until `resume_action`."""
+        self.catalog.action(action)
+        if max_uses is not None and (not isinstance(max_uses, int) or max_uses < 1):
+            raise InvalidRequest(f"max_uses must be a positive integer, got {max_uses!r}")
+        seconds = int(window.total_seconds())
+        if seconds < 1:
+            raise InvalidRequest(f"a usage guard's window must be at least a second, got {window}")
+        async with self.wallet_locked(org_id) as conn:
+            if max_uses is None:
+                await conn.execute("DELETE FROM usage_guards WHERE org_id = %s AND action = %s", (org_id, action))
+            else:
+                await conn.execute(
+                    "INSERT INTO usage_guards (org_id, action, max_uses, window_seconds) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (org_id, action) DO UPDATE SET max_uses = EXCLUDED.max_uses, "
+                    "window_seconds = EXCLUDED.window_seconds", (org_id, action, max_uses, seconds))
+            await conn.execute(
+                "UPDATE wallets SET has_guards = EXISTS (SELECT 1 FROM usage_guards WHERE org_id = %s) "
+                "WHERE org_id = %s", (org_id, org_id))
+
+    async def resume_action(self, org_id: str, action: str) -> bool:
+        """An admin lifts a usage-guard pause. Returns whether the action was paused."""
+        self.catalog.action(action)
+        async with self.wallet_locked(org_id) as conn:
+            cur = await conn.execute(
+                "UPDATE usage_guards SET paused_at = NULL WHERE org_id = %s AND action = %s "
+                "AND paused_at IS NOT NULL", (org_id, action))
+            return cur.rowcount == 1
+
+    async def set_low_balance_alert(self, org_id: str, threshold: Decimal | None) -> None:
+        milli = None if threshold is None else to_milli(threshold)
+        if milli is not None and milli < 0:
+            raise InvalidRequest(f"a low-balance threshold cannot be negative, got {threshold}")
+        async with self.wallet_locked(org_id) as conn:
+            await conn.execute(
+                "UPDATE wallets SET low_balance_threshold = %s, low_balance_armed = true WHERE org_id = %s",
+                (milli, org_id))
+
+    async def pending_alerts(self, org_id: str | None = None) -> list[Alert]:
+        """Alerts recorded by debits and not yet sent (the email work stamps them sent)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT id, org_id, kind, period_key, detail, created_at FROM alerts "
+                "WHERE sent_at IS NULL AND (%s::text IS NULL OR org_id = %s) ORDER BY id", (org_id, org_id))
+            return [Alert(*r) for r in await cur.fetchall()]

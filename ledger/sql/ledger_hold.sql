@@ -1,0 +1,51 @@
+-- Reserve p_cost for a later settle (ledger_settle), under the same rules as a debit plus the plan's
+-- concurrency. A reservation can cross the auto-recharge threshold too: `recharge` as in ledger_debit.
+CREATE OR REPLACE FUNCTION ledger_hold(p_org text, p_key text, p_action text, p_tier text, p_qty numeric,
+                                       p_country text, p_user text, p_cost bigint, p_expires_at timestamptz,
+                                       p_now timestamptz,
+                                       OUT status text, OUT cost bigint, OUT available bigint, OUT replayed boolean,
+                                       OUT detail_a bigint, OUT detail_b bigint, OUT recharge boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    w wallets%ROWTYPE;
+    h holds%ROWTYPE;
+BEGIN
+    replayed := false; cost := p_cost; recharge := false;
+    SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
+    IF NOT FOUND THEN status := 'unknown_org'; RETURN; END IF;
+    w := ledger_refresh(w, p_now);
+    available := ledger_available(w);
+    SELECT * INTO h FROM holds WHERE org_id = p_org AND idem_key = p_key;
+    IF FOUND THEN
+        replayed := true; cost := h.cost;
+        IF h.action <> p_action OR h.tier IS DISTINCT FROM p_tier OR h.quantity <> p_qty
+           OR h.country IS DISTINCT FROM p_country OR h.user_id IS DISTINCT FROM p_user THEN
+            status := 'conflict';
+        ELSIF h.status = 'open' THEN
+            status := 'ok';
+        ELSE
+            status := 'hold_' || h.status;
+        END IF;
+        PERFORM ledger_save(w, p_now);
+        RETURN;
+    END IF;
+    SELECT * INTO status, detail_a, detail_b
+        FROM ledger_check(w, p_action, p_tier, p_user, p_cost, true, p_key, p_now);
+    IF status IS NULL THEN
+        INSERT INTO holds (org_id, idem_key, action, tier, quantity, country, user_id, cost, status,
+                           expires_at, created_at)
+            VALUES (p_org, p_key, p_action, p_tier, p_qty, p_country, p_user, p_cost, 'open', p_expires_at, p_now);
+        INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
+            VALUES (p_org, NULL, 'hold', -p_cost, 'hold:' || p_key, p_now);
+        w.held := w.held + p_cost;
+        w.open_holds := w.open_holds + 1;
+        available := available - p_cost;
+        status := 'ok';
+        -- A reservation lowers the available balance as a debit does: same auto-recharge trigger.
+        IF ledger_recharge_due(w, available, p_now) THEN
+            w.recharge_resume_at := p_now + ledger_recharge_lease();
+            recharge := true;
+        END IF;
+    END IF;
+    PERFORM ledger_save(w, p_now);
+END $$;

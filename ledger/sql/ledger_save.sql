@@ -1,0 +1,14 @@
+-- plpgsql (not sql) so the UPDATE's plan is cached per session instead of planned on every call.
+CREATE OR REPLACE FUNCTION ledger_save(w wallets, p_now timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE wallets SET plan = w.plan, tiers = w.tiers, max_holds = w.max_holds, daily_grant = w.daily_grant,
+        period_start = w.period_start, period_end = w.period_end, allocation = w.allocation,
+        consumed = w.consumed, plan_remaining = w.plan_remaining, plan_expires_at = w.plan_expires_at,
+        plan_bucket_id = w.plan_bucket_id,
+        topup_remaining = w.topup_remaining, held = w.held, open_holds = w.open_holds,
+        low_balance_threshold = w.low_balance_threshold, low_balance_armed = w.low_balance_armed,
+        recharge_threshold = w.recharge_threshold, recharge_resume_at = w.recharge_resume_at,
+        updated_at = p_now
+    WHERE org_id = w.org_id;
+END $$;

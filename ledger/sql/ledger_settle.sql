@@ -1,0 +1,55 @@
+-- Settle an open hold: commit charges its cost from the buckets, release charges nothing.
+CREATE OR REPLACE FUNCTION ledger_settle(p_org text, p_key text, p_commit boolean, p_now timestamptz,
+                                         OUT status text, OUT cost bigint, OUT available bigint, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    w wallets%ROWTYPE;
+    h holds%ROWTYPE;
+    v_before bigint;
+    v_live bigint;
+    v_charge bigint;
+BEGIN
+    replayed := false;
+    SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
+    IF NOT FOUND THEN status := 'unknown_org'; RETURN; END IF;
+    w := ledger_refresh(w, p_now);  -- a hold past its TTL is released here, before we look at it
+    SELECT * INTO h FROM holds WHERE org_id = p_org AND idem_key = p_key;
+    IF NOT FOUND THEN
+        status := 'hold_unknown';
+    ELSIF h.status = 'open' THEN
+        INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
+            VALUES (p_org, NULL, 'release', h.cost, 'hold:' || p_key, p_now);
+        w.held := w.held - h.cost;
+        w.open_holds := w.open_holds - 1;
+        IF p_commit THEN
+            -- Buckets can expire while a hold is open; never draw more than is left.
+            v_live := ledger_available(w);
+            v_charge := least(h.cost, greatest(v_live, 0));
+            v_before := w.consumed;
+            IF v_charge > 0 THEN
+                w := ledger_draw(w, v_charge, 'hold:' || p_key, p_now);
+            END IF;
+            w := ledger_alerts(w, v_before, 'hold:' || p_key, p_now);
+            IF w.has_guards OR w.has_user_limits THEN
+                PERFORM ledger_count_use(w, h.action, h.user_id, v_charge, p_now);
+            END IF;
+            INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
+                                      created_at)
+                VALUES (p_org, 'hold:' || p_key, 'hold', h.action, h.tier, h.quantity, h.country, h.user_id,
+                        v_charge, p_now);
+            UPDATE holds SET status = 'committed', settled_at = p_now, cost = v_charge
+                WHERE org_id = p_org AND idem_key = p_key;
+            h.cost := v_charge;
+        ELSE
+            UPDATE holds SET status = 'released', settled_at = p_now WHERE org_id = p_org AND idem_key = p_key;
+        END IF;
+        status := 'ok';
+    ELSIF (h.status = 'committed' AND p_commit) OR (h.status = 'released' AND NOT p_commit) THEN
+        status := 'ok'; replayed := true;
+    ELSE
+        status := 'hold_' || h.status;
+    END IF;
+    cost := CASE WHEN p_commit THEN h.cost ELSE 0 END;
+    available := ledger_available(w);
+    PERFORM ledger_save(w, p_now);
+END $$;

@@ -1,0 +1,54 @@
+"""What every part of `Payments` shares: the PostgreSQL pool, the Stripe client and the per-key advisory lock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from psycopg import AsyncConnection
+from stripe import StripeClient
+
+from ledger.pool import LeanPool
+
+# Advisory lock classes (the two-int4 form never collides with one-bigint advisory locks).
+_LOCK_PAYMENT = 0x5041  # "PA"
+_LOCK_CUSTOMER = 0x4355  # "CU"
+
+
+class PaymentsBase:
+    """`db`: a LeanPool (shared) or a database URL (a pool of `pool_size` of its own, opened on first use,
+    closed by `close`)."""
+
+    def __init__(self, db: LeanPool | str, client: StripeClient, *, pool_size: int = 4) -> None:
+        self._own_pool = isinstance(db, str)
+        self.pool = LeanPool(db, pool_size) if isinstance(db, str) else db
+        self._opened = not self._own_pool
+        self.stripe = client
+
+    async def _ready(self) -> LeanPool:
+        if not self._opened:
+            self._opened = True
+            await self.pool.open()
+        return self.pool
+
+    async def close(self) -> None:
+        if self._own_pool and self._opened:
+            await self.pool.close()
+
+    @asynccontextmanager
+    async def _locked(self, lock_class: int, key: str) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection holding a session advisory lock on (lock_class, key): attempts on one key run one
+        at a time, across workers. The lock is released on exit, or with the session if the process or
+        the connection dies."""
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            await conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (lock_class, key))
+            try:
+                yield conn
+            finally:
+                try:
+                    await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (lock_class, key))
+                except BaseException:
+                    await conn.close()  # ends the session, and its locks; the pool replaces it
+                    raise

@@ -1,0 +1,82 @@
+"""Every activity, declared once: its name, argument type, result type and whether it runs local.
+
+Workflows call these declarations (`await CHARGE.run(req, summary=...)`), never a name string, and
+the implementations register under `X.name` (activities/), so a rename is a refactor, not a grep;
+tests/workflows/test_activity_defs.py checks each declaration against its implementation's signature.
+Deterministic, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Generic, TypeVar, cast
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from models.auto_recharge_types import (
+        BillingProfile,
+        DisableRecharge,
+        PlanRecharge,
+        RechargeContext,
+        SettleRecharge,
+        SettleResult,
+    )
+    from models.billing_types import ChargeRequest, ChargeResult, CustomerResult, EmailResult, EnsureCustomer, SendEmail
+    from models.errors import NON_RETRYABLE
+    from models.ledger_types import ChangePlan, GrantPack, LedgerWriteResult, StartPeriod
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1), non_retryable_error_types=NON_RETRYABLE)
+TIMEOUT = timedelta(seconds=60)
+SUMMARY_MAX_CHARS = 200  # the UI shows a line; Temporal caps summaries' size
+
+
+@dataclass(frozen=True)
+class ActivityDef(Generic[A, R]):
+    """One activity. `local`: short, local and idempotent by key (ledger writes and reads, email), run
+    as a local activity at no extra round trip through the server (a renewal is 2 workflow tasks, not
+    4); Stripe stays a regular activity: a network call of unknown length, its retries visible in the UI."""
+
+    name: str
+    arg: Any      # the argument's type (a class, or a union for checks)
+    result: Any   # the result's type, as the payload converter decodes it
+    local: bool
+
+    async def run(self, arg: A, *, summary: str) -> R:
+        """Run it from a workflow, retried by Temporal, with `summary` in the UI."""
+        if self.local:
+            result = await workflow.execute_local_activity(
+                self.name, arg, result_type=self.result, start_to_close_timeout=TIMEOUT,
+                retry_policy=ACTIVITY_RETRY, summary=summary[:SUMMARY_MAX_CHARS])
+        else:
+            result = await workflow.execute_activity(
+                self.name, arg, result_type=self.result, start_to_close_timeout=TIMEOUT,
+                retry_policy=ACTIVITY_RETRY, summary=summary[:SUMMARY_MAX_CHARS])
+        return cast(R, result)
+
+
+START_PERIOD = ActivityDef[StartPeriod, LedgerWriteResult]("ledger.start_period", StartPeriod, LedgerWriteResult,
+                                                           local=True)
+CHANGE_PLAN = ActivityDef[ChangePlan, LedgerWriteResult]("ledger.change_plan", ChangePlan, LedgerWriteResult,
+                                                         local=True)
+GRANT_PACK = ActivityDef[GrantPack, LedgerWriteResult]("ledger.grant_pack", GrantPack, LedgerWriteResult, local=True)
+PLAN_RECHARGE = ActivityDef[PlanRecharge, RechargeContext]("auto_recharge.plan", PlanRecharge, RechargeContext,
+                                                           local=True)
+SETTLE_RECHARGE = ActivityDef[SettleRecharge, SettleResult]("auto_recharge.settle", SettleRecharge, SettleResult,
+                                                            local=True)
+DISABLE_RECHARGE = ActivityDef[DisableRecharge, bool]("auto_recharge.disable", DisableRecharge, bool, local=True)
+BILLING_PROFILE = ActivityDef[str, BillingProfile | None]("billing.profile", str, BillingProfile | None, local=True)
+SEND_EMAIL = ActivityDef[SendEmail, EmailResult]("email.send", SendEmail, EmailResult, local=True)
+ENSURE_CUSTOMER = ActivityDef[EnsureCustomer, CustomerResult]("stripe.ensure_customer", EnsureCustomer,
+                                                              CustomerResult, local=False)
+CHARGE = ActivityDef[ChargeRequest, ChargeResult]("stripe.charge", ChargeRequest, ChargeResult, local=False)
+
+ALL: tuple[ActivityDef[Any, Any], ...] = (
+    START_PERIOD, CHANGE_PLAN, GRANT_PACK, PLAN_RECHARGE, SETTLE_RECHARGE, DISABLE_RECHARGE, BILLING_PROFILE,
+    SEND_EMAIL, ENSURE_CUSTOMER, CHARGE,
+)
