@@ -60,8 +60,9 @@ async def running_parts(settings: Settings) -> AsyncIterator[Running]:
         yield Running(settings.database_url, False, settings.temporal_address, False, None, client, None,
                       settings.smtp_url, None)
         return
+    from stack.services import running_stack
 
-    async with running_parts(settings) as run:
+    async with running_stack(settings) as run:
         yield run
 
 

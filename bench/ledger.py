@@ -221,7 +221,7 @@ async def check_exact(url: str, orgs: list[str], credits: Decimal) -> str:
     """Zero overdraft and exact sums: granted - debited = stored balance, for every wallet."""
     import psycopg
 
-    from tests.invariants import violations
+    from tests.support.invariants import violations
 
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         broken = await violations(conn)

@@ -234,7 +234,7 @@ async def project_round(client: Client, db: psycopg.AsyncConnection[Any], orgs: 
 async def check_all(url: str, client: Client, maildir: Path, stripe_api: stripe.StripeClient,
                     orgs: list[Org], renewals: int) -> str:
     """Every cycle exactly once everywhere it leaves a trace; raises AssertionError otherwise."""
-    from tests.invariants import violations
+    from tests.support.invariants import violations
 
     expected = len(orgs) * renewals
     ids = [o.org_id for o in orgs]

@@ -1,4 +1,4 @@
-"""Auto-recharge and pack rules: pure functions with their own tests (tests/test_auto_recharge_rules.py).
+"""Auto-recharge and pack rules: pure functions with their own tests (tests/rules/test_auto_recharge_rules.py).
 
 The spending window is the organization's current billing period, or the calendar month (UTC) for a
 free organization. A round buys the fewest packs that bring the balance back above the threshold, as
@@ -20,7 +20,7 @@ from models.invoicing import totals
 from models.periods import add_months
 
 MAX_THRESHOLD = Decimal(10**9)  # a billion credits: far above any balance, far below bigint milli
-# How long a trigger holds off the next one (migrations/versions/0003_auto_recharge.sql says the same in
+# How long a trigger holds off the next one (ledger/sql/ledger_recharge_lease.sql says the same in
 # ledger_recharge_lease): a round that takes longer, or a lost signal, is asked again.
 LEASE = timedelta(minutes=15)
 

@@ -1,7 +1,7 @@
 """Bucket order, the rule: which credits a debit draws, stated as a pure function.
 
-The ledger executes this rule inside PostgreSQL (`ledger_draw` in migrations/versions/0001_ledger.sql)
-so that a debit stays one round trip; tests/test_bucket_order.py drives the database and this model with
+The ledger executes this rule inside PostgreSQL (`ledger_draw` in ledger/sql/ledger_draw.sql)
+so that a debit stays one round trip; tests/ledger/test_bucket_order.py drives the database and this model with
 the same random operations and requires the same draws, entry for entry.
 """
 

@@ -1,6 +1,6 @@
 """The ledger's and billing's tables as SQLAlchemy 2 metadata: the typed map of the schema.
 
-The migrations own the DDL (migrations/versions/*.sql); tests/test_schema.py compares this metadata
+The migrations own the DDL (migrations/versions/*.sql); tests/ledger/test_schema.py compares this metadata
 with the migrated database, so this file cannot drift from what is really there.
 """
 

@@ -18,7 +18,7 @@ from ledger.migrate import migrate
 from models.ledger_types import StartPeriod
 from stack.postgres import start_embedded
 from testkit import TestKit, start_testkit
-from tests.invariants import violations
+from tests.support.invariants import violations
 
 T0 = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 

@@ -228,7 +228,7 @@ class SubscriptionWorkflow:
             start, end = s.period_start, s.period_end
         await asyncio.gather(
             self._grant(s.plan, start, min(end, s.period_end), now, "credits"),
-            self._email("receipt", f"{charged.key}:receipt", now, plan=s.plan, seats=s.seats,
+            self._email("receipt", step_key(charged.key, "receipt"), now, plan=s.plan, seats=s.seats,
                         amount=str(Money(charged.amount_cents, charged.currency)),
                         invoice_number=charged.invoice_number,
                         period_start=day(s.period_start), period_end=day(s.period_end)),

@@ -8,22 +8,21 @@ LANGUAGE plpgsql AS $$
 DECLARE
     w wallets%ROWTYPE;
     v_request text := concat_ws('|', 'change', p_plan, array_to_string(p_tiers, ','), p_max_holds, p_allocation);
-    v_prev text;
     v_left bigint;
     v_bucket bigint;
 BEGIN
     replayed := false;
     SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
     IF NOT FOUND THEN status := 'unknown_org'; RETURN; END IF;
-    SELECT request INTO v_prev FROM wallet_ops WHERE org_id = p_org AND op_key = p_key;
-    IF FOUND THEN
+    status := ledger_op_repeat(p_org, p_key, v_request);
+    IF status IS NOT NULL THEN
         replayed := true;
-        status := CASE WHEN v_prev = v_request THEN 'ok' ELSE 'conflict' END;
         available := ledger_available(w);
         RETURN;
     END IF;
     w := ledger_refresh(w, p_now);
     IF w.daily_grant > 0 OR w.period_end IS NULL THEN
+        PERFORM ledger_save(w, p_now);  -- keep what ledger_refresh caught up with (expired holds, today's grant)
         status := 'no_period'; RETURN;
     END IF;
     INSERT INTO wallet_ops (org_id, op_key, request, created_at) VALUES (p_org, p_key, v_request, p_now);

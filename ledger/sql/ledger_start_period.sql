@@ -9,7 +9,6 @@ DECLARE
     w wallets%ROWTYPE;
     v_request text := concat_ws('|', p_plan, array_to_string(p_tiers, ','), p_max_holds, p_daily_grant,
                                 p_allocation, p_period_start, p_period_end);
-    v_prev text;
     v_bucket bigint;
 BEGIN
     replayed := false;
@@ -18,10 +17,9 @@ BEGIN
         VALUES (p_org, p_plan, p_tiers, p_max_holds, p_period_start, p_now, p_now)
         ON CONFLICT (org_id) DO NOTHING;
     SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
-    SELECT request INTO v_prev FROM wallet_ops WHERE org_id = p_org AND op_key = p_key;
-    IF FOUND THEN
+    status := ledger_op_repeat(p_org, p_key, v_request);
+    IF status IS NOT NULL THEN
         replayed := true;
-        status := CASE WHEN v_prev = v_request THEN 'ok' ELSE 'conflict' END;
         available := ledger_available(w);
         RETURN;
     END IF;

@@ -1,4 +1,4 @@
--- The credit ledger. Invariants (asserted by tests/invariants.py after every test):
+-- The credit ledger. Invariants (asserted by tests/support/invariants.py after every test):
 --   I1 a bucket's remaining = sum(ledger_entries.amount) of its entries, 0 <= remaining <= granted; for the
 --      live plan bucket (wallet.plan_bucket_id) the remaining is wallet.plan_remaining: the debit's hot
 --      row is the wallet alone, so the bucket row is only written when the bucket opens and closes

@@ -1,5 +1,5 @@
 -- Billing records: customers, payments, invoices, the email outbox (the ledger's mid-period plan change,
--- and the trigger enforcing B4, are in ledger/sql/). Invariants (asserted by tests/invariants.py after every test):
+-- and the trigger enforcing B4, are in ledger/sql/). Invariants (asserted by tests/support/invariants.py after every test):
 --   B1 a succeeded payment has exactly one invoice, for its amount; a pending or declined one has none
 --   B2 invoice numbers are gapless per year: the seqs of a year are exactly 1..invoice_counters.last
 --   B3 an invoice's total = subtotal + tax

@@ -1,4 +1,4 @@
--- Auto-recharge (DESIGN.md section 4). Invariants (asserted by tests/invariants.py after every test):
+-- Auto-recharge (docs/product.md). Invariants (asserted by tests/support/invariants.py after every test):
 --   R1 wallets.recharge_threshold is auto_recharge.threshold while auto-recharge is enabled, else NULL
 --   R2 an auto-recharge grant (bucket grant_key = its payment key) exists iff that payment succeeded,
 --      for the credits the payment bought

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from models.keys import pack_workflow_id
 from models.keys import recharge_workflow_id as workflow_id
 from temporal_client import DATA_CONVERTER
 from testkit import TestKit
+from tests.support.keys import stamp
 from workflows.auto_recharge import AutoRechargeWorkflow
 from workflows.common import ORG_ID, PERIOD_END, STATUS
 from workflows.pack_purchase import PackPurchaseWorkflow
@@ -35,9 +36,6 @@ def templates(kit: TestKit, org: str, prefix: str = "auto_recharge") -> list[str
     return [m.template for m in kit.emails(org) if m.template.startswith(prefix)]
 
 
-def stamp(t: datetime | None) -> str:
-    assert t is not None
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def drain_to(kit: TestKit, org: str, left: int, key: str) -> bool:
@@ -189,7 +187,8 @@ RECORDED = Path(__file__).with_name("histories") / "auto_recharge"
 
 async def test_recharge_and_pack_histories_replay(kit: TestKit, org: str) -> None:
     """Determinism: auto-recharge runs (a decline, its retry an hour later, a recharge, the limit) and a pack
-    purchase replay without a non-determinism error, fresh and as recorded (tests/histories/auto_recharge/)."""
+    purchase replay without a non-determinism error, fresh and as recorded (histories/auto_recharge/ beside
+    this file)."""
     await kit.billing.subscribe(org, plan="pro", seats=1, email=EMAIL)
     await kit.billing.set_auto_recharge(org, threshold=Decimal(100), pack="500")
     handle = kit.env.client.get_workflow_handle(workflow_id(org))
@@ -211,7 +210,7 @@ async def test_recharge_and_pack_histories_replay(kit: TestKit, org: str) -> Non
             (RECORDED / f"{name}-{n:02d}.json").write_text(json.dumps(
                 {"workflow_id": history.workflow_id, "history": history.to_json_dict()}, indent=1))
     recorded = [json.loads(p.read_text()) for p in sorted(RECORDED.glob("*.json"))]
-    assert len(recorded) == 3, "recorded histories missing under tests/histories/auto_recharge/"
+    assert len(recorded) == 3, "recorded histories missing under tests/scenarios/histories/auto_recharge/"
     histories = [h for _, h in fresh] + [WorkflowHistory.from_json(r["workflow_id"], r["history"]) for r in recorded]
     replayer = Replayer(workflows=[AutoRechargeWorkflow, PackPurchaseWorkflow], data_converter=DATA_CONVERTER)
     for history in histories:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime
 from decimal import Decimal
 
 import pytest
@@ -17,6 +16,7 @@ from models.keys import recharge_workflow_id
 from models.keys import subscription_workflow_id as workflow_id
 from temporal_client import DATA_CONVERTER
 from testkit import TestKit, start_testkit
+from tests.support.keys import stamp
 
 EMAIL = "billing@acme.test"
 
@@ -28,9 +28,6 @@ async def dev_kit(database_url: str) -> AsyncIterator[TestKit]:
         yield kit
 
 
-def stamp(t: datetime | None) -> str:
-    assert t is not None
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def test_subscribe_upgrade_and_a_crash_after_the_charge(dev_kit: TestKit, org: str) -> None:

@@ -29,7 +29,7 @@ from payments import Payments, close_stripe_client, stripe_client
 from payments.stripe_client import stripe_idempotency_key
 from stack.stripe_server import CARD_DECLINED_AT_ATTACH, start_localstripe
 from testkit.payments import KitPayments, SimulatedCrash
-from tests.stripe_fixtures import localstripe_url, payments
+from tests.support.stripe_fixtures import localstripe_url, payments
 
 __all__ = ["localstripe_url", "payments"]  # the session fixtures, used by name below
 

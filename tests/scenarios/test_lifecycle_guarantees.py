@@ -18,7 +18,8 @@ from models.errors import InvalidRequest
 from models.keys import subscription_workflow_id as workflow_id
 from temporal_client import DATA_CONVERTER
 from testkit import TestKit
-from tests.histories import run_histories
+from tests.support.histories import run_histories
+from tests.support.keys import stamp
 from workflows.subscription import SubscriptionWorkflow
 
 EMAIL = "billing@acme.test"
@@ -32,9 +33,6 @@ async def past(kit: TestKit, moment: datetime | None, plus: timedelta = timedelt
     await kit.advance(moment + plus - kit.now())
 
 
-def stamp(t: datetime | None) -> str:
-    assert t is not None
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def test_a_crash_after_stripe_charged_makes_no_second_charge(kit: TestKit, org: str) -> None:
@@ -74,7 +72,7 @@ async def test_bad_requests_are_refused_before_they_enter_history(
     before = (await handle.fetch_history()).events
     with pytest.raises(InvalidRequest, match=message):
         await change(kit.billing, org)  # type: ignore[operator]
-    # The real server drops the rejecting workflow task too (tests/test_dev_server.py checks the length);
+    # The real server drops the rejecting workflow task too (tests/scenarios/test_dev_server.py checks the length);
     # the time-skipping server keeps that task's 3 events, but nothing else: no update, no activity.
     added = (await handle.fetch_history()).events[len(before):]
     assert {e.event_type for e in added} <= WORKFLOW_TASK_EVENTS
@@ -115,7 +113,7 @@ async def test_operators_see_plan_status_and_period_end_as_search_attributes(kit
 
 
 async def test_histories_of_the_main_scenarios_replay(kit: TestKit, org: str) -> None:
-    """Determinism: the histories this code makes now, and the ones recorded before (tests/histories/),
+    """Determinism: the histories this code makes now, and the ones recorded before (tests/scenarios/histories/),
     replay without a non-determinism error."""
     sub = await kit.billing.subscribe(org, plan="pro", seats=3, email=EMAIL)
     await kit.billing.debit(org, action="insight", tier="pro", quantity=10, idempotency_key="k1")
@@ -137,7 +135,7 @@ async def test_histories_of_the_main_scenarios_replay(kit: TestKit, org: str) ->
             (RECORDED / f"main-scenario-run{n:02d}.json").write_text(json.dumps(
                 {"workflow_id": "subscription:main-scenario", "history": history.to_json_dict()}, indent=1))
     recorded = [json.loads(p.read_text()) for p in sorted(RECORDED.glob("*.json"))]
-    assert recorded, "no recorded histories under tests/histories/"
+    assert recorded, "no recorded histories under tests/scenarios/histories/"
     histories = fresh + [WorkflowHistory.from_json(r["workflow_id"], r["history"]) for r in recorded]
     replayer = Replayer(workflows=[SubscriptionWorkflow], data_converter=DATA_CONVERTER)
     results = await replayer.replay_workflows(_each(histories), raise_on_replay_failure=False)

@@ -520,3 +520,16 @@ async def test_change_plan_after_the_period_ended_takes_the_terms_only(ledger: L
         await ledger.change_plan(ChangePlan(free, f"{free}:up", "pro", T0))
     with pytest.raises(InvalidRequest, match="free plan"):
         await ledger.change_plan(ChangePlan(org, f"{org}:x", "free", T0))
+
+
+async def test_a_refused_plan_change_keeps_what_the_wallet_caught_up_with(ledger: Ledger, new_org: OrgFactory) -> None:
+    # A free wallet with a hold past its TTL and a new UTC day: the refused change (no paid period) still
+    # ran the catch-up (the hold released, the day's credits granted); the wallet row must record it, or
+    # held and the plan bucket disagree with their entries (invariants I1-I3, checked after this test).
+    free = await new_org("free")
+    await ledger.hold(free, "ai_chat", idempotency_key="h1", tier="fast", ttl=timedelta(seconds=1), now=T0)
+    later = T0 + timedelta(days=1)
+    with pytest.raises(InvalidRequest, match="no paid period"):
+        await ledger.change_plan(ChangePlan(free, f"{free}:up", "pro", later))
+    bal = await ledger.balance(free, now=later)
+    assert (bal.held, bal.available) == (Decimal(0), Decimal(50))
