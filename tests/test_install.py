@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from models.errors import InvalidRequest
 from settings import ROOT, Settings
 from starter import BillingClient
 
@@ -79,3 +80,8 @@ async def test_connect_with_a_database_url_runs_no_migration(database_url: str) 
     with psycopg.connect(empty) as conn:
         tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
     assert tables == (0,)
+
+
+async def test_connect_without_a_database_url_is_refused_before_anything_starts() -> None:
+    with pytest.raises(InvalidRequest, match="DATABASE_URL"):
+        await BillingClient.connect(Settings(database_url=None))

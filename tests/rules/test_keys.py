@@ -6,10 +6,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.checks import check_id
+from models.checks import check_id, check_key
+from models.errors import InvalidRequest
 from models.keys import (
     open_wallet_key,
     pack_key,
@@ -95,3 +97,14 @@ def test_ids_without_a_colon_keep_the_keys_already_in_use() -> None:
 @given(ids)
 def test_generated_ids_are_valid_ids(org: str) -> None:
     assert check_id("org_id", org) == org
+
+
+@given(specs)
+def test_every_built_key_passes_the_key_rule(spec: tuple[Any, str | None]) -> None:
+    assert check_key("key", build(spec)) == build(spec)
+
+
+@pytest.mark.parametrize("bad", ["", " ", "a b", ":a", "a\n", "x" * 1501, 7, None])
+def test_the_key_rule_refuses_what_no_key_builder_makes(bad: object) -> None:
+    with pytest.raises(InvalidRequest, match="business key"):
+        check_key("key", bad)
