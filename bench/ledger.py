@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -89,15 +89,25 @@ def p50_p99(latencies: list[float]) -> tuple[float, float]:
     return cuts[49], cuts[98]
 
 
+async def _run_clients(url: str, clients: int, start_at: float,
+                       worker: Callable[[Ledger, int], Awaitable[int]]) -> None:
+    """One ledger (a pool of `clients` connections) and `clients` workers started together at `start_at`;
+    each worker returns how many of its debits triggered auto-recharge, which must be none."""
+    ledger = await Ledger.open(url, pool_size=clients)
+    await asyncio.sleep(max(0.0, start_at - time.time()))
+    triggered = sum(await asyncio.gather(*(worker(ledger, i) for i in range(clients))))
+    await ledger.close()
+    assert triggered == 0, f"{triggered} debits crossed an auto-recharge threshold far below the balance"
+
+
 async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, start_at: float,
                        tag: str) -> tuple[int, int]:
-    ledger = await Ledger.open(url, pool_size=clients)
-    done = refused = triggered = 0
+    done = refused = 0
     stop = start_at + seconds
 
-    async def worker(i: int) -> None:
-        nonlocal done, refused, triggered
-        n = 0
+    async def worker(ledger: Ledger, i: int) -> int:
+        nonlocal done, refused
+        n = triggered = 0
         org = orgs[i % len(orgs)]
         while time.time() < stop:
             try:
@@ -107,11 +117,9 @@ async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, 
             except Exception:
                 refused += 1
             n += 1
+        return triggered
 
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    await asyncio.gather(*(worker(i) for i in range(clients)))
-    await ledger.close()
-    assert triggered == 0, f"{triggered} debits crossed an auto-recharge threshold far below the balance"
+    await _run_clients(url, clients, start_at, worker)
     return done, refused
 
 
@@ -120,22 +128,21 @@ async def _latency_proc(url: str, orgs: list[str], clients: int, rate: float, se
     """Open loop at `rate` debits/s, as `pgbench --rate` schedules a thread: one Poisson arrival stream,
     each client on becoming free takes the next arrival time, waits for it and sends. A client still busy
     at that time sends late, and the wait counts: latency (s) runs from the scheduled time to completion."""
-    ledger = await Ledger.open(url, pool_size=clients)
     rng = random.Random()
     latencies: list[float] = []
-    refused = triggered = 0
+    refused = 0
     arrival = start_at
     stop = start_at + seconds
 
-    async def worker(i: int) -> None:
-        nonlocal arrival, refused, triggered
-        n = 0
+    async def worker(ledger: Ledger, i: int) -> int:
+        nonlocal arrival, refused
+        n = triggered = 0
         org = orgs[i % len(orgs)]
         while True:
             arrival += rng.expovariate(rate)
             scheduled = arrival
             if scheduled >= stop:  # pgbench -T likewise schedules nothing past the end
-                return
+                return triggered
             if (delay := scheduled - time.time()) > 0:
                 await asyncio.sleep(delay)
             sent = time.time()
@@ -149,10 +156,7 @@ async def _latency_proc(url: str, orgs: list[str], clients: int, rate: float, se
                 refused += 1
             n += 1
 
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    await asyncio.gather(*(worker(i) for i in range(clients)))
-    await ledger.close()
-    assert triggered == 0, f"{triggered} debits crossed an auto-recharge threshold far below the balance"
+    await _run_clients(url, clients, start_at, worker)
     return latencies, refused
 
 

@@ -6,29 +6,17 @@ Revision ID: 0003
 Revises: 0002
 """
 
-from pathlib import Path
-
-from alembic import op
-
-from ledger.migrate import drop_repeatables
-from migrations.sql_script import run_sql_script
+from migrations.sql_script import sql_revision
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-_SQL = Path(__file__).with_suffix(".sql")
-
-
-def upgrade() -> None:
-    run_sql_script(_SQL)
-
-
-def downgrade() -> None:
-    for statement in drop_repeatables():
-        op.execute(statement)
-    op.execute("DROP TABLE IF EXISTS auto_recharge")
-    op.execute("DROP INDEX IF EXISTS payments_auto_recharge")
-    op.execute("ALTER TYPE ledger_step DROP ATTRIBUTE IF EXISTS recharge")
-    op.execute("ALTER TABLE wallets DROP COLUMN IF EXISTS recharge_threshold, DROP COLUMN IF EXISTS recharge_resume_at")
+upgrade, downgrade = sql_revision(
+    __file__,
+    "DROP TABLE IF EXISTS auto_recharge",
+    "DROP INDEX IF EXISTS payments_auto_recharge",
+    "ALTER TYPE ledger_step DROP ATTRIBUTE IF EXISTS recharge",
+    "ALTER TABLE wallets DROP COLUMN IF EXISTS recharge_threshold, DROP COLUMN IF EXISTS recharge_resume_at",
+)
