@@ -12,8 +12,8 @@ from stripe import StripeClient
 from ledger.pool import LeanPool
 
 # Advisory lock classes (the two-int4 form never collides with one-bigint advisory locks).
-_LOCK_PAYMENT = 0x5041  # "PA"
-_LOCK_CUSTOMER = 0x4355  # "CU"
+LOCK_PAYMENT = 0x5041  # "PA"
+LOCK_CUSTOMER = 0x4355  # "CU"
 
 
 class PaymentsBase:

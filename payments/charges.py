@@ -44,10 +44,10 @@ from models.checks import check_id, check_key, check_time
 from models.errors import IdempotencyConflict, InvalidRequest, PaymentDeclined
 from models.invoicing import Totals, charge_summary, totals
 from models.money import Money
-from payments.base import _LOCK_PAYMENT, PaymentsBase
-from payments.checks import _check_currency, _check_lines, _check_vat, _request_json
+from payments.base import LOCK_PAYMENT, PaymentsBase
+from payments.checks import check_currency, check_lines, check_vat, request_json
 from payments.invoices import insert_invoice
-from payments.stripe_client import _decline_code, _metadata, stripe_idempotency_key
+from payments.stripe_client import decline_code_of, metadata_value, stripe_idempotency_key
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,16 @@ class Charges(PaymentsBase):
         check_id("org_id", req.org_id)
         check_key("key", req.key)
         now = check_time("now", req.now)
-        _check_vat(req.vat_rate)
-        currency = _check_currency(req.currency)
-        _check_lines(req.lines)
+        check_vat(req.vat_rate)
+        currency = check_currency(req.currency)
+        check_lines(req.lines)
         t = totals(req.lines, req.vat_rate)
         if t.total_cents <= 0:
             raise InvalidRequest(
                 f"{req.org_id}: nothing to charge for {req.key!r} (total {Money(t.total_cents, currency)})")
-        request = _request_json(req)
+        request = request_json(req)
         description = req.summary or charge_summary(req.lines, req.vat_rate, currency)
-        async with self._locked(_LOCK_PAYMENT, req.key) as conn:
+        async with self._locked(LOCK_PAYMENT, req.key) as conn:
             prior = await self._existing(conn, req, request)
             if isinstance(prior, ChargeResult):
                 return prior
@@ -148,7 +148,7 @@ class Charges(PaymentsBase):
                 failed = e.error.payment_intent if e.error is not None else None
                 if failed is not None and failed.status == "requires_action":
                     await self.stripe.v1.payment_intents.cancel_async(failed.id)
-                raise await self._decline(conn, req, t, _decline_code(e),
+                raise await self._decline(conn, req, t, decline_code_of(e),
                                           failed.id if failed is not None else None) from None
             except stripe.InvalidRequestError as e:
                 if e.http_status == 404:  # the customer or its payment method is gone at Stripe
@@ -185,7 +185,7 @@ class Charges(PaymentsBase):
             page = await self.stripe.v1.charges.list_async(params=params)
             for ch in page.data:
                 pi = ch.payment_intent
-                if isinstance(pi, stripe.PaymentIntent) and _metadata(pi, "billing_key") == key:
+                if isinstance(pi, stripe.PaymentIntent) and metadata_value(pi, "billing_key") == key:
                     candidates.append(pi)
             if not page.has_more or not page.data:
                 break

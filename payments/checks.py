@@ -9,37 +9,37 @@ from typing import Any
 
 from models.billing_types import ChargeRequest, InvoiceLine
 from models.errors import InvalidRequest
-from payments.invoices import _line_json
+from payments.invoices import line_json
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
 
 
-def _check_email(email: str) -> str:
+def check_email(email: str) -> str:
     if not isinstance(email, str) or not _EMAIL.fullmatch(email):
         raise InvalidRequest(f"{email!r} is not an email address")
     return email
 
 
-def _check_vat(vat_rate: Decimal) -> Decimal:
+def check_vat(vat_rate: Decimal) -> Decimal:
     if not isinstance(vat_rate, Decimal) or not vat_rate.is_finite() or not Decimal(0) <= vat_rate < 1:
         raise InvalidRequest(f"a VAT rate is a fraction in [0, 1), got {vat_rate!r}")
     return vat_rate
 
 
-def _check_currency(currency: str) -> str:
+def check_currency(currency: str) -> str:
     if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
         raise InvalidRequest(f"currency must be an ISO 4217 code in capitals (EUR), got {currency!r}")
     return currency
 
 
-def _check_payment_method(payment_method: str | None) -> str | None:
+def check_payment_method(payment_method: str | None) -> str | None:
     if payment_method is not None and (not isinstance(payment_method, str) or not payment_method.strip()):
         raise InvalidRequest(f"payment_method must be a Stripe PaymentMethod id, got {payment_method!r}")
     return payment_method
 
 
-def _check_lines(lines: list[InvoiceLine]) -> None:
+def check_lines(lines: list[InvoiceLine]) -> None:
     if not isinstance(lines, list) or not lines:
         raise InvalidRequest("a charge needs at least one invoice line")
     for line in lines:
@@ -55,12 +55,12 @@ def _check_lines(lines: list[InvoiceLine]) -> None:
             raise InvalidRequest(f"invoice line {line.description!r} is negative")
 
 
-def _fraction(rate: Decimal) -> str:
+def fraction_text(rate: Decimal) -> str:
     """A canonical text for a rate: 0.2 and 0.20 are the same request."""
     return format(rate.normalize(), "f") if rate else "0"
 
 
-def _request_json(req: ChargeRequest) -> dict[str, Any]:
+def request_json(req: ChargeRequest) -> dict[str, Any]:
     """What makes two charges with one key the same request (a repeat) or not (a conflict)."""
     return {"org_id": req.org_id, "purpose": req.purpose, "currency": req.currency,
-            "vat_rate": _fraction(req.vat_rate), "lines": [_line_json(line) for line in req.lines]}
+            "vat_rate": fraction_text(req.vat_rate), "lines": [line_json(line) for line in req.lines]}

@@ -17,9 +17,9 @@ from models.auto_recharge_types import BillingProfile
 from models.billing_types import CustomerResult, EnsureCustomer
 from models.checks import check_id, check_time
 from models.errors import InvalidRequest, PaymentDeclined
-from payments.base import _LOCK_CUSTOMER, PaymentsBase
-from payments.checks import _check_currency, _check_email, _check_payment_method, _check_vat
-from payments.stripe_client import _decline_code, _metadata
+from payments.base import LOCK_CUSTOMER, PaymentsBase
+from payments.checks import check_currency, check_email, check_payment_method, check_vat
+from payments.stripe_client import decline_code_of, metadata_value
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +32,12 @@ class Customers(PaymentsBase):
 
     async def ensure_customer(self, req: EnsureCustomer) -> CustomerResult:
         check_id("org_id", req.org_id)
-        _check_email(req.email)
+        check_email(req.email)
         now = check_time("now", req.now)
-        _check_vat(req.vat_rate)
-        _check_currency(req.currency)
-        _check_payment_method(req.payment_method)
-        async with self._locked(_LOCK_CUSTOMER, req.org_id) as conn:
+        check_vat(req.vat_rate)
+        check_currency(req.currency)
+        check_payment_method(req.payment_method)
+        async with self._locked(LOCK_CUSTOMER, req.org_id) as conn:
             cur = await conn.execute(
                 "SELECT email, stripe_customer_id, payment_method_id FROM billing_profiles WHERE org_id = %s",
                 (req.org_id,))
@@ -83,7 +83,7 @@ class Customers(PaymentsBase):
         while True:
             page = await self.stripe.v1.customers.list_async(params=params)
             for c in page.data:
-                if _metadata(c, "org_id") == org_id:
+                if metadata_value(c, "org_id") == org_id:
                     default = getattr(c.invoice_settings, "default_payment_method", None)
                     return c.id, default if isinstance(default, str) else None
             if not page.has_more or not page.data:
@@ -99,7 +99,7 @@ class Customers(PaymentsBase):
         try:
             await self.stripe.v1.payment_methods.attach_async(pm, params={"customer": customer})
         except stripe.CardError as e:
-            code = _decline_code(e)
+            code = decline_code_of(e)
             raise PaymentDeclined(f"{org_id}: the card was declined when attached ({code})", code) from None
         except stripe.InvalidRequestError as e:  # unknown, or attached to another customer
             raise InvalidRequest(f"{org_id}: payment method {pm!r} cannot be attached: {e.user_message}") from None

@@ -25,11 +25,11 @@ _TEMPLATES = Environment(
 _INVOICE_TEMPLATE = _TEMPLATES.get_template("invoice.html")  # loaded at import, never on the event loop
 
 
-def _percent(rate: Decimal) -> str:
+def percent_text(rate: Decimal) -> str:
     return format((rate * 100).normalize(), "f") if rate else "0"
 
 
-def _line_json(line: InvoiceLine) -> dict[str, Any]:
+def line_json(line: InvoiceLine) -> dict[str, Any]:
     return {"description": line.description, "quantity": line.quantity, "unit_cents": line.unit_cents,
             "amount_cents": line.amount_cents}
 
@@ -43,7 +43,7 @@ def render_invoice(*, number: str, issued_at: datetime, org_id: str, email: str 
         number=number, date=issued_at.astimezone(UTC).date().isoformat(), org_id=org_id, email=email,
         lines=[{"description": line.description, "quantity": line.quantity, "unit": money(line.unit_cents),
                 "amount": money(line.amount_cents)} for line in lines],
-        subtotal=money(t.subtotal_cents), tax_rate=_percent(t.tax_rate), tax=money(t.tax_cents),
+        subtotal=money(t.subtotal_cents), tax_rate=percent_text(t.tax_rate), tax=money(t.tax_cents),
         total=money(t.total_cents), stripe_payment_id=stripe_payment_id,
     )
 
@@ -70,7 +70,7 @@ async def insert_invoice(conn: AsyncConnection[Any], req: ChargeRequest, t: Tota
         "subtotal_cents, tax_rate, tax_cents, total_cents, stripe_payment_id, html) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)",
         (number, year, seq, req.org_id, req.key, req.purpose, issued, req.currency,
-         json.dumps([_line_json(line) for line in req.lines]), t.subtotal_cents, t.tax_rate,
+         json.dumps([line_json(line) for line in req.lines]), t.subtotal_cents, t.tax_rate,
          t.tax_cents, t.total_cents, pi, html))
     return number
 

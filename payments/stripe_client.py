@@ -45,14 +45,14 @@ def stripe_idempotency_key(key: str) -> str:
     return key if len(key) <= 255 else "sha256:" + hashlib.sha256(key.encode()).hexdigest()
 
 
-def _metadata(obj: object, name: str) -> str | None:
+def metadata_value(obj: object, name: str) -> str | None:
     """A metadata value of a Stripe object (StripeObjects are not dicts: no .get)."""
     metadata: Any = getattr(obj, "metadata", None)
     value = metadata.to_dict().get(name) if metadata is not None else None
     return value if isinstance(value, str) else None
 
 
-def _decline_code(err: stripe.CardError) -> str:
+def decline_code_of(err: stripe.CardError) -> str:
     body = err.error
     code = (getattr(body, "decline_code", None) if body is not None else None) or err.code
     return str(code or "card_declined")

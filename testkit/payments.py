@@ -16,7 +16,7 @@ from models.checks import check_id
 from models.errors import InvalidRequest
 from models.invoicing import Totals
 from payments import Payments
-from payments.base import _LOCK_CUSTOMER
+from payments.base import LOCK_CUSTOMER
 from stack.stripe_server import CARD_DECLINED, CARD_OK, CARD_REQUIRES_AUTHENTICATION
 
 CARDS: dict[str, str] = {
@@ -65,7 +65,7 @@ class KitPayments(Payments):
         if kind not in get_args(CardKind):
             raise InvalidRequest(f"card kind must be one of {', '.join(get_args(CardKind))}, got {kind!r}")
         check_id("org_id", org_id)
-        async with self._locked(_LOCK_CUSTOMER, org_id) as conn:
+        async with self._locked(LOCK_CUSTOMER, org_id) as conn:
             cur = await conn.execute(
                 "SELECT email, stripe_customer_id, payment_method_id FROM billing_profiles WHERE org_id = %s",
                 (org_id,))
