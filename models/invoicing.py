@@ -28,8 +28,9 @@ def totals(lines: list[InvoiceLine], vat_rate: Decimal) -> Totals:
 
 
 def invoice_number(year: int, seq: int) -> str:
-    """INV-YYYY-NNNNNN: gapless per year (the charge activity takes seq from a per-year counter)."""
-    if not 1 <= seq <= 999_999:
+    """INV-YYYY-NNNNNN: gapless per year (the charge activity takes seq from a per-year counter). At least
+    six digits: the millionth invoice of a year is INV-YYYY-1000000, never a refusal after Stripe charged."""
+    if seq < 1:
         raise ValueError(f"invoice sequence out of range: {seq}")
     return f"INV-{year:04d}-{seq:06d}"
 

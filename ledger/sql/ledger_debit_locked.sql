@@ -14,8 +14,14 @@ BEGIN
         w := ledger_refresh(w, p_now);
         r.dirty := true;  -- keep what ledger_refresh caught up with, whatever this debit's fate
     END IF;
-    SELECT c.status, c.detail_a, c.detail_b INTO r.status, r.detail_a, r.detail_b
-        FROM ledger_check(w, p_action, p_tier, p_user, p_cost, false, p_key, p_now) c;
+    IF w.has_guards AND EXISTS (SELECT 1 FROM usage_events WHERE org_id = w.org_id AND idem_key = p_key) THEN
+        -- A repeat is answered before the rules: a usage guard's check writes (the pause and its alert),
+        -- and a replay writes nothing. (Without guards the checks write nothing: no lookup needed.)
+        r.status := 'repeat';
+    ELSE
+        SELECT c.status, c.detail_a, c.detail_b INTO r.status, r.detail_a, r.detail_b
+            FROM ledger_check(w, p_action, p_tier, p_user, p_cost, false, p_key, p_now) c;
+    END IF;
     r.available := ledger_available(w);
     IF r.status IS NULL THEN
         -- Claim the idempotency key; the primary key arbitrates, so a repeat is found without a lookup.

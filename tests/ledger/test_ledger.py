@@ -306,6 +306,21 @@ async def test_usage_guard_pauses_action_until_resumed(ledger: Ledger, new_org: 
     assert (await ledger.balance(org, now=T0 + timedelta(hours=2))).consumed_this_period == D("21")
 
 
+async def test_a_replayed_debit_writes_nothing_not_even_a_guard_pause(ledger: Ledger, new_org: OrgFactory) -> None:
+    # The guard's check writes (the pause, its alert): a repeat of a debit that already succeeded must be
+    # answered before it, or replaying the last allowed use would pause the action.
+    org = await new_org("pro")
+    await ledger.set_usage_guard(org, "lead_enrichment", max_uses=2, window=timedelta(hours=1))
+    first = [await ledger.debit(org, "lead_enrichment", idempotency_key=f"g{i}", now=T0) for i in range(2)]
+    again = await ledger.debit(org, "lead_enrichment", idempotency_key="g1", now=T0 + timedelta(minutes=1))
+    assert (again.replayed, again.cost) == (True, first[1].cost)
+    assert [a for a in await ledger.pending_alerts(org) if a.kind == "usage_guard_paused"] == []
+    assert await ledger.resume_action(org, "lead_enrichment") is False  # it was never paused
+    with pytest.raises(IdempotencyConflict):  # other content under the key: a conflict, still no pause
+        await ledger.debit(org, "lead_enrichment", quantity=2, idempotency_key="g1", now=T0)
+    assert await ledger.resume_action(org, "lead_enrichment") is False
+
+
 async def test_alerts_at_80_and_100_percent_once_per_period(ledger: Ledger, new_org: OrgFactory) -> None:
     org = await new_org("starter")  # 3000 credits
     await ledger.grant_pack(GrantPack(org, "p", D("500"), T0))

@@ -73,6 +73,9 @@ def test_invoice_totals_and_numbers() -> None:
     assert (t.subtotal_cents, t.tax_cents, t.total_cents) == (27000, 5400, 32400)
     assert totals([InvoiceLine("x", 1, 5, 5)], Decimal("0.1")).tax_cents == 1  # 0.5 cent rounds up
     assert invoice_number(2026, 42) == "INV-2026-000042"
+    # The millionth invoice of a year gets a seventh digit: the number is taken after Stripe has charged.
+    assert invoice_number(2026, 999_999) == "INV-2026-999999"
+    assert invoice_number(2026, 1_000_000) == "INV-2026-1000000"
     assert charge_summary(lines, Decimal(0)) == "Charge EUR 270.00: pro x 3 seats"
     with pytest.raises(ValueError):
         invoice_number(2026, 0)
