@@ -19,7 +19,7 @@ from psycopg import AsyncConnection
 from ledger.pool import LeanPool
 from models.catalog import CATALOG, Catalog
 from models.checks import check_id, check_key, check_time, utcnow
-from models.credits import from_milli, to_milli
+from models.credits import MAX_CREDITS_MILLI, from_milli, to_milli
 from models.errors import (
     BillingError,
     ConcurrencyLimitExceeded,
@@ -53,7 +53,10 @@ _DEBIT_BATCH = (
     "%s::text[], %s::bigint[], %s::timestamptz[])"
 )
 MAX_BATCH = 64
-MAX_COST_MILLI = 10**15  # a trillion credits: far above any wallet, far below bigint
+# A usage guard's bounds (the table's integer columns hold far more): a window is a rate-limiting period.
+MAX_GUARD_USES = 1_000_000_000
+MAX_GUARD_WINDOW = timedelta(days=366)
+MAX_HOLD_TTL = timedelta(days=366)  # a hold reserves credits for an operation in flight, not for ever
 _HOLD = "SELECT * FROM ledger_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _SETTLE = "SELECT * FROM ledger_settle(%s, %s, %s, %s)"
 _BALANCE = "SELECT * FROM ledger_balance(%s, %s)"
@@ -117,7 +120,7 @@ class Ledger:
             unit_milli = unit_cost_milli(action, tier, country, self.catalog)
             self._unit_costs[(action, tier, country)] = unit_milli
         cost_milli = units_cost_milli(unit_milli, q)
-        if cost_milli > MAX_COST_MILLI:
+        if cost_milli > MAX_CREDITS_MILLI:
             raise InvalidRequest(f"{quantity} x {action} costs more than any wallet can hold")
         return _Priced(action, tier, q, country.upper() if country else None,
                        None if user_id is None else check_id("user_id", user_id), cost_milli)
@@ -196,8 +199,8 @@ class Ledger:
         check_id("idempotency_key", idempotency_key)
         p = self._price(action, tier, quantity, country, user_id)
         ttl = self.hold_ttl if ttl is None else ttl
-        if ttl <= timedelta(0):
-            raise InvalidRequest(f"a hold's ttl must be positive, got {ttl}")
+        if not isinstance(ttl, timedelta) or not timedelta(0) < ttl <= MAX_HOLD_TTL:
+            raise InvalidRequest(f"a hold's ttl is positive and at most {MAX_HOLD_TTL.days} days, got {ttl!r}")
         at = self._now(now)
         row = await self.pool.fetchone(_HOLD, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
                                       p.user_id, p.cost_milli, at + ttl, at))
@@ -419,11 +422,13 @@ class Ledger:
     ) -> None:
         """More than `max_uses` uses of `action` within `window` pauses it until `resume_action`."""
         self.catalog.action(action)
-        if max_uses is not None and (not isinstance(max_uses, int) or max_uses < 1):
-            raise InvalidRequest(f"max_uses must be a positive integer, got {max_uses!r}")
+        if max_uses is not None and (not isinstance(max_uses, int) or isinstance(max_uses, bool)
+                                     or not 1 <= max_uses <= MAX_GUARD_USES):
+            raise InvalidRequest(f"max_uses must be a positive integer of at most {MAX_GUARD_USES:,}, got {max_uses!r}")
+        if not isinstance(window, timedelta) or not timedelta(seconds=1) <= window <= MAX_GUARD_WINDOW:
+            raise InvalidRequest(f"a usage guard's window must be at least a second and at most "
+                                 f"{MAX_GUARD_WINDOW.days} days, got {window!r}")
         seconds = int(window.total_seconds())
-        if seconds < 1:
-            raise InvalidRequest(f"a usage guard's window must be at least a second, got {window}")
         async with self.wallet_locked(org_id) as conn:
             if max_uses is None:
                 await conn.execute("DELETE FROM usage_guards WHERE org_id = %s AND action = %s", (org_id, action))

@@ -38,7 +38,8 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import invalid
 from ledger.pool import LeanPool
 from models.billing_types import EmailResult, SendEmail
-from models.errors import IdempotencyConflict, to_application_error
+from models.checks import check_email
+from models.errors import IdempotencyConflict, InvalidRequest, to_application_error
 from templates import TEMPLATES_DIR
 
 DEFAULT_SENDER = "Billing <billing@localhost>"
@@ -214,9 +215,10 @@ class Mailer:
             raise invalid(f"an email needs a non-empty key of at most 500 characters, got {req.key!r}")
         if req.template not in self.templates:
             raise invalid(f"unknown email template {req.template!r}; known: {', '.join(self.templates.names())}")
-        name, addr = parseaddr(req.to)
-        if name or addr != req.to or addr.count("@") != 1 or any(c.isspace() for c in addr):
-            raise invalid(f"not an email address: {req.to!r}")
+        try:
+            check_email("to", req.to)
+        except InvalidRequest as exc:
+            raise invalid(exc.message) from None
         if req.now.tzinfo is None:
             raise invalid(f"now must be a timezone-aware datetime, got {req.now!r}")
 

@@ -1,9 +1,12 @@
-"""The one id rule and the one time rule every entry point applies before anything is written."""
+"""The rules every entry point applies before anything is written, each stated once: ids, business keys,
+times, email addresses, rates."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from decimal import Decimal
+from email.utils import parseaddr
 
 from models.errors import InvalidRequest
 
@@ -43,3 +46,23 @@ def check_time(name: str, value: datetime) -> datetime:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+# A bare address with a dotted domain: what the mailer can send to and Stripe accepts as a customer's email.
+_EMAIL = re.compile(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+")
+
+
+def check_email(kind: str, value: object) -> str:
+    """An email address as every step that uses it needs it (subscribe, the Stripe customer, the mailer):
+    checked before the first effect, so an address no email can go to never gets as far as a charge."""
+    if not isinstance(value, str) or not _EMAIL.fullmatch(value) or parseaddr(value) != ("", value):
+        raise InvalidRequest(f"{value!r} is not an email address: {kind} is a bare address such as "
+                             "billing@acme.example")
+    return value
+
+
+def check_rate(kind: str, value: object) -> Decimal:
+    """A fraction in [0, 1) as a Decimal (a VAT rate): NaN, infinities and floats are refused typed."""
+    if not isinstance(value, Decimal) or not value.is_finite() or not Decimal(0) <= value < 1:
+        raise InvalidRequest(f"{kind} is a Decimal fraction in [0, 1), e.g. Decimal('0.20'), got {value!r}")
+    return value

@@ -7,10 +7,13 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from models.errors import InvalidRequest
 
 MILLI = 1000
+# The one bound on any amount of credits (a cost, a grant, a limit, a threshold): a trillion credits, far
+# above any wallet and far below what a bigint of milli-credits holds (9.2e15 credits).
+MAX_CREDITS_MILLI = 10**15
 
 
 def to_milli(credits: Decimal | int | str) -> int:
-    """Exact conversion; refuses floats and values finer than a milli-credit."""
+    """Exact conversion; refuses floats, values finer than a milli-credit and amounts over the bound."""
     if isinstance(credits, float | bool):
         raise InvalidRequest(f"credits must be Decimal, int or str, not {type(credits).__name__}")
     try:
@@ -19,6 +22,9 @@ def to_milli(credits: Decimal | int | str) -> int:
         raise InvalidRequest(f"not a number of credits: {credits!r}") from exc
     if not value.is_finite():
         raise InvalidRequest(f"not a finite number of credits: {credits!r}")
+    if abs(value) > Decimal(MAX_CREDITS_MILLI) / MILLI:
+        raise InvalidRequest(
+            f"{credits} credits is more than any wallet can hold (at most {MAX_CREDITS_MILLI // MILLI:,})")
     milli = value * MILLI
     if milli != milli.to_integral_value():
         raise InvalidRequest(f"credits have at most 3 decimal places: {credits!r}")

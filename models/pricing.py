@@ -8,6 +8,8 @@ from models.catalog import CATALOG, Catalog
 from models.credits import round_milli, to_milli
 from models.errors import InvalidRequest
 
+MAX_QUANTITY = 10**12  # units of one action in one call
+
 
 def validate_quantity(quantity: int | Decimal) -> Decimal:
     if isinstance(quantity, float | bool) or not isinstance(quantity, int | Decimal):
@@ -15,6 +17,8 @@ def validate_quantity(quantity: int | Decimal) -> Decimal:
     q = Decimal(quantity)
     if not q.is_finite() or q <= 0:
         raise InvalidRequest(f"quantity must be positive, got {quantity}")
+    if q > MAX_QUANTITY:  # the cost bound refuses it anyway; this keeps Decimal arithmetic in its precision
+        raise InvalidRequest(f"quantity {quantity} is more than the {MAX_QUANTITY:,} units one call may meter")
     return q
 
 

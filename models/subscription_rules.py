@@ -4,15 +4,14 @@ with the same clear message everywhere and never enters history."""
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 
 from models.billing_types import Interval, Status
 from models.catalog import Catalog, Plan
+from models.checks import check_email, check_rate
 from models.errors import InvalidRequest
 from models.money import round_cents
 
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 MAX_TRIAL_DAYS = 365
 CHANGEABLE: tuple[Status, ...] = ("trialing", "active")
 
@@ -47,10 +46,8 @@ def check_subscribe(
         raise InvalidRequest(f"interval must be 'month' or 'year', got {interval!r}")
     if not isinstance(trial_days, int) or isinstance(trial_days, bool) or not 0 <= trial_days <= MAX_TRIAL_DAYS:
         raise InvalidRequest(f"trial_days must be a whole number from 0 to {MAX_TRIAL_DAYS}, got {trial_days!r}")
-    if not isinstance(email, str) or not _EMAIL.fullmatch(email):
-        raise InvalidRequest(f"a billing email address is required, got {email!r}")
-    if not isinstance(vat_rate, Decimal) or not Decimal(0) <= vat_rate < 1:
-        raise InvalidRequest(f"vat_rate is a Decimal fraction in [0, 1), e.g. Decimal('0.20'), got {vat_rate!r}")
+    check_email("email", email)
+    check_rate("vat_rate", vat_rate)
     return plan
 
 

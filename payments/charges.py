@@ -40,12 +40,12 @@ from stripe.params import ChargeListParams
 from temporalio.exceptions import ApplicationError
 
 from models.billing_types import ChargeRequest, ChargeResult
-from models.checks import check_id, check_key, check_time
+from models.checks import check_id, check_key, check_rate, check_time
 from models.errors import IdempotencyConflict, InvalidRequest, PaymentDeclined
 from models.invoicing import Totals, charge_summary, totals
 from models.money import Money
 from payments.base import LOCK_PAYMENT, PaymentsBase
-from payments.checks import check_currency, check_lines, check_vat, request_json
+from payments.checks import check_currency, check_lines, request_json
 from payments.invoices import insert_invoice
 from payments.stripe_client import decline_code_of, metadata_value, stripe_idempotency_key
 
@@ -60,7 +60,7 @@ class Charges(PaymentsBase):
         check_id("org_id", req.org_id)
         check_key("key", req.key)
         now = check_time("now", req.now)
-        check_vat(req.vat_rate)
+        check_rate("vat_rate", req.vat_rate)
         currency = check_currency(req.currency)
         check_lines(req.lines)
         t = totals(req.lines, req.vat_rate)

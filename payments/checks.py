@@ -12,19 +12,6 @@ from models.errors import InvalidRequest
 from payments.invoices import line_json
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")
-
-
-def check_email(email: str) -> str:
-    if not isinstance(email, str) or not _EMAIL.fullmatch(email):
-        raise InvalidRequest(f"{email!r} is not an email address")
-    return email
-
-
-def check_vat(vat_rate: Decimal) -> Decimal:
-    if not isinstance(vat_rate, Decimal) or not vat_rate.is_finite() or not Decimal(0) <= vat_rate < 1:
-        raise InvalidRequest(f"a VAT rate is a fraction in [0, 1), got {vat_rate!r}")
-    return vat_rate
 
 
 def check_currency(currency: str) -> str:

@@ -15,10 +15,10 @@ from stripe.params import CustomerListParams
 
 from models.auto_recharge_types import BillingProfile
 from models.billing_types import CustomerResult, EnsureCustomer
-from models.checks import check_id, check_time
+from models.checks import check_email, check_id, check_rate, check_time
 from models.errors import InvalidRequest, PaymentDeclined
 from payments.base import LOCK_CUSTOMER, PaymentsBase
-from payments.checks import check_currency, check_email, check_payment_method, check_vat
+from payments.checks import check_currency, check_payment_method
 from payments.stripe_client import decline_code_of, metadata_value
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,9 @@ class Customers(PaymentsBase):
 
     async def ensure_customer(self, req: EnsureCustomer) -> CustomerResult:
         check_id("org_id", req.org_id)
-        check_email(req.email)
+        check_email("email", req.email)
         now = check_time("now", req.now)
-        check_vat(req.vat_rate)
+        check_rate("vat_rate", req.vat_rate)
         check_currency(req.currency)
         check_payment_method(req.payment_method)
         async with self._locked(LOCK_CUSTOMER, req.org_id) as conn:
