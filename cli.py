@@ -4,25 +4,26 @@
     billing subscribe acme --plan pro --email ops@acme.test
     billing balance acme
 
-With DATABASE_URL unset, it uses the embedded development PostgreSQL under .data/ (the one the main
-command, `python3 tasks.py run`, starts and migrates): the `embedded` extra.
+With DATABASE_URL unset and BILLING_DEV_MODE=1, it uses the embedded development PostgreSQL under .data/
+(the one the main command, `python3 tasks.py run`, starts and migrates): the `embedded` extra. Outside
+development mode an unset DATABASE_URL is refused: nothing embedded starts because a variable is empty.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
 import uvloop
-from ledger.migrate import migrate as apply_migrations
 from rich.console import Console
 from rich.table import Table
 
+from ledger.migrate import migrate as apply_migrations
 from models.auto_recharge_types import AutoRechargeSettings
 from models.errors import BillingError, InvalidRequest
 from models.money import Money
@@ -35,10 +36,14 @@ console = Console()
 
 
 async def _settings() -> Settings:
-    """The environment's settings; without DATABASE_URL, the embedded development database's URL."""
+    """The environment's settings; without DATABASE_URL, in development mode only, the embedded
+    development database's URL (started if needed)."""
     settings = Settings.from_env()
     if settings.database_url:
         return settings
+    if not settings.dev_mode:
+        raise InvalidRequest("DATABASE_URL is not set (BILLING_DEV_MODE=1 uses the embedded development "
+                             "database that `python3 tasks.py run` starts)")
     from stack.services import database  # the embedded stack: development only, imported on demand
 
     url, _ = await database(settings)
@@ -59,8 +64,13 @@ def _run(coro_fn: Callable[[BillingClient], Any]) -> Any:
         async with _client() as billing:
             return await coro_fn(billing)
 
+    return _answer(go())
+
+
+def _answer(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run `coro`; a BillingError is printed as the typed refusal it is (exit status 2)."""
     try:
-        return uvloop.run(go())
+        return uvloop.run(coro)
     except BillingError as exc:
         console.print(f"[red]{type(exc).__name__}[/red]: {exc.message}")
         raise typer.Exit(2) from None
@@ -266,7 +276,7 @@ def migrate_cmd() -> None:
         await asyncio.to_thread(apply_migrations, settings.database_url)
         return settings.database_url.split("@")[-1]
 
-    console.print(f"migrated {uvloop.run(go())}")
+    console.print(f"migrated {_answer(go())}")
 
 
 def main() -> None:

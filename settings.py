@@ -18,17 +18,31 @@ def _env(name: str) -> str | None:
     return value or None
 
 
+_TRUE = {"1", "true", "yes", "on"}
+
+
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None = None      # None: embedded PostgreSQL under data_dir/postgres
-    temporal_address: str | None = None  # None: embedded dev server
+    """Where each part is. An unset part is an error, except in development mode (`dev_mode`, set by the
+    main command `python3 tasks.py run` and BILLING_DEV_MODE=1), where the embedded stack fills it in:
+    no fake Stripe, SMTP sink, embedded PostgreSQL or dev Temporal ever starts because a variable is empty."""
+
+    database_url: str | None = None      # dev mode: embedded PostgreSQL under data_dir/postgres
+    temporal_address: str | None = None  # dev mode: embedded dev server
     temporal_namespace: str = "default"
     task_queue: str = "billing"
-    stripe_api_key: str | None = None    # None: localstripe on loopback
-    smtp_url: str | None = None          # None: local SMTP sink writing data_dir/mail/*.eml
+    stripe_api_key: str | None = None    # dev mode: localstripe on loopback
+    smtp_url: str | None = None          # dev mode: local SMTP sink writing data_dir/mail/*.eml
     data_dir: Path = field(default_factory=lambda: ROOT / ".data")
     db_pool_size: int = 10
     hold_ttl_seconds: int = 900
+    dev_mode: bool = False
+
+    def unset_parts(self) -> list[str]:
+        """The variables of the parts left unconfigured (the embedded stack's to fill, in dev mode only)."""
+        parts = {"DATABASE_URL": self.database_url, "TEMPORAL_ADDRESS": self.temporal_address,
+                 "STRIPE_API_KEY": self.stripe_api_key, "SMTP_URL": self.smtp_url}
+        return [name for name, value in parts.items() if not value]
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -42,4 +56,5 @@ class Settings:
             data_dir=Path(_env("BILLING_DATA_DIR") or ROOT / ".data"),
             db_pool_size=int(_env("BILLING_DB_POOL_SIZE") or 10),
             hold_ttl_seconds=int(_env("BILLING_HOLD_TTL_SECONDS") or 900),
+            dev_mode=(_env("BILLING_DEV_MODE") or "").lower() in _TRUE,
         )

@@ -86,9 +86,12 @@ class BillingClient:
         self.settings = settings
         self._temporal = temporal
         self.auto_recharges = AutoRecharges(ledger)
-        self._own_payments = payments is None
-        self.payments = payments or Payments(ledger.pool, stripe_client_from_settings(
-            settings, None if settings.stripe_api_key else DEV_STRIPE_URL))
+        # Stripe from STRIPE_API_KEY, or in development mode the embedded stack's fake; else none (metering
+        # and reads need none; buying with a new card is refused as ServiceUnavailable).
+        self._own_stripe = None
+        if payments is None and (settings.stripe_api_key or settings.dev_mode):
+            self._own_stripe = stripe_client_from_settings(settings, DEV_STRIPE_URL)
+        self.payments = payments or Payments(ledger.pool, self._own_stripe)
 
     @classmethod
     async def connect(
@@ -105,8 +108,8 @@ class BillingClient:
         return cls(ledger, settings)
 
     async def close(self) -> None:
-        if self._own_payments:
-            await close_stripe_client(self.payments.stripe)
+        if self._own_stripe is not None:
+            await close_stripe_client(self._own_stripe)
         await self.ledger.close()
 
     async def __aenter__(self) -> BillingClient:

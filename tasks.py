@@ -64,7 +64,10 @@ def main() -> int:
         bin_dir = PY.parent
         rc = subprocess.run([str(bin_dir / "ruff"), "check", "."]).returncode
         return rc or subprocess.run([str(bin_dir / "mypy"), "."]).returncode
-    child = subprocess.Popen([str(PY), *COMMANDS[cmd], *extra])
+    env = dict(os.environ)
+    if cmd == "run":  # the main command asks for development mode: the embedded stack fills unset parts
+        env["BILLING_DEV_MODE"] = "1"
+    child = subprocess.Popen([str(PY), *COMMANDS[cmd], *extra], env=env)
     while True:
         try:
             return child.wait()

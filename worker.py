@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,12 +51,26 @@ class Running:
     maildir: Path | None     # where the embedded SMTP sink writes .eml files; None with SMTP_URL
 
 
+class NotConfigured(RuntimeError):
+    """A production worker with a part left unconfigured: it starts nothing."""
+
+    def __init__(self, unset: list[str]) -> None:
+        super().__init__(
+            f"not configured: {', '.join(unset)}. Set them, or run in development mode (BILLING_DEV_MODE=1, "
+            "as `python3 tasks.py run` does) to start the embedded stack for what is unset")
+
+
 @asynccontextmanager
 async def running_parts(settings: Settings) -> AsyncIterator[Running]:
     """Every part configured: connect to them (a production worker: no embedded part, no migration:
-    `billing migrate` is a deploy step). Else the development stack: embedded defaults for what is
-    unset, the schema migrated (the `embedded` extra, imported only then)."""
-    if settings.database_url and settings.temporal_address and settings.stripe_api_key and settings.smtp_url:
+    `billing migrate` is a deploy step). Else, in development mode only, the development stack: embedded
+    defaults for what is unset, the schema migrated (the `embedded` extra, imported only then). Outside
+    it a worker with a part unconfigured refuses to start: it fails closed."""
+    unset = settings.unset_parts()
+    if unset and not settings.dev_mode:
+        raise NotConfigured(unset)
+    if not unset:
+        assert settings.database_url and settings.temporal_address and settings.smtp_url
         client = await connect_client(settings)
         yield Running(settings.database_url, False, settings.temporal_address, False, None, client, None,
                       settings.smtp_url, None)
@@ -143,4 +158,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main())  # libuv event loop: less client CPU per ledger call (bench/ledger.py)
+    try:
+        uvloop.run(main())  # libuv event loop: less client CPU per ledger call (bench/ledger.py)
+    except NotConfigured as exc:
+        sys.exit(f"worker: {exc}")

@@ -114,6 +114,10 @@ class HoldNotOpen(BillingError):
         self.org_id, self.key, self.status = org_id, key, status
 
 
+class ServiceUnavailable(BillingError):
+    """A part the call needs is not configured or cannot be reached; nothing was changed."""
+
+
 class PaymentDeclined(BillingError):
     decline_code: str | None
 
@@ -126,7 +130,7 @@ class PaymentDeclined(BillingError):
 
 ERRORS: dict[str, type[BillingError]] = {cls.__name__: cls for cls in (
     BillingError, InvalidRequest, UnknownOrganization, InsufficientCredits, TierNotAvailable, UserLimitExceeded,
-    UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen, PaymentDeclined,
+    UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen, PaymentDeclined, ServiceUnavailable,
 )}
 # Business answers: retrying cannot change them (Temporal's retry policies list these names).
 NON_RETRYABLE: list[str] = sorted(ERRORS)

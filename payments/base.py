@@ -10,6 +10,7 @@ from psycopg import AsyncConnection
 from stripe import StripeClient
 
 from ledger.pool import LeanPool
+from models.errors import ServiceUnavailable
 
 # Advisory lock classes (the two-int4 form never collides with one-bigint advisory locks).
 LOCK_PAYMENT = 0x5041  # "PA"
@@ -20,11 +21,20 @@ class PaymentsBase:
     """`db`: a LeanPool (shared) or a database URL (a pool of `pool_size` of its own, opened on first use,
     closed by `close`)."""
 
-    def __init__(self, db: LeanPool | str, client: StripeClient, *, pool_size: int = 4) -> None:
+    def __init__(self, db: LeanPool | str, client: StripeClient | None, *, pool_size: int = 4) -> None:
         self._own_pool = isinstance(db, str)
         self.pool = LeanPool(db, pool_size) if isinstance(db, str) else db
         self._opened = not self._own_pool
-        self.stripe = client
+        self._stripe = client
+
+    @property
+    def stripe(self) -> StripeClient:
+        """The Stripe client; without one (an SDK process with no STRIPE_API_KEY, outside development
+        mode) the reads still work and whatever needs Stripe is refused before it starts."""
+        if self._stripe is None:
+            raise ServiceUnavailable("Stripe is not configured: set STRIPE_API_KEY (BILLING_DEV_MODE=1 uses the "
+                                     "fake Stripe of the development stack)")
+        return self._stripe
 
     async def _ready(self) -> LeanPool:
         if not self._opened:

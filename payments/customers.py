@@ -37,6 +37,7 @@ class Customers(PaymentsBase):
         check_rate("vat_rate", req.vat_rate)
         check_currency(req.currency)
         check_payment_method(req.payment_method)
+        _ = self.stripe  # no Stripe configured: refused here, before the profile is written
         async with self._locked(LOCK_CUSTOMER, req.org_id) as conn:
             cur = await conn.execute(
                 "SELECT email, stripe_customer_id, payment_method_id FROM billing_profiles WHERE org_id = %s",

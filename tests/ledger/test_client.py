@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from models.errors import InsufficientCredits, InvalidRequest
+from models.errors import InsufficientCredits, InvalidRequest, ServiceUnavailable
 from settings import Settings
 from starter import BillingClient
 
@@ -38,3 +38,18 @@ async def test_contract_names(billing: BillingClient) -> None:
         await billing.open_wallet("client-other", plan="platinum")
     with pytest.raises(InvalidRequest, match="subscribe"):
         await billing.open_wallet("client-other", plan="pro")  # paid credits come with a paid period
+
+
+async def test_without_stripe_configured_metering_works_and_a_new_card_is_refused_before_any_write(
+        database_url: str) -> None:
+    # Outside development mode, no STRIPE_API_KEY means no Stripe at all (never the fake one on loopback).
+    settings = replace(Settings.from_env(), database_url=database_url, db_pool_size=2, stripe_api_key=None,
+                       dev_mode=False)
+    async with await BillingClient.connect(settings) as billing:
+        await billing.open_wallet("client-nostripe")
+        await billing.debit("client-nostripe", action="ai_chat", tier="fast", idempotency_key="k")
+        assert await billing.invoices("client-nostripe") == []
+        with pytest.raises(ServiceUnavailable, match="STRIPE_API_KEY"):
+            await billing.buy_credits("client-nostripe", pack="500", idempotency_key="p", email="ops@acme.test",
+                                      payment_method="pm_card_visa")
+        assert await billing.payments.profile("client-nostripe") is None  # nothing was written

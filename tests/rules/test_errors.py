@@ -20,6 +20,7 @@ from models.errors import (
     InsufficientCredits,
     InvalidRequest,
     PaymentDeclined,
+    ServiceUnavailable,
     TierNotAvailable,
     UnknownOrganization,
     UsageGuardPaused,
@@ -41,6 +42,7 @@ EXAMPLES: list[BillingError] = [
     IdempotencyConflict("acme", "k-1"),
     HoldNotOpen("acme", "k-2", "expired"),
     PaymentDeclined("declined", "insufficient_funds"),
+    ServiceUnavailable("Stripe is not configured"),
 ]
 
 
