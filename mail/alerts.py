@@ -143,6 +143,9 @@ class AlertSender:
                     handled += 1
                     continue
                 sent += result.sent
+                if result.failed:
+                    log.error("alert %s (%s, %s) not emailed: %s", alert.id, alert.kind, alert.org_id,
+                              result.failed)
             else:
                 log.info("alert %s (%s, %s) is no longer true: retired without an email",
                          alert.id, alert.kind, alert.org_id)

@@ -12,12 +12,17 @@ Exactly once, with the outbox table (migrations/versions/0002_billing.sql):
    already stamped -> nothing is sent (sent=False); else SMTP, then sent_at is stamped and committed.
 The one window left is a crash between the SMTP server's "250" and the commit of the stamp: the retry
 sends again, with the same deterministic Message-ID, so a receiver can drop the copy.
+
+A message the server refuses for good (5xx) is recorded as failed on its row (failed_at, error: 0004) and
+answered `failed=...`, never raised: a notification never fails the money step, update or workflow that
+sent it. Connection errors and 4xx answers raise for Temporal to retry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 import smtplib
 import ssl
@@ -42,18 +47,24 @@ from models.checks import check_email
 from models.errors import IdempotencyConflict, InvalidRequest, to_application_error
 from templates import TEMPLATES_DIR
 
+log = logging.getLogger(__name__)
+
 DEFAULT_SENDER = "Billing <billing@localhost>"
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TRUE = {"1", "true", "yes", "on"}
 
 _SELECT = (
-    "SELECT org_id, template, to_addr, subject, text_body, html_body, created_at, sent_at "
+    "SELECT org_id, template, to_addr, subject, text_body, html_body, created_at, sent_at, error "
     "FROM outbox WHERE key = %s"
 )
 _INSERT = (
     "INSERT INTO outbox (key, org_id, template, to_addr, subject, text_body, html_body, created_at) "
     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO NOTHING"
 )
+
+
+class EmailRefused(Exception):
+    """The SMTP server refused the message for good (5xx): retrying cannot deliver it."""
 
 
 @dataclass(frozen=True)
@@ -195,13 +206,22 @@ class Mailer:
                 cur = await conn.execute(_SELECT + " FOR UPDATE NOWAIT", (req.key,))
                 row = await cur.fetchone()
                 assert row is not None, "outbox rows are never deleted"
-                org_id, template, to_addr, subject, text, html, created_at, sent_at = row
+                org_id, template, to_addr, subject, text, html, created_at, sent_at, error = row
                 if (org_id, template, to_addr) != (req.org_id, req.template, req.to):
                     raise to_application_error(IdempotencyConflict(req.org_id, req.key))
-                if sent_at is not None:
-                    return EmailResult(req.key, sent=False)
+                if sent_at is not None or error is not None:
+                    return EmailResult(req.key, sent=False, failed=error)
                 msg = self._message(req.key, org_id, template, to_addr, subject, text, html, created_at)
-                await asyncio.to_thread(self._deliver, msg)
+                try:
+                    await asyncio.to_thread(self._deliver, msg)
+                except EmailRefused as refused:
+                    # Refused for good: recorded where operators find it (outbox.failed_at), and the money
+                    # step or workflow that sent it goes on (failure model rule 2). Never retried.
+                    await conn.execute("UPDATE outbox SET failed_at = %s, error = %s WHERE key = %s",
+                                       (req.now, str(refused), req.key))
+                    log.warning("email %s (%s) to the billing contact of %s refused for good: %s", req.key,
+                                template, org_id, refused)
+                    return EmailResult(req.key, sent=False, failed=str(refused))
                 await self._stamp(conn, req.key, req.now)
         except LockNotAvailable as exc:
             # Another attempt is sending this key right now; Temporal retries this one, which then sees
@@ -251,7 +271,7 @@ class Mailer:
 
     def _deliver(self, msg: EmailMessage) -> None:
         """Blocking SMTP exchange (run in a thread). Connection errors and transient (4xx) refusals
-        propagate for Temporal to retry; a permanent (5xx) refusal of the message is not retried."""
+        propagate for Temporal to retry; a permanent (5xx) refusal of the message is EmailRefused."""
         t = self.smtp
         context = ssl.create_default_context() if t.tls or t.starttls else None
         client: smtplib.SMTP = (
@@ -267,11 +287,10 @@ class Mailer:
                 client.send_message(msg)
             except smtplib.SMTPRecipientsRefused as exc:
                 if all(code >= 500 for code, _ in exc.recipients.values()):
-                    raise ApplicationError(f"the SMTP server refused {msg['To']}: {exc.recipients}",
-                                           type="EmailRejected", non_retryable=True) from exc
+                    raise EmailRefused(f"the SMTP server refused {msg['To']}: {exc.recipients}") from exc
                 raise
             except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
                 if exc.smtp_code >= 500:
-                    raise ApplicationError(f"the SMTP server refused the message: {exc.smtp_code} {exc.smtp_error!r}",
-                                           type="EmailRejected", non_retryable=True) from exc
+                    raise EmailRefused(
+                        f"the SMTP server refused the message: {exc.smtp_code} {exc.smtp_error!r}") from exc
                 raise

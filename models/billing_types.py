@@ -85,6 +85,7 @@ class SendEmail:
 class EmailResult:
     key: str
     sent: bool                 # False when the key had already been sent (nothing sent again)
+    failed: str | None = None  # the SMTP server refused it for good: its answer, recorded on the outbox row
 
 
 @dataclass(frozen=True)

@@ -220,6 +220,8 @@ outbox = Table(
     Column("html_body", Text, nullable=False),
     Column("created_at", TS, nullable=False),
     Column("sent_at", TS),
+    Column("failed_at", TS),   # refused for good by the SMTP server (0004): recorded, never retried
+    Column("error", Text),
 )
 
 auto_recharge = Table(

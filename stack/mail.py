@@ -72,6 +72,13 @@ class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
+    async def handle_RCPT(self, server: SMTPServer, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address in self.sink.refuse:  # a mailbox that does not exist: refused for good
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or (
             envelope.content.encode() if isinstance(envelope.content, str) else envelope.content or b""
@@ -99,6 +106,8 @@ class SmtpSink:
         self._messages: list[ReceivedEmail] = []
         self._seq = itertools.count(1)
         self._controller: Controller | None = None
+        # Recipients refused for good (550), so tests can inject a permanent refusal.
+        self.refuse: set[str] = set()
 
     @property
     def url(self) -> str:

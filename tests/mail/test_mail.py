@@ -287,6 +287,22 @@ async def test_the_same_key_for_another_email_is_a_conflict(mailer: Mailer, sink
     assert len(sink.messages(req.org_id)) == 1
 
 
+async def test_a_mailbox_refused_for_good_is_recorded_as_failed_not_raised(mailer: Mailer, sink: SmtpSink,
+                                                                            database_url: str) -> None:
+    req = request("receipt", to="gone@acme.test")
+    sink.refuse.add(req.to)
+    first = await mailer.send(req)
+    assert (first.sent, "550" in (first.failed or "")) == (False, True)
+    async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT sent_at, failed_at, error FROM outbox WHERE key = %s", (req.key,))
+        sent_at, failed_at, error = await cur.fetchone() or (None, None, None)
+    assert (sent_at, failed_at, error) == (None, T0, first.failed)  # where operators find it
+    sink.refuse.clear()
+    again = await mailer.send(req)  # a retry of the step: recorded, never retried against the server
+    assert (again.sent, again.failed) == (False, first.failed)
+    assert sink.messages(req.org_id) == []
+
+
 async def test_smtp_down_propagates_and_the_retry_sends(database_url: str, sink: SmtpSink) -> None:
     down = await Mailer.open(database_url, f"smtp://127.0.0.1:{free_port()}", timeout=5)
     req = request("trial_ending")
