@@ -17,6 +17,8 @@ from psycopg import AsyncConnection, AsyncCursor, OperationalError
 from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import tuple_row
 
+from models.errors import ServiceUnavailable
+
 
 class _Slot:
     __slots__ = ("conn", "cur")
@@ -26,17 +28,24 @@ class _Slot:
         self.cur: AsyncCursor[Any] = conn.cursor()
 
 
+# Every wait has a deadline (failure model rule 5): a caller hears ServiceUnavailable, never a hang.
+CHECKOUT_TIMEOUT_SECONDS = 10.0   # waiting for a free connection of the pool
+CONNECT_TIMEOUT_SECONDS = 10      # opening a connection (libpq's connect_timeout: whole seconds)
+
+
 class LeanPool:
-    def __init__(self, url: str, size: int) -> None:
+    def __init__(self, url: str, size: int, *, checkout_timeout: float = CHECKOUT_TIMEOUT_SECONDS) -> None:
         if size < 1:
             raise ValueError("a pool needs at least one connection")
         self.url, self.size = url, size
+        self.checkout_timeout = checkout_timeout
         self._idle: asyncio.LifoQueue[_Slot] = asyncio.LifoQueue()
         self._all: set[_Slot] = set()
         self._replacing: set[asyncio.Task[None]] = set()
 
     async def _connect(self) -> _Slot:
-        conn = await AsyncConnection.connect(self.url, autocommit=True, row_factory=tuple_row)
+        conn = await AsyncConnection.connect(self.url, autocommit=True, row_factory=tuple_row,
+                                             connect_timeout=CONNECT_TIMEOUT_SECONDS)
         conn.prepare_threshold = 0  # every statement prepared from its first use
         slot = _Slot(conn)
         self._all.add(slot)
@@ -57,7 +66,15 @@ class LeanPool:
         try:
             return self._idle.get_nowait()
         except asyncio.QueueEmpty:
-            return await self._idle.get()
+            pass
+        try:
+            async with asyncio.timeout(self.checkout_timeout):
+                return await self._idle.get()
+        except TimeoutError:
+            raise ServiceUnavailable(
+                f"no database connection came free within {self.checkout_timeout:g}s (a pool of {self.size}): "
+                "the database is slow or away, or the pool is too small for the load "
+                "(BILLING_DB_POOL_SIZE)") from None
 
     @staticmethod
     def _dead(slot: _Slot) -> bool:

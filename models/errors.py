@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import typing
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 from temporalio.exceptions import ApplicationError
 
 
 class BillingError(Exception):
     """Base of every error the billing engine raises on purpose."""
+
+    # A business answer: retrying cannot change it. (ServiceUnavailable is the one that a retry may fix.)
+    retryable: ClassVar[bool] = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -115,7 +118,10 @@ class HoldNotOpen(BillingError):
 
 
 class ServiceUnavailable(BillingError):
-    """A part the call needs is not configured or cannot be reached; nothing was changed."""
+    """A part the call needs is not configured, cannot be reached or did not answer in time; nothing was
+    changed. The one typed error a retry may fix."""
+
+    retryable = True
 
 
 class PaymentDeclined(BillingError):
@@ -133,19 +139,19 @@ ERRORS: dict[str, type[BillingError]] = {cls.__name__: cls for cls in (
     UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen, PaymentDeclined, ServiceUnavailable,
 )}
 # Business answers: retrying cannot change them (Temporal's retry policies list these names).
-NON_RETRYABLE: list[str] = sorted(ERRORS)
+NON_RETRYABLE: list[str] = sorted(name for name, cls in ERRORS.items() if not cls.retryable)
 
 
 def _fields(cls: type[BillingError]) -> dict[str, Any]:
-    return {name: hint for name, hint in typing.get_type_hints(cls).items() if name != "message"}
+    return {name: hint for name, hint in typing.get_type_hints(cls).items() if name not in ("message", "retryable")}
 
 
 def to_application_error(exc: BillingError) -> ApplicationError:
-    """The error as Temporal carries it: non-retryable, typed by class name, its fields as the one detail
-    (Decimals as strings: the payload converter writes JSON)."""
+    """The error as Temporal carries it: typed by class name, non-retryable unless the class says a retry may
+    fix it, its fields as the one detail (Decimals as strings: the payload converter writes JSON)."""
     fields = {name: str(v) if isinstance(v := getattr(exc, name, None), Decimal) else v
               for name in _fields(type(exc))}
-    return ApplicationError(exc.message, fields, type=type(exc).__name__, non_retryable=True)
+    return ApplicationError(exc.message, fields, type=type(exc).__name__, non_retryable=not exc.retryable)
 
 
 def _from_application_error(err: ApplicationError) -> BillingError | None:

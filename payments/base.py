@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.errors import LockNotAvailable
 from stripe import StripeClient
 
 from ledger.pool import LeanPool
@@ -15,6 +16,9 @@ from models.errors import ServiceUnavailable
 # Advisory lock classes (the two-int4 form never collides with one-bigint advisory locks).
 LOCK_PAYMENT = 0x5041  # "PA"
 LOCK_CUSTOMER = 0x4355  # "CU"
+# How long an attempt waits for another attempt on the same key (which holds the lock across its Stripe
+# call, at most the client's 30 s timeout): then ServiceUnavailable, and Temporal retries (rule 5).
+LOCK_WAIT_SECONDS = 60.0
 
 
 class PaymentsBase:
@@ -26,6 +30,7 @@ class PaymentsBase:
         self.pool = LeanPool(db, pool_size) if isinstance(db, str) else db
         self._opened = not self._own_pool
         self._stripe = client
+        self.lock_wait_seconds = LOCK_WAIT_SECONDS
 
     @property
     def stripe(self) -> StripeClient:
@@ -53,7 +58,15 @@ class PaymentsBase:
         the connection dies."""
         pool = await self._ready()
         async with pool.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (lock_class, key))
+            try:
+                # lock_timeout local to this transaction; the session lock it takes outlives the commit.
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('lock_timeout', %s, true)",
+                                       (f"{int(self.lock_wait_seconds * 1000)}ms",))
+                    await conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (lock_class, key))
+            except LockNotAvailable:
+                raise ServiceUnavailable(f"{key!r} has been busy with another attempt for more than "
+                                         f"{self.lock_wait_seconds:g}s") from None
             try:
                 yield conn
             finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,6 +27,7 @@ from activities.payments import PaymentActivities
 from models.billing_types import ChargeRequest, EnsureCustomer, InvoiceLine, Purpose
 from models.errors import InvalidRequest
 from payments import Payments, close_stripe_client, stripe_client
+from payments.base import LOCK_PAYMENT, LOCK_WAIT_SECONDS
 from payments.stripe_client import stripe_idempotency_key
 from stack.stripe_server import CARD_DECLINED_AT_ATTACH, start_localstripe
 from testkit.payments import KitPayments, SimulatedCrash
@@ -477,3 +479,24 @@ def test_long_business_keys_become_a_stable_digest_within_stripes_255_characters
     digest = stripe_idempotency_key(long_key)
     assert len(digest) <= 255 and digest == stripe_idempotency_key(long_key)
     assert digest != stripe_idempotency_key(long_key[:-1] + "j")
+
+
+async def test_a_key_held_by_another_attempt_past_the_deadline_is_a_retryable_service_unavailable(
+        payments: KitPayments, database_url: str) -> None:
+    now = at(2032)
+    org = await new_customer(payments, now)
+    req = charge_req(org, now)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as other:  # stuck attempt
+        await other.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (LOCK_PAYMENT, req.key))
+        payments.lock_wait_seconds = 0.3
+        try:
+            started = time.monotonic()
+            with pytest.raises(ApplicationError) as info:
+                await PaymentActivities(payments).charge(req)
+            assert (info.value.type, info.value.non_retryable) == ("ServiceUnavailable", False)  # Temporal retries
+            assert time.monotonic() - started < 5
+            assert await payment_rows(database_url, org) == []  # nothing written, nothing charged
+        finally:
+            payments.lock_wait_seconds = LOCK_WAIT_SECONDS
+    assert not (await payments.charge(req)).replayed  # the lock released: the retry charges, once
+    assert len(await payments.stripe_payment_intents(org)) == 1

@@ -48,7 +48,7 @@ EXAMPLES: list[BillingError] = [
 
 def test_the_registry_lists_every_error_class_once() -> None:
     assert {type(e) for e in EXAMPLES} == set(ERRORS.values())
-    assert NON_RETRYABLE == sorted(ERRORS)
+    assert NON_RETRYABLE == sorted(set(ERRORS) - {"ServiceUnavailable"})  # a retry may find the part back
 
 
 async def _through_temporal(err: ApplicationError) -> BaseException:
@@ -69,7 +69,7 @@ async def _through_temporal(err: ApplicationError) -> BaseException:
 @pytest.mark.parametrize("exc", EXAMPLES, ids=lambda e: type(e).__name__)
 async def test_every_error_comes_back_as_the_same_class_with_its_fields(exc: BillingError) -> None:
     app = to_application_error(exc)
-    assert (app.type, app.non_retryable) == (type(exc).__name__, True)
+    assert (app.type, app.non_retryable) == (type(exc).__name__, not isinstance(exc, ServiceUnavailable))
     back = from_failure(await _through_temporal(app))
     assert type(back) is type(exc)
     assert back is not None and back.message == exc.message
