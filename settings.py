@@ -37,6 +37,7 @@ class Settings:
     db_pool_size: int = 10
     hold_ttl_seconds: int = 900
     dev_mode: bool = False
+    metrics_address: str | None = None   # host:port of the worker's Prometheus endpoint; None: no metrics
 
     def unset_parts(self) -> list[str]:
         """The variables of the parts left unconfigured (the embedded stack's to fill, in dev mode only)."""
@@ -57,4 +58,5 @@ class Settings:
             db_pool_size=int(_env("BILLING_DB_POOL_SIZE") or 10),
             hold_ttl_seconds=int(_env("BILLING_HOLD_TTL_SECONDS") or 900),
             dev_mode=(_env("BILLING_DEV_MODE") or "").lower() in _TRUE,
+            metrics_address=_env("BILLING_METRICS_ADDRESS"),
         )

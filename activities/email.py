@@ -6,6 +6,7 @@ from temporalio import activity
 
 from mail.mailer import Mailer
 from models.billing_types import EmailResult, SendEmail
+from telemetry import count
 from workflows.activity_defs import SEND_EMAIL
 
 
@@ -15,7 +16,10 @@ class EmailActivities:
 
     @activity.defn(name=SEND_EMAIL.name)
     async def send(self, req: SendEmail) -> EmailResult:
-        return await self.mailer.send(req)
+        result = await self.mailer.send(req)
+        if result.failed:
+            count("billing_notifications_failed", template=req.template)
+        return result
 
     def all(self) -> list[object]:
         return [self.send]

@@ -8,9 +8,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities.errors import typed_errors
 from models.billing_types import ChargeRequest, ChargeResult, CustomerResult, EnsureCustomer
-from models.errors import BillingError
+from models.errors import BillingError, PaymentDeclined
 from models.money import Money
 from payments import Payments
+from telemetry import count
 from workflows.activity_defs import CHARGE, ENSURE_CUSTOMER
 
 
@@ -34,7 +35,10 @@ class PaymentActivities:
         except (BillingError, ApplicationError) as e:
             kind = e.type if isinstance(e, ApplicationError) else type(e).__name__
             activity.logger.info("charge %s of %s: %s (%s)", req.key, req.org_id, kind, e.message)
+            if isinstance(e, PaymentDeclined):
+                count("billing_charges", purpose=req.purpose, outcome="declined")
             raise
+        count("billing_charges", purpose=req.purpose, outcome="replayed" if result.replayed else "succeeded")
         activity.logger.info("charge %s of %s: %s %s, invoice %s%s", req.key, req.org_id,
                              Money(result.amount_cents, result.currency), result.payment_intent,
                              result.invoice_number, " (replayed)" if result.replayed else "")

@@ -23,6 +23,7 @@ from models.billing_types import SendEmail
 from models.checks import utcnow
 from models.credits import from_milli
 from models.keys import alert_key
+from telemetry import count
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class AlertSender:
                     continue
                 sent += result.sent
                 if result.failed:
+                    count("billing_notifications_failed", template=TEMPLATES[alert.kind])
                     log.error("alert %s (%s, %s) not emailed: %s", alert.id, alert.kind, alert.org_id,
                               result.failed)
             else:

@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
+import urllib.request
 from pathlib import Path
 
 from settings import ROOT
+from stack.mail import free_port
 
 UNSET = ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_KEY", "SMTP_URL", "BILLING_DEV_MODE")
 
@@ -19,33 +21,54 @@ def _env_without_parts(data_dir: Path) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in UNSET} | {"BILLING_DATA_DIR": str(data_dir)}
 
 
-def test_the_main_command_runs_on_embedded_defaults_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    # Development mode, as `python3 tasks.py run` asks for it.
-    env = _env_without_parts(tmp_path) | {"BILLING_DEV_MODE": "1"}
+def _scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
+        return str(answer.read().decode())
+
+
+def test_the_main_command_runs_on_embedded_defaults_serves_metrics_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    # Development mode, as `python3 tasks.py run` asks for it; the operator's CLI alongside it.
+    metrics = f"127.0.0.1:{free_port()}"
+    env = _env_without_parts(tmp_path) | {"BILLING_DEV_MODE": "1", "BILLING_METRICS_ADDRESS": metrics}
     proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out: list[str] = []
-    try:
+    ready = threading.Event()
+
+    def read() -> None:  # keeps the pipe drained while the worker logs
         assert proc.stdout is not None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
+        for line in proc.stdout:
             out.append(line)
             if "Ctrl-C stops the worker" in line:
-                break
-        text = "".join(out)
-        assert "billing engine: running" in text and "Ctrl-C stops the worker" in text, text[-3000:]
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(120), "".join(out)[-3000:]
         assert (tmp_path / "postgres").is_dir() and (tmp_path / "temporal.db").exists()
+        assert "temporal_" in _scrape(metrics) and "billing_charges" in _scrape(metrics)  # the SDK's and ours
+        # The operator's tour of the README: a trial, a test card, a pack bought (a charge).
+        for command in (["subscribe", "acme", "--plan", "pro", "--email", "ops@acme.test", "--trial-days", "14"],
+                        ["card", "acme", "ok"], ["buy", "acme", "500", "--key", "order-17"]):
+            cli = subprocess.run([sys.executable, str(ROOT / "cli.py"), *command], cwd=tmp_path, env=env, text=True,
+                                 capture_output=True, timeout=120)
+            assert cli.returncode == 0, cli.stdout + cli.stderr
+        assert "invoice INV-" in cli.stdout, cli.stdout
+        charged = [line for line in _scrape(metrics).splitlines() if line.startswith("billing_charges{")
+                   and 'outcome="succeeded"' in line and 'purpose="pack"' in line]
+        assert len(charged) == 1 and charged[0].endswith(" 1"), _scrape(metrics)
+        # The adapters' log lines name the workflow they work for.
+        assert "[workflow=pack:acme:order-17 activity=stripe.charge]" in "".join(out), "".join(out)[-3000:]
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            rest, _ = proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            rest, _ = proc.communicate()
-    assert proc.returncode == 0, "".join(out)[-2000:] + rest[-2000:]
+            proc.wait()
+        reader.join(10)
+    assert proc.returncode == 0, "".join(out)[-3000:]
 
 
 def test_outside_development_mode_a_worker_with_a_part_unset_starts_nothing(tmp_path: Path) -> None:
