@@ -25,7 +25,7 @@ from rich.table import Table
 
 from ledger.migrate import migrate as apply_migrations
 from models.auto_recharge_types import AutoRechargeSettings
-from models.errors import BillingError, InvalidRequest
+from models.errors import BillingError, InvalidRequest, ServiceUnavailable
 from models.money import Money
 from models.subscription_types import Subscription
 from settings import Settings
@@ -42,7 +42,7 @@ async def _settings() -> Settings:
     if settings.database_url:
         return settings
     if not settings.dev_mode:
-        raise InvalidRequest("DATABASE_URL is not set (BILLING_DEV_MODE=1 uses the embedded development "
+        raise ServiceUnavailable("DATABASE_URL is not set (BILLING_DEV_MODE=1 uses the embedded development "
                              "database that `python3 tasks.py run` starts)")
     from stack.services import database  # the embedded stack: development only, imported on demand
 

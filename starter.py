@@ -48,7 +48,7 @@ from models.auto_recharge_types import (
 from models.billing_types import EnsureCustomer, Interval, Invoice
 from models.catalog import CATALOG
 from models.checks import check_id, utcnow
-from models.errors import BillingError, IdempotencyConflict, InvalidRequest, from_failure
+from models.errors import BillingError, IdempotencyConflict, InvalidRequest, ServiceUnavailable, from_failure
 from models.keys import open_wallet_key, pack_key, pack_workflow_id, recharge_workflow_id, subscription_workflow_id
 from models.ledger_types import (
     Balance,
@@ -101,7 +101,7 @@ class BillingClient:
         (or the main command) has brought the schema up to date."""
         settings = settings or Settings.from_env()
         if not settings.database_url:
-            raise InvalidRequest("DATABASE_URL is not set: the client needs the ledger's database "
+            raise ServiceUnavailable("DATABASE_URL is not set: the client needs the ledger's database "
                                  "(the CLI and the test kit start the embedded one for development)")
         ledger = await Ledger.open(settings.database_url, pool_size=settings.db_pool_size, clock=clock,
                                    hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from models.errors import InvalidRequest
+from models.errors import ServiceUnavailable
 from settings import ROOT, Settings
 from starter import BillingClient
 
@@ -83,5 +83,5 @@ async def test_connect_with_a_database_url_runs_no_migration(database_url: str) 
 
 
 async def test_connect_without_a_database_url_is_refused_before_anything_starts() -> None:
-    with pytest.raises(InvalidRequest, match="DATABASE_URL"):
+    with pytest.raises(ServiceUnavailable, match="DATABASE_URL"):
         await BillingClient.connect(Settings(database_url=None))
