@@ -53,6 +53,8 @@ _DEBIT_BATCH = (
     "%s::text[], %s::bigint[], %s::timestamptz[])"
 )
 MAX_BATCH = 64
+# A committed hold's usage row is keyed 'hold:' || its key (ledger_settle.sql), beside the debits' keys.
+HOLD_USAGE_PREFIX = "hold:"
 # A usage guard's bounds (the table's integer columns hold far more): a window is a rate-limiting period.
 MAX_GUARD_USES = 1_000_000_000
 MAX_GUARD_WINDOW = timedelta(days=366)
@@ -134,6 +136,9 @@ class Ledger:
     ) -> DebitResult:
         check_id("org_id", org_id)
         check_id("idempotency_key", idempotency_key)
+        if idempotency_key.startswith(HOLD_USAGE_PREFIX):
+            raise InvalidRequest(f"idempotency keys starting with {HOLD_USAGE_PREFIX!r} are the ledger's own "
+                                 f"(a committed hold's usage), got {idempotency_key!r}")
         p = self._price(action, tier, quantity, country, user_id)
         at = self._now(now)
         if p.cost_milli == 0:  # credit-free actions are not metered

@@ -43,7 +43,7 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import invalid
 from ledger.pool import LeanPool
 from models.billing_types import EmailResult, SendEmail
-from models.checks import check_email
+from models.checks import check_email, check_key
 from models.errors import IdempotencyConflict, InvalidRequest, to_application_error
 from templates import TEMPLATES_DIR
 
@@ -231,8 +231,10 @@ class Mailer:
         return EmailResult(req.key, sent=True)
 
     def _check(self, req: SendEmail) -> None:
-        if not isinstance(req.key, str) or not req.key.strip() or len(req.key) > 500:
-            raise invalid(f"an email needs a non-empty key of at most 500 characters, got {req.key!r}")
+        try:
+            check_key("key", req.key)  # the key rule of models/keys.py: a pack receipt's can be 1,200 chars
+        except InvalidRequest as exc:
+            raise invalid(exc.message) from None
         if req.template not in self.templates:
             raise invalid(f"unknown email template {req.template!r}; known: {', '.join(self.templates.names())}")
         try:

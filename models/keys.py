@@ -10,7 +10,7 @@ Timestamps are written 2026-01-15T09:30:00Z (seconds, UTC). Pure: workflows call
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 
 def _field(value: str) -> str:
@@ -19,8 +19,9 @@ def _field(value: str) -> str:
 
 
 def stamp(t: datetime) -> str:
-    """A timestamp as business keys spell it: 2026-01-15T09:30:00Z."""
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """A timestamp as business keys spell it, in UTC whatever its time zone: 2026-01-15T09:30:00Z (a time
+    read from a database session in another zone names the same instant, so the same key)."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def day(t: datetime | None) -> str:

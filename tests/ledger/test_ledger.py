@@ -557,3 +557,14 @@ async def test_a_refused_plan_change_keeps_what_the_wallet_caught_up_with(ledger
         await ledger.change_plan(ChangePlan(free, f"{free}:up", "pro", later))
     bal = await ledger.balance(free, now=later)
     assert (bal.held, bal.available) == (Decimal(0), Decimal(50))
+
+
+async def test_a_debit_key_cannot_take_a_committed_holds_usage_key(ledger: Ledger, new_org: OrgFactory) -> None:
+    # A committed hold's usage is keyed 'hold:' + its key, beside the debits' keys: a debit under such a
+    # key would have answered as that hold's repeat (or failed at the hold's commit).
+    org = await new_org("pro")
+    async with ledger.holding(org, "ai_chat", idempotency_key="h1", tier="fast", now=T0):
+        pass
+    with pytest.raises(InvalidRequest, match="the ledger's own"):
+        await ledger.debit(org, "ai_chat", tier="fast", idempotency_key="hold:h1", now=T0)
+    assert (await ledger.balance(org, now=T0)).consumed_this_period == D("1")  # the hold's use, alone

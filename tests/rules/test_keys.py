@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -108,3 +108,9 @@ def test_every_built_key_passes_the_key_rule(spec: tuple[Any, str | None]) -> No
 def test_the_key_rule_refuses_what_no_key_builder_makes(bad: object) -> None:
     with pytest.raises(InvalidRequest, match="business key"):
         check_key("key", bad)
+
+
+def test_a_time_in_another_zone_names_the_same_instant_in_the_same_key() -> None:
+    paris = timezone(timedelta(hours=1))
+    at = datetime(2026, 1, 15, 10, 30, tzinfo=paris)  # 09:30 UTC, as a database session in Paris reads it
+    assert period_key("acme", at, "renewal") == "acme:2026-01-15T09:30:00Z:renewal"
