@@ -88,6 +88,8 @@ def _show(sub: Subscription) -> None:
         period += f" (trial ends {sub.trial_end:%Y-%m-%d})"
     t.add_row(sub.plan, str(sub.seats), sub.interval, sub.status, period, ", ".join(pending))
     console.print(t)
+    if sub.incident:
+        console.print(f"[red]incident[/red]: {sub.incident}")
 
 
 @cli.command()
@@ -137,8 +139,14 @@ def resume(org_id: str) -> None:
 
 @cli.command()
 def status(org_id: str) -> None:
-    """Show an organization's subscription."""
+    """Show an organization's subscription (and its open incident, if a step failed for good)."""
     _show(_run(lambda b: b.subscription(org_id)))
+
+
+@cli.command()
+def retry(org_id: str) -> None:
+    """Run a subscription's failed step again now, instead of at its next backoff."""
+    _show(_run(lambda b: b.retry_now(org_id)))
 
 
 @cli.command()

@@ -170,6 +170,11 @@ class BillingClient:
         """Undo a cancellation before the period ends."""
         return await self._update(org_id, SubscriptionWorkflow.resume, None)
 
+    async def retry_now(self, org_id: str) -> Subscription:
+        """Run the subscription's failed step again now instead of at its next backoff, and answer once it
+        went through or failed again (`.incident` says what failed). At once when no incident is open."""
+        return await self._update(org_id, SubscriptionWorkflow.retry_now, None)
+
     async def subscription(self, org_id: str) -> Subscription:
         handle = await self._handle(org_id)
         try:

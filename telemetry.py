@@ -5,7 +5,9 @@ Metrics: one endpoint (BILLING_METRICS_ADDRESS, host:port) serves the Temporal S
 engine's counters, all on the SDK runtime's meter, so nothing else runs a server:
 - `billing_charges` by `purpose` and `outcome` (succeeded, replayed, declined);
 - `billing_notifications_failed` by `template`: emails the SMTP server refused for good (recorded on
-  their outbox row).
+  their outbox row);
+- `billing_incidents` by `step`: a subscription's due step that failed for good (counted by the workflow,
+  on its replay-safe meter).
 Inside an activity the counter carries the SDK's activity attributes (workflow type, task queue).
 """
 
@@ -19,6 +21,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 DESCRIPTIONS = {
     "billing_charges": "Stripe charges by purpose and outcome (succeeded, replayed, declined)",
     "billing_notifications_failed": "Emails the SMTP server refused for good (recorded on their outbox row)",
+    "billing_incidents": "Subscription steps that failed for good: recorded, shown, retried on a backoff",
 }
 
 

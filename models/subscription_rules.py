@@ -4,6 +4,7 @@ with the same clear message everywhere and never enters history."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 from models.billing_types import Interval, Status
@@ -92,3 +93,13 @@ def check_change_seats(catalog: Catalog, status: Status | None, plan_name: str, 
     if pending_plan is not None and n > current:
         check_seats(catalog.plan(pending_plan), n)
     return n
+
+
+INCIDENT_FIRST_RETRY = timedelta(minutes=1)
+INCIDENT_MAX_RETRY = timedelta(hours=1)
+
+
+def incident_backoff(attempts: int) -> timedelta:
+    """How long after its `attempts`-th failure a failed step runs again: 1 min, doubling, at most 1 h."""
+    doublings: int = min(max(attempts - 1, 0), 10)
+    return min(INCIDENT_FIRST_RETRY * (1 << doublings), INCIDENT_MAX_RETRY)

@@ -11,6 +11,19 @@ from models.billing_types import Interval, Status
 
 
 @dataclass
+class Incident:
+    """A step of the main loop that failed with an error no retry in place could fix (a Stripe request
+    refused, a key refused...). The loop kept its place: the step runs again at `retry_at`, or at once when
+    an operator asks (BillingClient.retry_now); its effects are keyed, so what it had done is not redone."""
+
+    step: str              # what was due: "trial", "renewal", "dunning retry"
+    error: str             # the error's type and message
+    since: datetime
+    attempts: int
+    retry_at: datetime
+
+
+@dataclass
 class SubscriptionState:
     """Everything the subscription knows. Absolute timestamps only: timers do not survive continue-as-new."""
 
@@ -35,6 +48,7 @@ class SubscriptionState:
     failed_charges: int = 0                # dunning: failures since the renewal date
     change_seq: int = 0                    # numbers the changes within a period: part of their keys
     renewals: int = 0
+    incident: Incident | None = None       # the due step failed for good: retried on a backoff
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class Subscription:
     pending_seats: int | None
     cancel_at_period_end: bool
     renewals: int
+    incident: str | None = None   # "renewal failed (attempt 2, next 2026-02-15T10:04:00Z): StripeRequestRefused: ..."
 
 
 @dataclass(frozen=True)

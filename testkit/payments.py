@@ -9,9 +9,10 @@ import stripe
 from psycopg import AsyncConnection
 from stripe import StripeClient
 from stripe.params import PaymentIntentListParams
+from temporalio.exceptions import ApplicationError
 
 from ledger.pool import LeanPool
-from models.billing_types import CardKind, ChargeRequest
+from models.billing_types import CardKind, ChargeRequest, ChargeResult
 from models.checks import check_id
 from models.errors import InvalidRequest
 from models.invoicing import Totals
@@ -41,6 +42,15 @@ class KitPayments(Payments):
         # Fault injection: the next charge of each key here raises SimulatedCrash right after Stripe
         # confirmed it, before anything is written; the key is removed when it fires.
         self.crash_after_stripe: set[str] = set()
+        # Fault injection: charges of these keys are refused as Stripe refuses a bad request (a 400): a
+        # permanent error, not retried in place, until the key is removed.
+        self.refuse_charges: set[str] = set()
+
+    async def charge(self, req: ChargeRequest) -> ChargeResult:
+        if req.key in self.refuse_charges:
+            raise ApplicationError(f"{req.org_id}: Stripe refused the charge {req.key!r} (injected)",
+                                   type="StripeRequestRefused", non_retryable=True)
+        return await super().charge(req)
 
     async def _default_payment_method(self) -> str | None:
         return await self.create_card(self.default_card) if self.default_card else None

@@ -14,7 +14,8 @@ ORG_ID = SearchAttributeKey.for_keyword("BillingOrgId")
 PLAN = SearchAttributeKey.for_keyword("BillingPlan")
 STATUS = SearchAttributeKey.for_keyword("BillingStatus")
 PERIOD_END = SearchAttributeKey.for_datetime("BillingPeriodEnd")
-SEARCH_ATTRIBUTES = (ORG_ID, PLAN, STATUS, PERIOD_END)
+INCIDENT = SearchAttributeKey.for_keyword("BillingIncident")  # the failed step, while an incident is open
+SEARCH_ATTRIBUTES = (ORG_ID, PLAN, STATUS, PERIOD_END, INCIDENT)
 
 
 def reject(exc: BillingError) -> ApplicationError:

@@ -15,6 +15,7 @@ psycopg, stripe or jinja2), with the workflow's clock as business time and a bus
 from __future__ import annotations
 
 import asyncio
+import copy
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.activity_defs import CHANGE_PLAN, CHARGE, ENSURE_CUSTOMER, SEND_EMAIL, START_PERIOD
-from workflows.common import ORG_ID, PERIOD_END, PLAN, STATUS, declined, reject
+from workflows.common import INCIDENT, ORG_ID, PERIOD_END, PLAN, STATUS, declined, reject
 
 with workflow.unsafe.imports_passed_through():
     from models.billing_types import (
@@ -46,9 +47,11 @@ with workflow.unsafe.imports_passed_through():
         check_downgrade,
         check_subscribe,
         check_upgrade,
+        incident_backoff,
         seat_price_cents,
     )
     from models.subscription_types import (
+        Incident,
         PlanRequest,
         SeatsRequest,
         SubscribeRequest,
@@ -57,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 RETRY_AFTER_DAYS = (1, 3, 5)           # dunning: retries after the renewal date
+INCIDENTS_PATCH = "incidents-1"        # the main loop survives activity errors (workflow.patched)
 TRIAL_NOTICE = timedelta(days=3)       # "your trial ends in 3 days"
 
 
@@ -89,7 +93,7 @@ class SubscriptionWorkflow:
                 except TimeoutError:
                     pass
             async with self.lock:
-                renewed = await self._on_due(workflow.now())
+                renewed = await self._act(workflow.now())
             if renewed:
                 # Continue-as-new only from here, after every handler finished: history stays bounded.
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -97,6 +101,8 @@ class SubscriptionWorkflow:
 
     def _next_wake(self) -> datetime | None:
         s = self.s
+        if s.incident is not None:  # the due step failed for good: it runs again then (or when asked)
+            return s.incident.retry_at
         if s.status == "trialing":
             assert s.trial_end is not None
             notice = s.trial_end - TRIAL_NOTICE
@@ -115,6 +121,52 @@ class SubscriptionWorkflow:
             assert s.period_start is not None
             return s.period_start + timedelta(days=RETRY_AFTER_DAYS[s.failed_charges - 1])
         return None
+
+    async def _act(self, now: datetime) -> bool:
+        """`_on_due`, surviving any activity error (failure model rule 3): a step that fails for good (an
+        error Temporal does not retry in place) is put back as it was before the step, recorded as an
+        incident (search attribute BillingIncident, current details, a counter) and run again on a backoff
+        or when an operator asks; its effects are keyed, so what it had done answers as a repeat."""
+        if not workflow.patched(INCIDENTS_PATCH):  # histories from before incidents replay as they ran
+            return await self._on_due(now)
+        before = copy.deepcopy(self.s)
+        try:
+            renewed = await self._on_due(now)
+        except ActivityError as err:
+            self.s = before
+            self._record_incident(now, err)
+            return False
+        if self.s.incident is not None:
+            workflow.logger.info("incident of %s resolved: %s", self.s.org_id, self.s.incident.step)
+            self.s.incident = None
+            self._publish()
+        return renewed
+
+    def _record_incident(self, now: datetime, err: ActivityError) -> None:
+        s = self.s
+        cause = err.cause
+        error = f"{cause.type}: {cause.message}" if isinstance(cause, ApplicationError) else str(cause or err)
+        step = {"trialing": "trial", "active": "renewal", "past_due": "dunning retry"}.get(s.status or "", "step")
+        attempts = s.incident.attempts + 1 if s.incident is not None else 1
+        since = s.incident.since if s.incident is not None else now
+        s.incident = Incident(step, error[:500], since, attempts, now + incident_backoff(attempts))
+        workflow.logger.warning("incident of %s: %s failed (attempt %d): %s", s.org_id, step, attempts, error)
+        workflow.metric_meter().create_counter("billing_incidents", "main-loop steps that failed for good").add(
+            1, {"step": step})
+        self._publish()
+
+    @workflow.update
+    async def retry_now(self) -> Subscription:
+        """An operator asks: run the failed step again now, and answer once it went through or failed
+        again (BillingClient.retry_now). Without an open incident it answers at once."""
+        incident = self.s.incident
+        if incident is None:
+            return self._view()
+        attempts = incident.attempts
+        incident.retry_at = workflow.now()
+        self.changed = True
+        await workflow.wait_condition(lambda: self.s.incident is None or self.s.incident.attempts > attempts)
+        return self._view()
 
     async def _on_due(self, now: datetime) -> bool:
         """Do what is due at `now`; True when a renewal happened (the main loop continues as new)."""
@@ -465,7 +517,8 @@ class SubscriptionWorkflow:
     def _view(self) -> Subscription:
         s = self.s
         return Subscription(s.org_id, s.plan, s.seats, s.interval, s.status or "free", s.period_start, s.period_end,
-                            s.trial_end, s.pending_plan, s.pending_seats, s.cancel_at_period_end, s.renewals)
+                            s.trial_end, s.pending_plan, s.pending_seats, s.cancel_at_period_end, s.renewals,
+                            self._incident_text())
 
     def _period_lines(self, plan: str, seats: int, start: datetime, end: datetime) -> list[InvoiceLine]:
         price = seat_price_cents(CATALOG, CATALOG.plan(plan), self.s.interval)
@@ -485,6 +538,7 @@ class SubscriptionWorkflow:
             PLAN.value_set(s.plan),
             STATUS.value_set(s.status or "new"),
             PERIOD_END.value_set(s.period_end) if s.period_end else PERIOD_END.value_unset(),
+            INCIDENT.value_set(s.incident.step) if s.incident else INCIDENT.value_unset(),
         ) if current.get(u.key) != u.value]
         if changed:  # continue-as-new carries them over: most renewals only move the period end
             workflow.upsert_search_attributes(changed)
@@ -502,7 +556,14 @@ class SubscriptionWorkflow:
             + (f"\n\nat period end: {', '.join(pending)}" if pending else "")
             + (f"\n\nfailed charges: {s.failed_charges}" if s.failed_charges else "")
             + f"\n\nrenewals: {s.renewals}"
+            + (f"\n\n**incident**: {self._incident_text()}" if s.incident else "")
         )
+
+    def _incident_text(self) -> str | None:
+        i = self.s.incident
+        if i is None:
+            return None
+        return f"{i.step} failed (attempt {i.attempts}, next {stamp(i.retry_at)}): {i.error}"
 
     async def _charge(self, key: str, purpose: Purpose, lines: list[InvoiceLine], now: datetime,
                       *, raise_decline: bool = False) -> ChargeResult | None:

@@ -18,6 +18,7 @@ from models.subscription_rules import (
     check_downgrade,
     check_subscribe,
     check_upgrade,
+    incident_backoff,
     seat_price_cents,
 )
 
@@ -121,3 +122,10 @@ def test_changes_are_checked_against_the_state() -> None:
     assert check_change_seats(CATALOG, "active", "pro", None, 3, 5) == 5
     with pytest.raises(InvalidRequest, match="1 to 5 seats"):
         check_change_seats(CATALOG, "active", "pro", "starter", 3, 8)  # the pending plan must fit too
+
+
+def test_a_failed_step_is_retried_on_a_bounded_backoff() -> None:
+    waits = [incident_backoff(n) for n in range(1, 10)]
+    assert waits[:4] == [timedelta(minutes=1), timedelta(minutes=2), timedelta(minutes=4), timedelta(minutes=8)]
+    assert max(waits) == timedelta(hours=1) and waits == sorted(waits)
+    assert incident_backoff(10**6) == timedelta(hours=1)  # bounded however many attempts
