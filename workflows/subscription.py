@@ -147,6 +147,8 @@ class SubscriptionWorkflow:
         cause = err.cause
         error = f"{cause.type}: {cause.message}" if isinstance(cause, ApplicationError) else str(cause or err)
         step = {"trialing": "trial", "active": "renewal", "past_due": "dunning retry"}.get(s.status or "", "step")
+        if s.status == "active" and s.period_end is not None and now < s.period_end:
+            step = "monthly credits"  # an annual plan's grant between renewals
         attempts = s.incident.attempts + 1 if s.incident is not None else 1
         since = s.incident.since if s.incident is not None else now
         s.incident = Incident(step, error[:500], since, attempts, now + incident_backoff(attempts))
