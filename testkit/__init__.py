@@ -40,12 +40,14 @@ from models.billing_types import CardKind, Charge
 from models.keys import recharge_workflow_id, subscription_workflow_id
 from models.subscription_types import Subscription
 from payments import close_stripe_client, stripe_client_from_settings
+from payments.stripe_client import stripe_client
 from settings import Settings
 from stack.mail import ReceivedEmail, SmtpSink
 from stack.postgres import start_embedded
 from stack.stripe_server import CARD_OK, start_localstripe
 from stack.temporal import start_dev_server, start_time_skipping
 from starter import BillingClient
+from testkit.faults import StripeFaultProxy
 from testkit.payments import KitPayments
 from worker import build_worker
 from workflows.auto_recharge import AutoRechargeWorkflow
@@ -91,6 +93,7 @@ class TestKit:
         self.sink = sink
         self.alerts = alerts
         self.database_url = database_url
+        self.stripe_faults: StripeFaultProxy | None = None  # start_testkit(stripe_faults=True)
         self._offset = timedelta(0)
 
     # -- the clock -------------------------------------------------------------------------------------
@@ -171,16 +174,22 @@ class TestKit:
 async def start_testkit(
     *, database_url: str | None = None, data_dir: Path | None = None,
     temporal: Literal["time-skipping", "dev"] = "time-skipping", sandboxed: bool = True,
+    stripe_faults: bool = False, stripe_timeout: float | None = None,
 ) -> AsyncIterator[TestKit]:
     """Start the stack (a fresh embedded PostgreSQL unless `database_url`), yield the kit, stop it all.
     `temporal="dev"` runs the real dev server (in memory, free port) instead: same behaviour, real time,
-    so `advance` is refused. `sandboxed=False` runs the workflows as a deployed worker does."""
+    so `advance` is refused. `sandboxed=False` runs the workflows as a deployed worker does.
+    `stripe_faults=True` puts a fault proxy (testkit/faults.py) between the kit's Stripe client and
+    localstripe, as `kit.stripe_faults`; `stripe_timeout` (seconds) overrides the Stripe client's timeout."""
     async with AsyncExitStack() as stack:
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="billing-kit-")))
         if database_url is None:
             database_url = await asyncio.to_thread(start_embedded, root / "postgres", delete_on_exit=True)
         await asyncio.to_thread(migrate, database_url)
         stripe_url = await stack.enter_async_context(start_localstripe())
+        faults = await stack.enter_async_context(StripeFaultProxy(stripe_url)) if stripe_faults else None
+        if faults is not None:
+            stripe_url = faults.url  # every Stripe call of the kit and its worker goes through the proxy
         sink = SmtpSink(root / "mail").start()
         stack.callback(sink.stop)
         env = await (start_time_skipping() if temporal == "time-skipping"
@@ -191,7 +200,8 @@ async def start_testkit(
         settings = Settings(database_url=database_url, task_queue=TASK_QUEUE, smtp_url=sink.url, data_dir=root)
         ledger = await Ledger.open(database_url, pool_size=8, clock=lambda: kit.now() if kit else datetime.now(UTC))
         stack.push_async_callback(ledger.close)
-        stripe = stripe_client_from_settings(settings, stripe_url)
+        stripe = (stripe_client_from_settings(settings, stripe_url) if stripe_timeout is None
+                  else stripe_client(base_url=stripe_url, timeout=stripe_timeout))
         stack.push_async_callback(close_stripe_client, stripe)
         payments = KitPayments(database_url, stripe, default_card=CARD_OK)
         stack.push_async_callback(payments.close)
@@ -200,6 +210,7 @@ async def start_testkit(
         billing = KitBillingClient(ledger, settings, env.client, payments=payments)
         billing.env = env
         kit = TestKit(env, billing, payments, sink, AlertSender(mailer.pool, mailer), database_url)
+        kit.stripe_faults = faults
         await kit._sync_clock()
         # Sandboxed by default: every kit scenario doubles as a determinism check of the workflow code.
         await stack.enter_async_context(
