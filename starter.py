@@ -354,7 +354,12 @@ class BillingClient:
         if not CATALOG.plan(plan).is_free:
             raise InvalidRequest(f"the {plan} plan's credits come with a subscription: subscribe to it")
         now = self.ledger.clock()
-        return await self.ledger.start_period(StartPeriod(org_id, open_wallet_key(org_id, plan), plan, now, None, now))
+        try:
+            return await self.ledger.start_period(
+                StartPeriod(org_id, open_wallet_key(org_id, plan), plan, now, None, now))
+        except IdempotencyConflict:
+            # Opened before, at another moment (the request records its time): the same request, a repeat.
+            return LedgerWriteResult(org_id, (await self.ledger.balance(org_id)).available, True)
 
 
 __all__ = ["Balance", "BillingClient", "BillingError", "DebitResult", "HoldResult"]
