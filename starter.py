@@ -293,11 +293,13 @@ class BillingClient:
         try:
             handle = await client.start_workflow(
                 PackPurchaseWorkflow.run, BuyPack(org_id, pack, pack_key(org_id, key)), id=wf_id,
-                task_queue=self.settings.task_queue, id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                task_queue=self.settings.task_queue,
+                # A run that failed (Stripe refused the request: nothing charged) may be asked again.
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
                 static_summary=f"Pack {pack} for organization {org_id}")
-        except WorkflowAlreadyStartedError:  # bought (or declined) before: the first answer stands
+        except WorkflowAlreadyStartedError:  # bought before: the first answer stands
             handle = client.get_workflow_handle(wf_id, result_type=PackPurchase)
         try:
             result: PackPurchase = await handle.result()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import stripe
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -11,6 +12,7 @@ from models.billing_types import ChargeRequest, ChargeResult, CustomerResult, En
 from models.errors import BillingError, PaymentDeclined
 from models.money import Money
 from payments import Payments
+from payments.stripe_errors import stripe_failure
 from telemetry import count
 from workflows.activity_defs import CHARGE, ENSURE_CUSTOMER
 
@@ -22,7 +24,10 @@ class PaymentActivities:
     @activity.defn(name=ENSURE_CUSTOMER.name)
     @typed_errors
     async def ensure_customer(self, req: EnsureCustomer) -> CustomerResult:
-        result = await self.payments.ensure_customer(req)
+        try:
+            result = await self.payments.ensure_customer(req)
+        except stripe.StripeError as e:
+            raise stripe_failure(req.org_id, "the customer", e) from e
         activity.logger.info("customer %s of %s, default payment method %s",
                              result.customer_id, result.org_id, result.payment_method)
         return result
@@ -31,7 +36,10 @@ class PaymentActivities:
     @typed_errors
     async def charge(self, req: ChargeRequest) -> ChargeResult:
         try:
-            result = await self.payments.charge(req)
+            try:
+                result = await self.payments.charge(req)
+            except stripe.StripeError as e:
+                raise stripe_failure(req.org_id, f"the charge {req.key!r}", e) from e
         except (BillingError, ApplicationError) as e:
             kind = e.type if isinstance(e, ApplicationError) else type(e).__name__
             activity.logger.info("charge %s of %s: %s (%s)", req.key, req.org_id, kind, e.message)

@@ -4,6 +4,7 @@ usage guard paused), once each.
 The debit path only inserts a row (it must stay one round trip); this poller turns unsent rows into
 emails through Mailer.send with the key `alert:{id}`, so a crash or a second poller never sends twice,
 then stamps alerts.sent_at. Alerts of organizations without a billing profile (no recipient) wait.
+Each poll also relays the outbox emails a workflow stopped waiting for (Mailer.relay: SMTP was down).
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ class AlertSender:
         self._refused: set[int] = set()
 
     async def send_pending(self, now: datetime, limit: int = 100) -> int:
-        """Email up to `limit` unsent alerts; returns how many emails went out now."""
-        return (await self._batch(now, limit))[1]
+        """Email up to `limit` unsent alerts, then relay the outbox's stranded emails (Mailer.relay);
+        returns how many emails went out now."""
+        sent = (await self._batch(now, limit))[1]
+        return sent + await self.mailer.relay(now, limit=limit)
 
     async def _batch(self, now: datetime, limit: int) -> tuple[int, int]:
         """(alerts handled, emails sent). A bad request is logged and passed over; anything else (SMTP
@@ -168,9 +171,13 @@ class AlertSender:
         while not stop.is_set():
             handled = 0
             try:
-                handled, sent = await self._batch(clock(), limit)
+                now = clock()
+                handled, sent = await self._batch(now, limit)
                 if sent:
                     log.info("alert emails sent: %d", sent)
+                relayed = await self.mailer.relay(now, limit=limit)
+                if relayed:
+                    log.info("outbox emails relayed: %d", relayed)
             except Exception:
                 log.exception("alert emails: poll failed, retrying in %.1fs", interval)
             if handled < limit:

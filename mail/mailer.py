@@ -27,7 +27,7 @@ import re
 import smtplib
 import ssl
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
@@ -50,6 +50,7 @@ from templates import TEMPLATES_DIR
 log = logging.getLogger(__name__)
 
 DEFAULT_SENDER = "Billing <billing@localhost>"
+RELAY_AFTER = timedelta(minutes=2)  # longer than a workflow's own attempts at an email (workflows/common.py)
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -202,33 +203,55 @@ class Mailer:
                 await conn.execute(_INSERT, (req.key, req.org_id, req.template, req.to, r.subject, r.text,
                                              r.html, req.now))
         try:
-            async with self.pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(_SELECT + " FOR UPDATE NOWAIT", (req.key,))
-                row = await cur.fetchone()
-                assert row is not None, "outbox rows are never deleted"
-                org_id, template, to_addr, subject, text, html, created_at, sent_at, error = row
-                if (org_id, template, to_addr) != (req.org_id, req.template, req.to):
-                    raise to_application_error(IdempotencyConflict(req.org_id, req.key))
-                if sent_at is not None or error is not None:
-                    return EmailResult(req.key, sent=False, failed=error)
-                msg = self._message(req.key, org_id, template, to_addr, subject, text, html, created_at)
-                try:
-                    await asyncio.to_thread(self._deliver, msg)
-                except EmailRefused as refused:
-                    # Refused for good: recorded where operators find it (outbox.failed_at), and the money
-                    # step or workflow that sent it goes on (failure model rule 2). Never retried.
-                    await conn.execute("UPDATE outbox SET failed_at = %s, error = %s WHERE key = %s",
-                                       (req.now, str(refused), req.key))
-                    log.warning("email %s (%s) to the billing contact of %s refused for good: %s", req.key,
-                                template, org_id, refused)
-                    return EmailResult(req.key, sent=False, failed=str(refused))
-                await self._stamp(conn, req.key, req.now)
+            return await self._send_stored(req.key, req.now, expect=(req.org_id, req.template, req.to))
         except LockNotAvailable as exc:
             # Another attempt is sending this key right now; Temporal retries this one, which then sees
             # the stamp (or, if that attempt died, sends).
             raise ApplicationError(f"email {req.key!r} is being sent by another attempt",
                                    type="EmailInFlight") from exc
-        return EmailResult(req.key, sent=True)
+
+    async def _send_stored(self, key: str, now: datetime, *, expect: tuple[str, str, str] | None) -> EmailResult:
+        """Send the stored rendering of `key` unless it is sent or failed (LockNotAvailable when another
+        attempt holds it). `expect`: the (org, template, recipient) the caller asked for."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(_SELECT + " FOR UPDATE NOWAIT", (key,))
+            row = await cur.fetchone()
+            assert row is not None, "outbox rows are never deleted"
+            org_id, template, to_addr, subject, text, html, created_at, sent_at, error = row
+            if expect is not None and (org_id, template, to_addr) != expect:
+                raise to_application_error(IdempotencyConflict(org_id, key))
+            if sent_at is not None or error is not None:
+                return EmailResult(key, sent=False, failed=error)
+            msg = self._message(key, org_id, template, to_addr, subject, text, html, created_at)
+            try:
+                await asyncio.to_thread(self._deliver, msg)
+            except EmailRefused as refused:
+                # Refused for good: recorded where operators find it (outbox.failed_at), and the money
+                # step or workflow that sent it goes on (failure model rule 2). Never retried.
+                await conn.execute("UPDATE outbox SET failed_at = %s, error = %s WHERE key = %s",
+                                   (now, str(refused), key))
+                log.warning("email %s (%s) to the billing contact of %s refused for good: %s", key,
+                            template, org_id, refused)
+                return EmailResult(key, sent=False, failed=str(refused))
+            await self._stamp(conn, key, now)
+        return EmailResult(key, sent=True)
+
+    async def relay(self, now: datetime, *, older_than: timedelta = RELAY_AFTER, limit: int = 100) -> int:
+        """Send the outbox rows left unsent (neither sent nor failed) for longer than `older_than`: a
+        workflow gives up waiting on an SMTP server that is down (it never holds a subscription's lock
+        that long), and its email goes out from here once the server is back. Returns how many were
+        sent; a row another attempt is sending is passed over; a connection error propagates."""
+        rows = await self.pool.fetchall(
+            "SELECT key FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL AND created_at <= %s "
+            "ORDER BY created_at LIMIT %s", (now - older_than, limit))
+        sent = 0
+        for (key,) in rows:
+            try:
+                result = await self._send_stored(key, now, expect=None)
+            except LockNotAvailable:
+                continue
+            sent += result.sent
+        return sent
 
     def _check(self, req: SendEmail) -> None:
         try:

@@ -124,6 +124,18 @@ class ServiceUnavailable(BillingError):
     retryable = True
 
 
+class PaymentProviderRefused(BillingError):
+    """Stripe refused the request itself, not the card: the engine's credentials (401, 403) or a request it
+    calls invalid (400). Nothing was charged and the same request cannot succeed: an operator fixes the
+    cause (a subscription shows it as an incident) and the same key may then be charged."""
+
+    reason: str  # "authentication" or "invalid_request"
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class PaymentDeclined(BillingError):
     decline_code: str | None
 
@@ -136,7 +148,8 @@ class PaymentDeclined(BillingError):
 
 ERRORS: dict[str, type[BillingError]] = {cls.__name__: cls for cls in (
     BillingError, InvalidRequest, UnknownOrganization, InsufficientCredits, TierNotAvailable, UserLimitExceeded,
-    UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen, PaymentDeclined, ServiceUnavailable,
+    UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen, PaymentDeclined,
+    PaymentProviderRefused, ServiceUnavailable,
 )}
 # Business answers: retrying cannot change them (Temporal's retry policies list these names).
 NON_RETRYABLE: list[str] = sorted(name for name, cls in ERRORS.items() if not cls.retryable)

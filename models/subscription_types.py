@@ -67,7 +67,7 @@ class Subscription:
     pending_seats: int | None
     cancel_at_period_end: bool
     renewals: int
-    incident: str | None = None   # "renewal failed (attempt 2, next 2026-02-15T10:04:00Z): StripeRequestRefused: ..."
+    incident: str | None = None   # "renewal failed (attempt 2, next 2026-02-15T10:04:00Z): PaymentProviderRefused: ..."
 
 
 @dataclass(frozen=True)

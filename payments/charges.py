@@ -23,9 +23,10 @@ name, activities/errors.py): a decline (card error, authentication required off-
 again. No payment method is the same error with code "no_payment_method", but nothing was attempted, so
 nothing is recorded: the key can be charged later. Bad input is an `InvalidRequest`, a key reused for
 other content an `IdempotencyConflict`. What is not a business answer stays an ApplicationError:
-StripeRequestRefused and PaymentStateUnexpected (non-retryable), PaymentProcessing (retried). Network
-errors and Stripe 5xx/429 propagate as they are: Temporal retries them (the Stripe client is built with
-max_network_retries=0).
+`PaymentProviderRefused` when Stripe refuses the request itself (a refused create deletes its pending
+row: nothing was charged); PaymentStateUnexpected (non-retryable), PaymentProcessing (retried); the rest of Stripe's
+errors are classified once, in payments/stripe_errors.py (429 after its Retry-After; network errors and
+5xx retried by Temporal: the Stripe client is built with max_network_retries=0).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from payments.base import LOCK_PAYMENT, PaymentsBase
 from payments.checks import check_currency, check_lines, request_json
 from payments.invoices import insert_invoice
 from payments.stripe_client import decline_code_of, metadata_value, stripe_idempotency_key
+from payments.stripe_errors import stripe_failure
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +155,9 @@ class Charges(PaymentsBase):
             except stripe.InvalidRequestError as e:
                 if e.http_status == 404:  # the customer or its payment method is gone at Stripe
                     raise await self._decline(conn, req, t, "payment_method_unavailable", None) from None
-                raise ApplicationError(f"{req.org_id}: Stripe refused the charge {req.key!r}: {e.user_message}",
-                                       type="StripeRequestRefused", non_retryable=True) from None
+                raise await self._refused(conn, req, e) from None
+            except (stripe.AuthenticationError, stripe.PermissionError) as e:
+                raise await self._refused(conn, req, e) from None
         if pi.amount != t.total_cents or pi.currency.upper() != req.currency:
             # The conflict error names the key only: the mismatch is for the operator's log.
             log.warning("payment %s of %s: PaymentIntent %s is for %s %s, not %s %s", req.key, req.org_id, pi.id,
@@ -175,6 +178,14 @@ class Charges(PaymentsBase):
         number = await self._record_success(conn, req, t, pi.id, email)
         log.info("payment %s of %s succeeded: %s, invoice %s", req.key, req.org_id, pi.id, number)
         return ChargeResult(req.org_id, req.key, t.total_cents, req.currency, pi.id, number, found is not None)
+
+    async def _refused(self, conn: AsyncConnection[Any], req: ChargeRequest, e: stripe.StripeError) -> BaseException:
+        """Stripe refused to create the PaymentIntent (permanent: stripe_errors.py), and no earlier attempt
+        made one: nothing was charged, so the pending row goes, as for a missing payment method. The
+        incident this becomes is then the only record, and a retry of the key once it is fixed charges."""
+        await conn.execute("DELETE FROM payments WHERE key = %s AND status = 'pending'", (req.key,))
+        log.warning("payment %s of %s refused by Stripe, nothing charged: %s", req.key, req.org_id, e)
+        return stripe_failure(req.org_id, f"the charge {req.key!r}", e)
 
     async def _find_payment_intent(self, customer: str, key: str) -> stripe.PaymentIntent | None:
         """The PaymentIntent an earlier attempt created for `key`, if it reached a charge (see the module

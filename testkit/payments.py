@@ -9,12 +9,11 @@ import stripe
 from psycopg import AsyncConnection
 from stripe import StripeClient
 from stripe.params import PaymentIntentListParams
-from temporalio.exceptions import ApplicationError
 
 from ledger.pool import LeanPool
 from models.billing_types import CardKind, ChargeRequest, ChargeResult
 from models.checks import check_id
-from models.errors import InvalidRequest
+from models.errors import InvalidRequest, PaymentProviderRefused
 from models.invoicing import Totals
 from payments import Payments
 from payments.base import LOCK_CUSTOMER
@@ -48,8 +47,8 @@ class KitPayments(Payments):
 
     async def charge(self, req: ChargeRequest) -> ChargeResult:
         if req.key in self.refuse_charges:
-            raise ApplicationError(f"{req.org_id}: Stripe refused the charge {req.key!r} (injected)",
-                                   type="StripeRequestRefused", non_retryable=True)
+            raise PaymentProviderRefused(f"{req.org_id}: Stripe refused the charge {req.key!r} (injected)",
+                                         "invalid_request")
         return await super().charge(req)
 
     async def _default_payment_method(self) -> str | None:

@@ -47,16 +47,20 @@ class ActivityDef(Generic[A, R]):
     result: Any   # the result's type, as the payload converter decodes it
     local: bool
 
-    async def run(self, arg: A, *, summary: str) -> R:
-        """Run it from a workflow, retried by Temporal, with `summary` in the UI."""
+    async def run(self, arg: A, *, summary: str, deadline: timedelta | None = None) -> R:
+        """Run it from a workflow, retried by Temporal, with `summary` in the UI. `deadline`: give up
+        retrying after this long (an ActivityError whose cause is a timeout) where the caller must not wait
+        without bound: an update holding the subscription's lock, an email (failure model rules 2, 4)."""
         if self.local:
             result = await workflow.execute_local_activity(
                 self.name, arg, result_type=self.result, start_to_close_timeout=TIMEOUT,
-                retry_policy=ACTIVITY_RETRY, summary=summary[:SUMMARY_MAX_CHARS])
+                schedule_to_close_timeout=deadline, retry_policy=ACTIVITY_RETRY,
+                summary=summary[:SUMMARY_MAX_CHARS])
         else:
             result = await workflow.execute_activity(
                 self.name, arg, result_type=self.result, start_to_close_timeout=TIMEOUT,
-                retry_policy=ACTIVITY_RETRY, summary=summary[:SUMMARY_MAX_CHARS])
+                schedule_to_close_timeout=deadline, retry_policy=ACTIVITY_RETRY,
+                summary=summary[:SUMMARY_MAX_CHARS])
         return cast(R, result)
 
 

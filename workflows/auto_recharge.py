@@ -22,8 +22,8 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError
 
-from workflows.activity_defs import CHARGE, DISABLE_RECHARGE, GRANT_PACK, PLAN_RECHARGE, SEND_EMAIL, SETTLE_RECHARGE
-from workflows.common import ORG_ID, PERIOD_END, STATUS, declined
+from workflows.activity_defs import CHARGE, DISABLE_RECHARGE, GRANT_PACK, PLAN_RECHARGE, SETTLE_RECHARGE
+from workflows.common import ORG_ID, PERIOD_END, STATUS, declined, notify
 
 with workflow.unsafe.imports_passed_through():
     from models.auto_recharge import LEASE, decide, pack_lines
@@ -179,7 +179,7 @@ class AutoRechargeWorkflow:
                      **context: str | int | bool | None) -> None:
         if ctx.email is None:  # no billing contact (no profile): nothing to send to
             return
-        await SEND_EMAIL.run(SendEmail(self.org_id, key, template, ctx.email, now, {"org_id": self.org_id, **context}),
+        await notify(SendEmail(self.org_id, key, template, ctx.email, now, {"org_id": self.org_id, **context}),
                              summary=f"Email {template} to the billing contact")
 
     @staticmethod

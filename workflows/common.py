@@ -3,11 +3,16 @@ Activities are declared in workflows/activity_defs.py; keys and timestamps are b
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.activity_defs import SEND_EMAIL
+
 with workflow.unsafe.imports_passed_through():
+    from models.billing_types import SendEmail
     from models.errors import BillingError, to_application_error
 
 ORG_ID = SearchAttributeKey.for_keyword("BillingOrgId")
@@ -16,6 +21,10 @@ STATUS = SearchAttributeKey.for_keyword("BillingStatus")
 PERIOD_END = SearchAttributeKey.for_datetime("BillingPeriodEnd")
 INCIDENT = SearchAttributeKey.for_keyword("BillingIncident")  # the failed step, while an incident is open
 SEARCH_ATTRIBUTES = (ORG_ID, PLAN, STATUS, PERIOD_END, INCIDENT)
+
+# How long a workflow waits on an email before it leaves it to the outbox relay (mail/mailer.py
+# RELAY_AFTER is longer): an SMTP server that is down never holds up a renewal or an update.
+NOTIFY_DEADLINE = timedelta(minutes=1)
 
 
 def reject(exc: BillingError) -> ApplicationError:
@@ -29,3 +38,24 @@ def declined(err: ActivityError) -> ApplicationError | None:
     if isinstance(cause, ApplicationError) and cause.type == "PaymentDeclined":
         return cause
     return None
+
+
+def failure_text(err: ActivityError) -> str:
+    """What an operator reads of a failed step: the error's type and message (at most 500 characters)."""
+    cause = err.cause
+    text = f"{cause.type}: {cause.message}" if isinstance(cause, ApplicationError) else str(cause or err)
+    return text[:500]
+
+
+async def notify(req: SendEmail, *, summary: str) -> None:
+    """Email the billing contact; never fails the caller (failure model rule 2). The mailer records a
+    refusal for good on the outbox row and answers; an SMTP server still unreachable after NOTIFY_DEADLINE
+    leaves the rendered email to the outbox relay, which sends it once the server is back."""
+    try:
+        await SEND_EMAIL.run(req, summary=summary, deadline=NOTIFY_DEADLINE)
+    except ActivityError as err:
+        workflow.logger.warning("email %s (%s) of %s left to the outbox relay: %s", req.key, req.template,
+                                req.org_id, failure_text(err))
+        workflow.metric_meter().create_counter(
+            "billing_notifications_deferred", "emails a workflow left to the outbox relay").add(
+            1, {"template": req.template})

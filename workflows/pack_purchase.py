@@ -2,7 +2,13 @@
 
 Charge the pack (invoice issued), grant a never-expiring bucket, email the receipt: each step keyed by
 the purchase's key, so a retried activity, a replayed workflow or the same purchase asked twice charges
-once and grants once. A decline raises PaymentDeclined and grants nothing. Deterministic: no I/O here.
+once and grants once. A decline raises PaymentDeclined and grants nothing; a charge Stripe refuses for
+good (nothing charged) fails the run with its typed error, and the same key may be asked again.
+
+Once the charge succeeded the purchase completes (failure model rule 2): a grant that fails even for
+good is recorded as an incident (search attribute BillingIncident, current details, the billing_incidents
+counter) and tried again on the subscription's backoff (1 min doubling to 1 h) until it goes through.
+Deterministic: no I/O here.
 """
 
 from __future__ import annotations
@@ -10,8 +16,8 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.activity_defs import BILLING_PROFILE, CHARGE, GRANT_PACK, SEND_EMAIL
-from workflows.common import ORG_ID, STATUS, declined, reject
+from workflows.activity_defs import BILLING_PROFILE, CHARGE, GRANT_PACK
+from workflows.common import INCIDENT, ORG_ID, STATUS, declined, failure_text, notify, reject
 
 with workflow.unsafe.imports_passed_through():
     from models.auto_recharge import pack_lines
@@ -23,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from models.keys import step_key
     from models.ledger_types import GrantPack
     from models.money import Money
+    from models.subscription_rules import incident_backoff
 
 
 @workflow.defn(name="PackPurchase")
@@ -53,10 +60,29 @@ class PackPurchaseWorkflow:
             workflow.set_current_details(f"**pack {req.pack}** for {req.org_id}: declined, nothing granted")
             raise ApplicationError(cause.message, *cause.details, type="PaymentDeclined",
                                    non_retryable=True) from None
-        granted = await GRANT_PACK.run(GrantPack(req.org_id, req.key, pack.credits, now),
-                                       summary=f"Grant {pack.credits} pack credits (never expire)")
+        grant = GrantPack(req.org_id, req.key, pack.credits, now)
+        failures = 0
+        while True:  # paid: the grant goes through, however long it takes
+            try:
+                granted = await GRANT_PACK.run(grant, summary=f"Grant {pack.credits} pack credits (never expire)")
+                break
+            except ActivityError as err:
+                failures += 1
+                wait = incident_backoff(failures)
+                error = failure_text(err)
+                workflow.logger.warning("incident of %s: pack %s paid, grant failed (attempt %d): %s",
+                                        req.org_id, req.pack, failures, error)
+                workflow.metric_meter().create_counter(
+                    "billing_incidents", "steps that failed for good").add(1, {"step": "pack grant"})
+                workflow.upsert_search_attributes([INCIDENT.value_set("pack grant")])
+                workflow.set_current_details(
+                    f"**pack {req.pack}** for {req.org_id}: paid {charged.invoice_number}, **incident**: the "
+                    f"grant failed (attempt {failures}), next try in {wait}: {error}")
+                await workflow.sleep(wait, summary="pack grant: next try")
+        if failures:
+            workflow.upsert_search_attributes([INCIDENT.value_unset()])
         amount = str(Money(charged.amount_cents, charged.currency))
-        await SEND_EMAIL.run(
+        await notify(
             SendEmail(req.org_id, step_key(req.key, "receipt"), "pack_receipt", profile.email, now, {
                 "org_id": req.org_id, "pack": req.pack, "credits": str(pack.credits), "amount": amount,
                 "invoice_number": charged.invoice_number}),

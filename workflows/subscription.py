@@ -22,8 +22,8 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.activity_defs import CHANGE_PLAN, CHARGE, ENSURE_CUSTOMER, SEND_EMAIL, START_PERIOD
-from workflows.common import INCIDENT, ORG_ID, PERIOD_END, PLAN, STATUS, declined, reject
+from workflows.activity_defs import CHANGE_PLAN, CHARGE, ENSURE_CUSTOMER, START_PERIOD
+from workflows.common import INCIDENT, ORG_ID, PERIOD_END, PLAN, STATUS, declined, failure_text, notify, reject
 
 with workflow.unsafe.imports_passed_through():
     from models.billing_types import (
@@ -144,14 +144,13 @@ class SubscriptionWorkflow:
 
     def _record_incident(self, now: datetime, err: ActivityError) -> None:
         s = self.s
-        cause = err.cause
-        error = f"{cause.type}: {cause.message}" if isinstance(cause, ApplicationError) else str(cause or err)
+        error = failure_text(err)
         step = {"trialing": "trial", "active": "renewal", "past_due": "dunning retry"}.get(s.status or "", "step")
         if s.status == "active" and s.period_end is not None and now < s.period_end:
             step = "monthly credits"  # an annual plan's grant between renewals
         attempts = s.incident.attempts + 1 if s.incident is not None else 1
         since = s.incident.since if s.incident is not None else now
-        s.incident = Incident(step, error[:500], since, attempts, now + incident_backoff(attempts))
+        s.incident = Incident(step, error, since, attempts, now + incident_backoff(attempts))
         workflow.logger.warning("incident of %s: %s failed (attempt %d): %s", s.org_id, step, attempts, error)
         workflow.metric_meter().create_counter("billing_incidents", "main-loop steps that failed for good").add(
             1, {"step": step})
@@ -595,6 +594,6 @@ class SubscriptionWorkflow:
 
     async def _email(self, template: str, key: str, now: datetime, **context: str | int | bool | None) -> None:
         s = self.s
-        await SEND_EMAIL.run(SendEmail(s.org_id, key, template, s.email, now, {"org_id": s.org_id, **context}),
+        await notify(SendEmail(s.org_id, key, template, s.email, now, {"org_id": s.org_id, **context}),
                              summary=f"Email {template} to the billing contact")
 

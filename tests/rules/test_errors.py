@@ -20,6 +20,7 @@ from models.errors import (
     InsufficientCredits,
     InvalidRequest,
     PaymentDeclined,
+    PaymentProviderRefused,
     ServiceUnavailable,
     TierNotAvailable,
     UnknownOrganization,
@@ -42,6 +43,7 @@ EXAMPLES: list[BillingError] = [
     IdempotencyConflict("acme", "k-1"),
     HoldNotOpen("acme", "k-2", "expired"),
     PaymentDeclined("declined", "insufficient_funds"),
+    PaymentProviderRefused("Stripe refused the engine's credentials", "authentication"),
     ServiceUnavailable("Stripe is not configured"),
 ]
 
@@ -83,5 +85,5 @@ async def test_a_decline_recorded_in_the_old_shape_still_reads_its_code() -> Non
 
 
 async def test_a_failure_that_is_not_ours_is_left_alone() -> None:
-    assert from_failure(await _through_temporal(ApplicationError("boom", type="StripeRequestRefused"))) is None
+    assert from_failure(await _through_temporal(ApplicationError("boom", type="PaymentStateUnexpected"))) is None
     assert from_failure(RuntimeError("x")) is None

@@ -27,7 +27,7 @@ async def test_a_renewal_stripe_refuses_is_an_incident_retried_until_it_goes_thr
         # Its place kept: the same period, no renewal counted, nothing charged twice or granted unpaid.
         assert (held.status, held.renewals, held.period_end) == ("active", 0, sub.period_end)
         assert held.incident is not None and "renewal failed (attempt 1" in held.incident
-        assert "StripeRequestRefused" in held.incident
+        assert "PaymentProviderRefused" in held.incident
         handle = kit.env.client.get_workflow_handle(subscription_workflow_id(org))
         desc = await handle.describe()
         assert desc.status == WorkflowExecutionStatus.RUNNING
