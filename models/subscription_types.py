@@ -24,6 +24,19 @@ class Incident:
 
 
 @dataclass
+class UnfinishedChange:
+    """A change whose effects (a charge, a grant, a plan change) did not all complete within the update's
+    deadline: any of them may have happened, so the subscription completes the change on its own, on the
+    incident backoff, re-running it with the same time and keys (each effect then answers as a repeat)."""
+
+    kind: str                  # "subscribe", "trial", "upgrade", "seats"
+    at: datetime               # the update's time: amounts and keys come out the same on every run
+    seq: int = 0               # its change_seq (upgrade, seats)
+    plan: str | None = None    # upgrade: the new plan
+    seats: int | None = None   # seats: the new count
+
+
+@dataclass
 class SubscriptionState:
     """Everything the subscription knows. Absolute timestamps only: timers do not survive continue-as-new."""
 
@@ -49,6 +62,7 @@ class SubscriptionState:
     change_seq: int = 0                    # numbers the changes within a period: part of their keys
     renewals: int = 0
     incident: Incident | None = None       # the due step failed for good: retried on a backoff
+    unfinished: UnfinishedChange | None = None  # an update's change the main loop completes
 
 
 @dataclass(frozen=True)

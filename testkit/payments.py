@@ -44,6 +44,9 @@ class KitPayments(Payments):
         # Fault injection: charges of these keys are refused as Stripe refuses a bad request (a 400): a
         # permanent error, not retried in place, until the key is removed.
         self.refuse_charges: set[str] = set()
+        # Fault injection: charges of these keys reach Stripe (the PaymentIntent succeeds) and then fail
+        # for good before anything is recorded, as a lost answer does, until the key is removed.
+        self.lose_after_stripe: set[str] = set()
 
     async def charge(self, req: ChargeRequest) -> ChargeResult:
         if req.key in self.refuse_charges:
@@ -59,6 +62,9 @@ class KitPayments(Payments):
         if req.key in self.crash_after_stripe:
             self.crash_after_stripe.discard(req.key)
             raise SimulatedCrash(f"simulated crash after Stripe charged {req.key!r} ({pi})")
+        if req.key in self.lose_after_stripe:
+            raise ApplicationError(f"the answer to {req.key!r} was lost after Stripe charged {pi} (injected)",
+                                   type="SimulatedLoss", non_retryable=True)
         return await super()._record_success(conn, req, t, pi, email)
 
     async def create_card(self, number: str) -> str:

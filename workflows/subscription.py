@@ -35,7 +35,14 @@ with workflow.unsafe.imports_passed_through():
         SendEmail,
     )
     from models.catalog import CATALOG
-    from models.errors import BillingError, InvalidRequest, PaymentDeclined
+    from models.errors import (
+        BillingError,
+        InvalidRequest,
+        PaymentDeclined,
+        PaymentProviderRefused,
+        ServiceUnavailable,
+        from_failure,
+    )
     from models.invoicing import charge_summary, totals
     from models.keys import day, period_key, stamp, step_key
     from models.ledger_types import ChangePlan, StartPeriod
@@ -57,11 +64,17 @@ with workflow.unsafe.imports_passed_through():
         SubscribeRequest,
         Subscription,
         SubscriptionState,
+        UnfinishedChange,
     )
 
 RETRY_AFTER_DAYS = (1, 3, 5)           # dunning: retries after the renewal date
 INCIDENTS_PATCH = "incidents-1"        # the main loop survives activity errors (workflow.patched)
 TRIAL_NOTICE = timedelta(days=3)       # "your trial ends in 3 days"
+# Nothing holds the subscription's lock across an unbounded wait (failure model rule 4): an update's
+# activities give up after UPDATE_DEADLINE (the caller is answered), a main-loop step's after
+# STEP_DEADLINE (it becomes an incident and the lock is free until its next try).
+UPDATE_DEADLINE = timedelta(minutes=2)
+STEP_DEADLINE = timedelta(minutes=10)
 
 
 @workflow.defn(name="Subscription")
@@ -72,6 +85,8 @@ class SubscriptionWorkflow:
         self.s = state
         self.lock = asyncio.Lock()
         self.changed = False
+        self.deadline: timedelta | None = None  # of each activity, while an update or a step runs
+        self.effects_started = False            # an update reached a charge, grant or plan change
 
     # -- the main loop: wait for the next due moment, act, continue as new at each renewal --------------
 
@@ -130,12 +145,15 @@ class SubscriptionWorkflow:
         if not workflow.patched(INCIDENTS_PATCH):  # histories from before incidents replay as they ran
             return await self._on_due(now)
         before = copy.deepcopy(self.s)
+        self.deadline = STEP_DEADLINE
         try:
             renewed = await self._on_due(now)
         except ActivityError as err:
             self.s = before
             self._record_incident(now, err)
             return False
+        finally:
+            self.deadline = None
         if self.s.incident is not None:
             workflow.logger.info("incident of %s resolved: %s", self.s.org_id, self.s.incident.step)
             self.s.incident = None
@@ -148,6 +166,8 @@ class SubscriptionWorkflow:
         step = {"trialing": "trial", "active": "renewal", "past_due": "dunning retry"}.get(s.status or "", "step")
         if s.status == "active" and s.period_end is not None and now < s.period_end:
             step = "monthly credits"  # an annual plan's grant between renewals
+        if s.unfinished is not None:
+            step = s.unfinished.kind  # an update's change, completed by the loop
         attempts = s.incident.attempts + 1 if s.incident is not None else 1
         since = s.incident.since if s.incident is not None else now
         s.incident = Incident(step, error, since, attempts, now + incident_backoff(attempts))
@@ -172,6 +192,19 @@ class SubscriptionWorkflow:
     async def _on_due(self, now: datetime) -> bool:
         """Do what is due at `now`; True when a renewal happened (the main loop continues as new)."""
         s = self.s
+        if s.unfinished is not None:  # first complete the change an update started
+            change = s.unfinished
+            try:
+                await self._finish(change)
+            except ApplicationError as err:
+                if err.type != "PaymentDeclined":
+                    raise
+                # Declined now: nothing was charged, so the change is dropped (its caller was told it was
+                # in doubt; subscription() shows it did not happen).
+                workflow.logger.info("unfinished %s of %s declined: dropped", change.kind, s.org_id)
+                s.unfinished = None
+                self._publish()
+            return False
         if s.status == "trialing":
             assert s.trial_end is not None
             if now < s.trial_end:
@@ -298,6 +331,108 @@ class SubscriptionWorkflow:
         await self._grant("free", now, None, now, "free")
         await self._email("reverted_to_free", period_key(s.org_id, now, "free"), now, plan=left, reason=reason)
 
+    # -- changes an update starts: completed by the update, or by the main loop when it ran out of time ----
+
+    async def _in_update(self, change: UnfinishedChange, before: SubscriptionState) -> None:
+        """Apply `change` for an update, each activity bounded by UPDATE_DEADLINE. A failure before any
+        effect (or a charge Stripe refused outright) answers the caller with its typed error and puts the
+        state back as it was `before` the update (its change number stays used); after one (a charge, a
+        grant or a plan change may have happened), the change is kept as unfinished, recorded as an
+        incident and completed by the main loop, and the caller gets ServiceUnavailable saying so."""
+        self.deadline, self.effects_started = UPDATE_DEADLINE, False
+        try:
+            await self._finish(change)
+        except ActivityError as err:
+            if not self.effects_started:
+                before.change_seq = self.s.change_seq
+                self.s = before
+                self._publish()
+                raise self._refusal(err) from None
+            self.s.unfinished = change
+            self._record_incident(workflow.now(), err)
+            self.changed = True
+            raise reject(ServiceUnavailable(
+                f"{self.s.org_id}: the {change.kind} did not complete within {UPDATE_DEADLINE} "
+                f"({failure_text(err)}); it may have been charged, so the subscription completes it on its own: "
+                "subscription().incident says where it stands")) from None
+        finally:
+            self.deadline = None
+        self.changed = True
+
+    async def _finish(self, change: UnfinishedChange) -> None:
+        """The effects of `change`, keyed by its time and sequence: a re-run repeats nothing."""
+        s = self.s
+        if change.kind == "subscribe":
+            await self._start_paid_period(change.at, "subscription", after_decline="free")
+        elif change.kind == "trial":
+            assert s.trial_end is not None
+            await self._grant(s.plan, change.at, s.trial_end, change.at, "trial")
+            await self._email("trial_started", period_key(s.org_id, change.at, "trial"), change.at,
+                              plan=s.plan, seats=s.seats, trial_end=day(s.trial_end))
+        elif change.kind == "upgrade":
+            assert change.plan is not None
+            await self._upgrade(change.plan, change.at, change.seq)
+        elif change.kind == "seats":
+            assert change.seats is not None
+            await self._add_seats(change.seats, change.at, change.seq)
+        else:
+            raise ValueError(f"unknown change {change.kind!r}")
+        s.unfinished = None
+
+    async def _upgrade(self, plan: str, now: datetime, seq: int) -> None:
+        s = self.s
+        assert s.period_start is not None and s.period_end is not None
+        old = s.plan
+        key = self._key(f"upgrade-{seq}")
+        amount_text = "no charge during the trial" if s.status == "trialing" else str(Money(0, s.currency))
+        invoice = ""
+        if s.status == "active":
+            left, total = remaining_fraction(s.period_start, s.period_end, now)
+            cents = upgrade_cents(seat_price_cents(CATALOG, CATALOG.plan(old), s.interval),
+                                  seat_price_cents(CATALOG, CATALOG.plan(plan), s.interval), s.seats, left, total)
+            if cents > 0:
+                lines = [InvoiceLine(f"upgrade {old} to {plan} x {s.seats} seats, "
+                                     f"{day(now)} to {day(s.period_end)} (prorated)", 1, cents, cents)]
+                charged = await self._charge(key, "upgrade", lines, now, raise_decline=True)
+                assert charged is not None
+                amount_text, invoice = str(Money(charged.amount_cents, charged.currency)), charged.invoice_number
+        self.effects_started = True
+        await CHANGE_PLAN.run(ChangePlan(s.org_id, key, plan, now), summary=f"Plan credits: {old} to {plan}",
+                              deadline=self.deadline)
+        s.plan = plan
+        s.pending_plan = None  # an upgrade replaces a pending downgrade
+        self._publish()
+        await self._email("upgrade_confirmed", step_key(key, "email"), now, old_plan=old, plan=s.plan,
+                          seats=s.seats, amount=amount_text, invoice_number=invoice)
+
+    async def _add_seats(self, seats: int, now: datetime, seq: int) -> None:
+        s = self.s
+        assert s.period_start is not None and s.period_end is not None
+        key = self._key(f"seats-{seq}")
+        old = s.seats
+        amount: str | None = None
+        if s.status == "active":
+            left, total = remaining_fraction(s.period_start, s.period_end, now)
+            cents = added_seats_cents(seat_price_cents(CATALOG, CATALOG.plan(s.plan), s.interval),
+                                      seats - old, left, total)
+            if cents > 0:
+                lines = [InvoiceLine(f"{s.plan} x {seats - old} more seats, {day(now)} to "
+                                     f"{day(s.period_end)} (prorated)", 1, cents, cents)]
+                charged = await self._charge(key, "seats", lines, now, raise_decline=True)
+                assert charged is not None
+                amount = str(Money(charged.amount_cents, charged.currency))
+        s.seats, s.pending_seats = seats, None
+        self._publish()
+        await self._email("seats_changed", step_key(key, "email"), now, plan=s.plan, old_seats=old, seats=seats,
+                          amount=amount, effective=day(now))
+
+    def _refusal(self, err: ActivityError) -> ApplicationError:
+        """An update's answer for an activity that failed before any effect: its typed error, or
+        ServiceUnavailable when a part did not answer in time."""
+        return reject(from_failure(err) or ServiceUnavailable(
+            f"{self.s.org_id}: a part did not answer within {UPDATE_DEADLINE}, nothing was changed: "
+            f"{failure_text(err)}"))
+
     # -- updates: validators refuse before history; handlers run one at a time ---------------------------
 
     @workflow.update
@@ -305,10 +440,14 @@ class SubscriptionWorkflow:
         async with self.lock:
             s = self.s
             self._check_subscribe(req)  # again under the lock: an earlier update may have changed the state
+            before = copy.deepcopy(s)
             now = workflow.now()
-            customer = await ENSURE_CUSTOMER.run(
-                EnsureCustomer(s.org_id, req.email, now, req.payment_method, req.vat_rate, s.currency),
-                summary=f"Stripe customer for {s.org_id}")
+            try:
+                customer = await ENSURE_CUSTOMER.run(
+                    EnsureCustomer(s.org_id, req.email, now, req.payment_method, req.vat_rate, s.currency),
+                    summary=f"Stripe customer for {s.org_id}", deadline=UPDATE_DEADLINE)
+            except ActivityError as err:  # nothing changed yet: the caller gets the typed error
+                raise self._refusal(err) from None
             if req.trial_days == 0 and customer.payment_method is None:
                 raise reject(PaymentDeclined("a payment method is required to subscribe without a trial",
                                              "no_payment_method"))
@@ -320,20 +459,18 @@ class SubscriptionWorkflow:
                 s.trial_end = s.period_end = now + timedelta(days=req.trial_days)
                 s.trial_notice_sent = False
                 self._publish()
-                await self._grant(s.plan, now, s.trial_end, now, "trial")
-                await self._email("trial_started", period_key(s.org_id, now, "trial"), now,
-                                  plan=s.plan, seats=s.seats, trial_end=day(s.trial_end))
+                await self._in_update(UnfinishedChange("trial", now), before)
             else:
                 s.anchor, s.period_index, s.credit_month = now, 0, 0
-                await self._start_paid_period(now, "subscription", after_decline="free")
+                await self._in_update(UnfinishedChange("subscribe", now), before)
                 if s.status == "free":
                     raise ApplicationError("the first payment was declined: the organization stays on Free",
                                            "card_declined", type="PaymentDeclined", non_retryable=True)
-            self.changed = True
             return self._view()
 
     @subscribe.validator
     def _check_subscribe(self, req: SubscribeRequest) -> None:
+        self._check_finished()
         try:
             check_subscribe(CATALOG, self.s.status, req.plan, req.seats, req.interval, req.trial_days,
                             req.email, req.vat_rate)
@@ -344,32 +481,10 @@ class SubscriptionWorkflow:
     async def upgrade(self, req: PlanRequest) -> Subscription:
         async with self.lock:
             s = self.s
-            check = self._validated(lambda: check_upgrade(CATALOG, s.status, s.plan, req.plan))
-            now = workflow.now()
-            old = s.plan
+            self._validated(lambda: check_upgrade(CATALOG, s.status, s.plan, req.plan))
+            before = copy.deepcopy(s)
             s.change_seq += 1
-            assert s.period_start is not None and s.period_end is not None
-            key = self._key(f"upgrade-{s.change_seq}")
-            amount_text = "no charge during the trial" if s.status == "trialing" else str(Money(0, s.currency))
-            invoice = ""
-            if s.status == "active":
-                left, total = remaining_fraction(s.period_start, s.period_end, now)
-                cents = upgrade_cents(seat_price_cents(CATALOG, CATALOG.plan(old), s.interval),
-                                      seat_price_cents(CATALOG, check, s.interval), s.seats, left, total)
-                if cents > 0:
-                    lines = [InvoiceLine(f"upgrade {old} to {req.plan} x {s.seats} seats, "
-                                         f"{day(now)} to {day(s.period_end)} (prorated)", 1, cents, cents)]
-                    charged = await self._charge(key, "upgrade", lines, now, raise_decline=True)
-                    assert charged is not None
-                    amount_text, invoice = str(Money(charged.amount_cents, charged.currency)), charged.invoice_number
-            await CHANGE_PLAN.run(ChangePlan(s.org_id, key, req.plan, now),
-                                  summary=f"Plan credits: {old} to {req.plan}")
-            s.plan = req.plan
-            s.pending_plan = None  # an upgrade replaces a pending downgrade
-            self._publish()
-            await self._email("upgrade_confirmed", step_key(key, "email"), now, old_plan=old, plan=s.plan,
-                              seats=s.seats, amount=amount_text, invoice_number=invoice)
-            self.changed = True
+            await self._in_update(UnfinishedChange("upgrade", workflow.now(), s.change_seq, plan=req.plan), before)
             return self._view()
 
     @upgrade.validator
@@ -382,6 +497,8 @@ class SubscriptionWorkflow:
             s = self.s
             target = self._validated(
                 lambda: check_downgrade(CATALOG, s.status, s.plan, req.plan, s.pending_seats or s.seats))
+            if target is not None and target.name == s.pending_plan:
+                return self._view()  # already scheduled: a repeat changes nothing and emails nothing
             s.pending_plan = None if target is None else target.name
             s.change_seq += 1
             self._publish()
@@ -405,6 +522,9 @@ class SubscriptionWorkflow:
                 lambda: check_change_seats(CATALOG, s.status, s.plan, s.pending_plan, s.seats, req.seats))
             now = workflow.now()
             assert s.period_start is not None and s.period_end is not None
+            if seats < s.seats and seats == s.pending_seats:
+                return self._view()  # this reduction is already scheduled: a repeat changes nothing
+            before = copy.deepcopy(s)
             s.change_seq += 1
             key = self._key(f"seats-{s.change_seq}")
             old = s.seats
@@ -412,26 +532,13 @@ class SubscriptionWorkflow:
                 s.pending_seats = None  # back to the current count: withdraws a pending reduction
                 self.changed = True
                 return self._view()
-            amount: str | None = None
-            effective = day(now)
             if seats > old:
-                if s.status == "active":
-                    left, total = remaining_fraction(s.period_start, s.period_end, now)
-                    cents = added_seats_cents(seat_price_cents(CATALOG, CATALOG.plan(s.plan), s.interval),
-                                              seats - old, left, total)
-                    if cents > 0:
-                        lines = [InvoiceLine(f"{s.plan} x {seats - old} more seats, {day(now)} to "
-                                             f"{day(s.period_end)} (prorated)", 1, cents, cents)]
-                        charged = await self._charge(key, "seats", lines, now, raise_decline=True)
-                        assert charged is not None
-                        amount = str(Money(charged.amount_cents, charged.currency))
-                s.seats, s.pending_seats = seats, None
-            else:
-                s.pending_seats = seats  # fewer seats from the next period
-                effective = day(s.period_end)
+                await self._in_update(UnfinishedChange("seats", now, s.change_seq, seats=seats), before)
+                return self._view()
+            s.pending_seats = seats  # fewer seats from the next period
             self._publish()
             await self._email("seats_changed", step_key(key, "email"), now, plan=s.plan, old_seats=old, seats=seats,
-                              amount=amount, effective=effective)
+                              amount=None, effective=day(s.period_end))
             self.changed = True
             return self._view()
 
@@ -464,6 +571,7 @@ class SubscriptionWorkflow:
 
     def _check_cancel(self) -> None:
         s = self.s
+        self._check_finished()
         if s.status in (None, "free"):
             raise reject(InvalidRequest("there is no subscription to cancel: the organization is on Free"))
         if s.cancel_at_period_end:
@@ -488,6 +596,7 @@ class SubscriptionWorkflow:
         self._check_resume()
 
     def _check_resume(self) -> None:
+        self._check_finished()
         if not self.s.cancel_at_period_end:
             raise reject(InvalidRequest("the subscription is not cancelled: nothing to resume"))
 
@@ -504,10 +613,19 @@ class SubscriptionWorkflow:
     # -- helpers -------------------------------------------------------------------------------------
 
     def _validated(self, check: Any) -> Any:
+        self._check_finished()
         try:
             return check()
         except BillingError as exc:
             raise reject(exc) from None
+
+    def _check_finished(self) -> None:
+        """No change starts while an earlier one is unfinished: it would be priced on a state in doubt."""
+        u = self.s.unfinished
+        if u is not None:
+            raise reject(InvalidRequest(
+                f"{self.s.org_id}: an earlier {u.kind} is being completed ({self._incident_text()}); "
+                "try again once it is (BillingClient.retry_now runs it at once)"))
 
     def _key(self, purpose: str) -> str:
         """The business key of an effect in the current period: {org}:{period_start}:{purpose}."""
@@ -573,8 +691,12 @@ class SubscriptionWorkflow:
         summary = charge_summary(lines, s.vat_rate, s.currency)
         req = ChargeRequest(s.org_id, key, purpose, lines, now, s.vat_rate, s.currency, summary)
         try:
-            return await CHARGE.run(req, summary=summary)
+            charged = await CHARGE.run(req, summary=summary, deadline=self.deadline)
+            self.effects_started = True
+            return charged
         except ActivityError as err:
+            if not isinstance(from_failure(err), PaymentProviderRefused):
+                self.effects_started = True  # in doubt: Stripe may have charged (a refusal is certain: nothing)
             cause = declined(err)
             if cause is not None:
                 if raise_decline:
@@ -589,8 +711,9 @@ class SubscriptionWorkflow:
         credits = CATALOG.plan(plan).credits
         what = f"Grant {credits} {plan} credits" if grant else "Expire plan credits (period unpaid)"
         key = period_key(s.org_id, start, purpose)
+        self.effects_started = True
         await START_PERIOD.run(StartPeriod(s.org_id, key, plan, start, end, now, grant),
-                               summary=f"{what}, {day(start)} to {day(end)}")
+                               summary=f"{what}, {day(start)} to {day(end)}", deadline=self.deadline)
 
     async def _email(self, template: str, key: str, now: datetime, **context: str | int | bool | None) -> None:
         s = self.s

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from temporalio.client import WorkflowExecutionStatus
 
+from models.errors import InvalidRequest, PaymentProviderRefused, ServiceUnavailable
 from models.keys import subscription_workflow_id
 from testkit import TestKit
 from tests.support.keys import stamp
@@ -43,3 +45,49 @@ async def test_a_renewal_stripe_refuses_is_an_incident_retried_until_it_goes_thr
     assert [c.purpose for c in kit.charges(org)] == ["subscription", "renewal"]
     desc = await kit.env.client.get_workflow_handle(subscription_workflow_id(org)).describe()
     assert desc.typed_search_attributes.get(INCIDENT) is None
+
+
+async def test_an_upgrade_stripe_refuses_changes_nothing(kit: TestKit, org: str) -> None:
+    sub = await kit.billing.subscribe(org, plan="starter", email=EMAIL)
+    assert sub.period_start is not None
+    key = f"{org}:{stamp(sub.period_start)}:upgrade-1"
+    kit.payments.refuse_charges.add(key)
+    try:
+        with pytest.raises(PaymentProviderRefused):
+            await kit.billing.upgrade(org, plan="pro")
+    finally:
+        kit.payments.refuse_charges.discard(key)
+    after = await kit.billing.subscription(org)
+    assert (after.plan, after.incident) == ("starter", None)
+    assert [c.purpose for c in kit.charges(org)] == ["subscription"]
+    assert (await kit.billing.balance(org)).plan_name == "starter"  # the ledger's plan unchanged
+    # The refused change number is not reused: the next upgrade goes through under its own key.
+    assert (await kit.billing.upgrade(org, plan="pro")).plan == "pro"
+    assert [c.purpose for c in kit.charges(org)] == ["subscription", "upgrade"]
+
+
+async def test_an_upgrade_charged_but_unanswered_is_completed_by_the_subscription(kit: TestKit, org: str) -> None:
+    sub = await kit.billing.subscribe(org, plan="starter", email=EMAIL)
+    assert sub.period_start is not None
+    key = f"{org}:{stamp(sub.period_start)}:upgrade-1"
+    kit.payments.lose_after_stripe.add(key)  # Stripe charged; the answer never comes back
+    try:
+        with pytest.raises(ServiceUnavailable, match="completes it on its own"):
+            await kit.billing.upgrade(org, plan="pro")
+        held = await kit.billing.subscription(org)
+        assert held.plan == "starter" and held.incident is not None and held.incident.startswith("upgrade failed")
+        # No other change starts on a state in doubt.
+        with pytest.raises(InvalidRequest, match="being completed"):
+            await kit.billing.change_seats(org, seats=2)
+    finally:
+        kit.payments.lose_after_stripe.discard(key)
+    done = await kit.billing.retry_now(org)
+    assert (done.plan, done.incident) == ("pro", None)
+    # One PaymentIntent for the key (found again, not charged twice), one invoice, the new plan's credits.
+    charges = kit.charges(org)
+    assert [(c.purpose, c.status) for c in charges] == [("subscription", "succeeded"), ("upgrade", "succeeded")]
+    assert len(await kit.payments.stripe_payment_intents(org)) == 2
+    assert len(await kit.billing.invoices(org)) == 2
+    assert (await kit.billing.balance(org)).plan_name == "pro"
+    await kit.settle()
+    assert [e.template for e in kit.emails(org)].count("upgrade_confirmed") == 1
