@@ -10,6 +10,7 @@ It imports nothing of the embedded development stack (stack/) and never migrates
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -72,6 +74,31 @@ from workflows.subscription import SubscriptionWorkflow
 
 log = logging.getLogger("billing.client")
 
+# Every call that waits on Temporal answers within this (failure model rule 5): longer than an update's own
+# deadline (workflows/subscription.py UPDATE_DEADLINE), so an update that gives up is answered by itself.
+CLIENT_DEADLINE = timedelta(seconds=150)
+CONNECT_DEADLINE = timedelta(seconds=10)
+TRIGGER_DEADLINE = timedelta(seconds=5)   # a debit never waits longer on its auto-recharge signal
+_UNREACHABLE = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED)
+
+
+@asynccontextmanager
+async def _answered_within(deadline: timedelta, what: str) -> AsyncIterator[None]:
+    """Turn a wait past `deadline`, or a Temporal server that cannot be reached, into ServiceUnavailable.
+    Calls pass the deadline to the SDK as well (rpc_timeout), which then ends them itself; the timeout
+    here, a little later, bounds what the SDK does not (following a workflow's result)."""
+    try:
+        async with asyncio.timeout(deadline.total_seconds() + 1):
+            yield
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):  # the SDK's form of an update's timeout
+        raise ServiceUnavailable(f"{what}: no answer within {deadline}; it may still complete, and asking "
+                                 "again is safe (a repeat answers as the first)") from None
+    except RPCError as err:
+        if err.status in _UNREACHABLE:
+            raise ServiceUnavailable(f"{what}: Temporal cannot be reached ({err.message})") from None
+        raise
+
+
 def _billing_error(err: BaseException) -> BaseException:
     """The typed error behind a Temporal failure (models/errors.py), else the failure itself."""
     return from_failure(err) or err
@@ -85,6 +112,7 @@ class BillingClient:
         self.ledger = ledger
         self.settings = settings
         self._temporal = temporal
+        self.deadline = CLIENT_DEADLINE  # of every call that waits on Temporal
         self.auto_recharges = AutoRecharges(ledger)
         # Stripe from STRIPE_API_KEY, or in development mode the embedded stack's fake; else none (metering
         # and reads need none; buying with a new card is refused as ServiceUnavailable).
@@ -123,7 +151,11 @@ class BillingClient:
     async def temporal(self) -> Client:
         """The Temporal client, connected on first use (metering alone never needs it)."""
         if self._temporal is None:
-            self._temporal = await connect_client(self.settings)
+            try:
+                async with _answered_within(CONNECT_DEADLINE, "connecting to Temporal"):
+                    self._temporal = await connect_client(self.settings)
+            except RuntimeError as err:  # the SDK's "failed client connect"
+                raise ServiceUnavailable(f"Temporal cannot be reached: {err}") from None
         return self._temporal
 
     async def subscribe(
@@ -143,8 +175,9 @@ class BillingClient:
         )
         req = SubscribeRequest(plan, seats, email, interval, trial_days, payment_method, vat_rate)
         try:
-            result: Subscription = await client.execute_update_with_start_workflow(
-                SubscriptionWorkflow.subscribe, req, start_workflow_operation=start)
+            async with _answered_within(self.deadline, f"subscribing {org_id}"):
+                result: Subscription = await client.execute_update_with_start_workflow(
+                    SubscriptionWorkflow.subscribe, req, start_workflow_operation=start, rpc_timeout=self.deadline)
             return result
         except WorkflowUpdateFailedError as err:
             raise _billing_error(err) from None
@@ -178,7 +211,8 @@ class BillingClient:
     async def subscription(self, org_id: str) -> Subscription:
         handle = await self._handle(org_id)
         try:
-            result: Subscription = await handle.query(SubscriptionWorkflow.state)
+            async with _answered_within(self.deadline, f"reading the subscription of {org_id}"):
+                result: Subscription = await handle.query(SubscriptionWorkflow.state, rpc_timeout=self.deadline)
             return result
         except RPCError as err:
             raise self._not_found(org_id, err) from None
@@ -203,10 +237,11 @@ class BillingClient:
     async def _update(self, org_id: str, update: Any, arg: Any) -> Subscription:
         handle = await self._handle(org_id)
         try:
-            if arg is None:
-                result: Subscription = await handle.execute_update(update)
-            else:
-                result = await handle.execute_update(update, arg)
+            async with _answered_within(self.deadline, f"changing the subscription of {org_id}"):
+                if arg is None:
+                    result: Subscription = await handle.execute_update(update, rpc_timeout=self.deadline)
+                else:
+                    result = await handle.execute_update(update, arg, rpc_timeout=self.deadline)
             return result
         except WorkflowUpdateFailedError as err:
             raise _billing_error(err) from None
@@ -232,12 +267,13 @@ class BillingClient:
         threshold asks again."""
         try:
             client = await self.temporal()
-            await client.start_workflow(
-                AutoRechargeWorkflow.run, RechargeRun(org_id), id=recharge_workflow_id(org_id),
-                task_queue=self.settings.task_queue, start_signal="trigger",
-                start_signal_args=[RechargeTrigger(reason, self.ledger.clock())],
-                search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
-                static_summary=f"Auto-recharge of organization {org_id}")
+            async with asyncio.timeout(TRIGGER_DEADLINE.total_seconds()):
+                await client.start_workflow(
+                    AutoRechargeWorkflow.run, RechargeRun(org_id), id=recharge_workflow_id(org_id),
+                    task_queue=self.settings.task_queue, start_signal="trigger",
+                    start_signal_args=[RechargeTrigger(reason, self.ledger.clock())],
+                    search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
+                    static_summary=f"Auto-recharge of organization {org_id}")
         except Exception:
             log.exception("auto-recharge of %s: the trigger was not delivered (asked again after the lease)",
                           org_id)
@@ -290,21 +326,22 @@ class BillingClient:
             await self._ensure_customer(org_id, email, payment_method)  # PaymentDeclined at attach, say
         client = await self.temporal()
         wf_id = pack_workflow_id(org_id, key)
-        try:
-            handle = await client.start_workflow(
-                PackPurchaseWorkflow.run, BuyPack(org_id, pack, pack_key(org_id, key)), id=wf_id,
-                task_queue=self.settings.task_queue,
-                # A run that failed (Stripe refused the request: nothing charged) may be asked again.
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
-                static_summary=f"Pack {pack} for organization {org_id}")
-        except WorkflowAlreadyStartedError:  # bought before: the first answer stands
-            handle = client.get_workflow_handle(wf_id, result_type=PackPurchase)
-        try:
-            result: PackPurchase = await handle.result()
-        except WorkflowFailureError as err:
-            raise _billing_error(err) from None
+        async with _answered_within(self.deadline, f"buying pack {pack} for {org_id}"):
+            try:
+                handle = await client.start_workflow(
+                    PackPurchaseWorkflow.run, BuyPack(org_id, pack, pack_key(org_id, key)), id=wf_id,
+                    task_queue=self.settings.task_queue,
+                    # A run that failed (Stripe refused the request: nothing charged) may be asked again.
+                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                    search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
+                    static_summary=f"Pack {pack} for organization {org_id}")
+            except WorkflowAlreadyStartedError:  # bought before: the first answer stands
+                handle = client.get_workflow_handle(wf_id, result_type=PackPurchase)
+            try:
+                result: PackPurchase = await handle.result()
+            except WorkflowFailureError as err:
+                raise _billing_error(err) from None
         if result.pack != pack:
             raise IdempotencyConflict(org_id, key)
         return result
