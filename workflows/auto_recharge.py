@@ -22,8 +22,8 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError
 
-from workflows.activity_defs import CHARGE, DISABLE_RECHARGE, GRANT_PACK, PLAN_RECHARGE, SETTLE_RECHARGE
-from workflows.common import ORG_ID, PERIOD_END, STATUS, declined, notify
+from workflows.activity_defs import CHARGE, DISABLE_RECHARGE, PLAN_RECHARGE, SETTLE_RECHARGE
+from workflows.common import ORG_ID, PERIOD_END, STATUS, declined, grant_paid_pack, notify
 
 with workflow.unsafe.imports_passed_through():
     from models.auto_recharge import LEASE, decide, pack_lines
@@ -129,8 +129,8 @@ class AutoRechargeWorkflow:
             return await self._declined(ctx, now, key, decision.total_cents)
         self.failed = 0
         credits = pack.credits * decision.packs
-        await GRANT_PACK.run(GrantPack(self.org_id, key, credits, now),
-                             summary=f"Grant {credits} pack credits (never expire)")
+        await grant_paid_pack(GrantPack(self.org_id, key, credits, now),
+                              summary=f"Grant {credits} pack credits (never expire)")
         await self._email(ctx, step_key(key, "receipt"), "auto_recharge_receipt", now, packs=decision.packs,
                           credits=str(credits), amount=self._money(ctx, charged.amount_cents),
                           invoice_number=charged.invoice_number, pack=ctx.pack)

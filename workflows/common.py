@@ -9,11 +9,13 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.activity_defs import SEND_EMAIL
+from workflows.activity_defs import GRANT_PACK, SEND_EMAIL
 
 with workflow.unsafe.imports_passed_through():
     from models.billing_types import SendEmail
     from models.errors import BillingError, to_application_error
+    from models.ledger_types import GrantPack, LedgerWriteResult
+    from models.subscription_rules import incident_backoff
 
 ORG_ID = SearchAttributeKey.for_keyword("BillingOrgId")
 PLAN = SearchAttributeKey.for_keyword("BillingPlan")
@@ -59,3 +61,30 @@ async def notify(req: SendEmail, *, summary: str) -> None:
         workflow.metric_meter().create_counter(
             "billing_notifications_deferred", "emails a workflow left to the outbox relay").add(
             1, {"template": req.template})
+
+
+async def grant_paid_pack(grant: GrantPack, *, summary: str) -> LedgerWriteResult:
+    """Grant the credits a successful charge paid for (a pack, an auto-recharge), however long it takes
+    (failure model rule 2): a grant that fails even for good is an incident (search attribute
+    BillingIncident, current details, the billing_incidents counter), tried again on the backoff of
+    models/subscription_rules.py (1 min doubling to 1 h); its key makes every try the same grant."""
+    failures = 0
+    while True:
+        try:
+            granted = await GRANT_PACK.run(grant, summary=summary)
+        except ActivityError as err:
+            failures += 1
+            wait = incident_backoff(failures)
+            error = failure_text(err)
+            workflow.logger.warning("incident of %s: paid credits %s not granted (attempt %d): %s",
+                                    grant.org_id, grant.key, failures, error)
+            workflow.metric_meter().create_counter(
+                "billing_incidents", "steps that failed for good").add(1, {"step": "paid grant"})
+            workflow.upsert_search_attributes([INCIDENT.value_set("paid grant")])
+            workflow.set_current_details(f"**incident**: {grant.credits} paid credits for {grant.org_id} not "
+                                         f"granted yet (attempt {failures}), next try in {wait}: {error}")
+            await workflow.sleep(wait, summary="paid grant: next try")
+            continue
+        if failures:
+            workflow.upsert_search_attributes([INCIDENT.value_unset()])
+        return granted

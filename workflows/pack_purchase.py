@@ -6,8 +6,7 @@ once and grants once. A decline raises PaymentDeclined and grants nothing; a cha
 good (nothing charged) fails the run with its typed error, and the same key may be asked again.
 
 Once the charge succeeded the purchase completes (failure model rule 2): a grant that fails even for
-good is recorded as an incident (search attribute BillingIncident, current details, the billing_incidents
-counter) and tried again on the subscription's backoff (1 min doubling to 1 h) until it goes through.
+good is an incident, tried again on a backoff until it goes through (workflows/common.py grant_paid_pack).
 Deterministic: no I/O here.
 """
 
@@ -16,8 +15,8 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.activity_defs import BILLING_PROFILE, CHARGE, GRANT_PACK
-from workflows.common import INCIDENT, ORG_ID, STATUS, declined, failure_text, notify, reject
+from workflows.activity_defs import BILLING_PROFILE, CHARGE
+from workflows.common import ORG_ID, STATUS, declined, grant_paid_pack, notify, reject
 
 with workflow.unsafe.imports_passed_through():
     from models.auto_recharge import pack_lines
@@ -29,7 +28,6 @@ with workflow.unsafe.imports_passed_through():
     from models.keys import step_key
     from models.ledger_types import GrantPack
     from models.money import Money
-    from models.subscription_rules import incident_backoff
 
 
 @workflow.defn(name="PackPurchase")
@@ -60,27 +58,8 @@ class PackPurchaseWorkflow:
             workflow.set_current_details(f"**pack {req.pack}** for {req.org_id}: declined, nothing granted")
             raise ApplicationError(cause.message, *cause.details, type="PaymentDeclined",
                                    non_retryable=True) from None
-        grant = GrantPack(req.org_id, req.key, pack.credits, now)
-        failures = 0
-        while True:  # paid: the grant goes through, however long it takes
-            try:
-                granted = await GRANT_PACK.run(grant, summary=f"Grant {pack.credits} pack credits (never expire)")
-                break
-            except ActivityError as err:
-                failures += 1
-                wait = incident_backoff(failures)
-                error = failure_text(err)
-                workflow.logger.warning("incident of %s: pack %s paid, grant failed (attempt %d): %s",
-                                        req.org_id, req.pack, failures, error)
-                workflow.metric_meter().create_counter(
-                    "billing_incidents", "steps that failed for good").add(1, {"step": "pack grant"})
-                workflow.upsert_search_attributes([INCIDENT.value_set("pack grant")])
-                workflow.set_current_details(
-                    f"**pack {req.pack}** for {req.org_id}: paid {charged.invoice_number}, **incident**: the "
-                    f"grant failed (attempt {failures}), next try in {wait}: {error}")
-                await workflow.sleep(wait, summary="pack grant: next try")
-        if failures:
-            workflow.upsert_search_attributes([INCIDENT.value_unset()])
+        granted = await grant_paid_pack(GrantPack(req.org_id, req.key, pack.credits, now),
+                                        summary=f"Grant {pack.credits} pack credits (never expire)")
         amount = str(Money(charged.amount_cents, charged.currency))
         await notify(
             SendEmail(req.org_id, step_key(req.key, "receipt"), "pack_receipt", profile.email, now, {
