@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -23,6 +26,7 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
+from audit import DEFAULT_LIMIT, DEFAULT_PENDING_BOUND, AuditReport, run_audit
 from ledger.migrate import migrate as apply_migrations
 from models.auto_recharge_types import AutoRechargeSettings
 from models.errors import BillingError, InvalidRequest, ServiceUnavailable
@@ -30,6 +34,7 @@ from models.money import Money
 from models.subscription_types import Subscription
 from settings import Settings
 from starter import BillingClient
+from temporal_client import connect_client
 
 cli = typer.Typer(help="Billing engine: subscriptions, metering, balances, invoices.", no_args_is_help=True)
 console = Console()
@@ -285,6 +290,63 @@ def migrate_cmd() -> None:
         return settings.database_url.split("@")[-1]
 
     console.print(f"migrated {_answer(go())}")
+
+
+_DURATION = re.compile(r"(\d+)([smhd])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def _duration(text: str) -> timedelta:
+    """90s, 30m, 1h, 2d."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise typer.BadParameter(f"a duration is a whole number and a unit (90s, 30m, 1h, 2d), got {text!r}")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+@cli.command("audit")
+def audit_cmd(
+    json_output: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+    pending_bound: Annotated[str, typer.Option(
+        help="how long a payment may stay pending, and its grant and receipt may follow its success: "
+             "90s, 30m, 1h, 2d")] = f"{int(DEFAULT_PENDING_BOUND.total_seconds() // 3600)}h",
+    org: Annotated[list[str] | None, typer.Option("--org", help="audit only this organization (repeatable)")] = None,
+    limit: Annotated[int, typer.Option(help="findings listed per check and kind (all are counted)")] = DEFAULT_LIMIT,
+) -> None:
+    """Prove the books (audit.py): every succeeded payment has one invoice, one grant and its receipt; no
+    payment pending past the bound; the ledger's invariants; a running subscription for every paying
+    organization (when Temporal is configured); open incidents listed. Exit status 0 when nothing is broken
+    (open incidents are no broken books), 1 otherwise."""
+    bound = _duration(pending_bound)
+
+    async def go() -> AuditReport:
+        settings = await _settings()
+        assert settings.database_url is not None
+        temporal = None
+        if settings.temporal_address or settings.dev_mode:  # dev mode: the main command's dev server
+            try:
+                temporal = await connect_client(settings)
+            except RuntimeError as err:
+                raise ServiceUnavailable(f"Temporal cannot be reached: {err}") from None
+        return await run_audit(settings.database_url, temporal=temporal, now=datetime.now(UTC), pending_bound=bound,
+                               limit=limit, orgs=org)
+
+    report: AuditReport = _answer(go())
+    if json_output:
+        typer.echo(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        broken, incidents = (sum(getattr(c, n) for c in report.checks) for n in ("broken", "incidents"))
+        typer.echo(f"audit at {report.now:%Y-%m-%d %H:%M:%S}Z: {len(report.checks)} checks, {broken} broken, "
+                   f"{incidents} open incidents, {report.in_flight} payments in flight")
+        for name, why in report.skipped.items():
+            typer.echo(f"skipped {name}: {why}")
+        for c in report.checks:
+            for f in c.findings:
+                typer.echo(f"{f.kind.upper():8} {f.check:12} {f.org_id or '-'}: {f.detail}")
+            if c.truncated:
+                typer.echo(f"         {c.name}: {len(c.findings)} of {c.broken + c.incidents} listed (--limit)")
+        typer.echo("the books balance" if report.ok else "the books do NOT balance")
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def main() -> None:

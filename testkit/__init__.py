@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +31,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from audit import DEFAULT_LIMIT, AuditReport, run_audit
 from ledger import Ledger
 from ledger.migrate import migrate
 from mail.alerts import AlertSender
@@ -163,6 +164,14 @@ class TestKit:
                 "SELECT key, org_id, amount_cents, currency, purpose, status, stripe_payment_intent, created_at "
                 "FROM payments WHERE org_id = %s ORDER BY created_at, key", (org_id,)).fetchall()
         return [Charge(*row) for row in rows]
+
+    async def audit(self, *, pending_bound: timedelta = timedelta(0), limit: int = DEFAULT_LIMIT,
+                    orgs: Collection[str] | None = None, exclude_orgs: Collection[str] = ()) -> AuditReport:
+        """The audit (audit.py) of the kit's whole database at the kit's time, with its Temporal client. The
+        bound is 0 by default: once the kit has settled nothing is in flight, every payment is complete."""
+        await self._sync_clock()
+        return await run_audit(self.database_url, temporal=self.env.client, now=self.now(),
+                               pending_bound=pending_bound, limit=limit, orgs=orgs, exclude_orgs=exclude_orgs)
 
     async def use_card(self, org_id: str, kind: CardKind) -> str | None:
         """Give the organization a card that is "ok", "declined" (attaches, every charge declined) or
