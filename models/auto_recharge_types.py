@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import ClassVar, Literal
 
 DEFAULT_SPENDING_LIMIT_CENTS = 5000   # 50.00 per billing period (docs/product.md)
 
@@ -49,6 +49,7 @@ class PackPurchase:
 
 @dataclass(frozen=True)
 class BillingProfile:
+    personal_data: ClassVar[bool] = True  # holds the billing contact: sealed in Temporal history (temporal_client.py)
     org_id: str
     email: str
     currency: str
@@ -81,6 +82,7 @@ class PlanRecharge:
 @dataclass(frozen=True)
 class RechargeContext:
     """Everything one round decides on, read at once: settings, balance, this period's spending."""
+    personal_data: ClassVar[bool] = True  # holds the billing contact: sealed in Temporal history (temporal_client.py)
 
     org_id: str
     enabled: bool

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import ClassVar, Literal
 
 Status = Literal["trialing", "active", "past_due", "free"]
 Interval = Literal["month", "year"]
@@ -27,6 +27,7 @@ class InvoiceLine:
 class EnsureCustomer:
     """Create (once) the organization's billing profile and Stripe customer; attach `payment_method`
     as its default when given."""
+    personal_data: ClassVar[bool] = True  # holds the billing contact: sealed in Temporal history (temporal_client.py)
 
     org_id: str
     email: str
@@ -72,6 +73,7 @@ class ChargeResult:
 @dataclass(frozen=True)
 class SendEmail:
     """Render `template` (templates/emails/{template}.*) with `context` and send it once per `key`."""
+    personal_data: ClassVar[bool] = True  # holds the billing contact: sealed in Temporal history (temporal_client.py)
 
     org_id: str
     key: str
@@ -83,6 +85,7 @@ class SendEmail:
 
 @dataclass(frozen=True)
 class EmailResult:
+    personal_data: ClassVar[bool] = True  # holds the billing contact: sealed in Temporal history (temporal_client.py)
     key: str
     sent: bool                 # False when the key had already been sent (nothing sent again)
     failed: str | None = None  # the SMTP server refused it for good: its answer, recorded on the outbox row

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import ClassVar
 
 from models.billing_types import Interval, Status
 
@@ -39,6 +40,7 @@ class UnfinishedChange:
 @dataclass
 class SubscriptionState:
     """Everything the subscription knows. Absolute timestamps only: timers do not survive continue-as-new."""
+    personal_data: ClassVar[bool] = True  # holds the billing contact: sealed in Temporal history (temporal_client.py)
 
     org_id: str
     status: Status | None = None           # None until the first subscribe
@@ -86,6 +88,7 @@ class Subscription:
 
 @dataclass(frozen=True)
 class SubscribeRequest:
+    personal_data: ClassVar[bool] = True  # holds the billing contact: sealed in Temporal history (temporal_client.py)
     plan: str
     seats: int
     email: str

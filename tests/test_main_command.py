@@ -14,7 +14,8 @@ from pathlib import Path
 from settings import ROOT
 from stack.mail import free_port
 
-UNSET = ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_KEY", "SMTP_URL", "BILLING_DEV_MODE")
+UNSET = ("DATABASE_URL", "TEMPORAL_ADDRESS", "STRIPE_API_KEY", "SMTP_URL", "BILLING_DEV_MODE",
+         "BILLING_PAYLOAD_KEYS")
 
 
 def _env_without_parts(data_dir: Path) -> dict[str, str]:
