@@ -21,6 +21,26 @@ def _env(name: str) -> str | None:
 _TRUE = {"1", "true", "yes", "on"}
 
 
+class InvalidSetting(ValueError):
+    """A setting whose value cannot be right: the process refuses to start instead of guessing."""
+
+
+def check_stripe_max_rps(value: object) -> int | None:
+    """BILLING_STRIPE_MAX_RPS: None (no ceiling) or a positive whole number of Stripe requests per second."""
+    if value is None:
+        return None
+    number: object = value
+    if isinstance(value, str):
+        try:
+            number = int(value.strip(), 10)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise InvalidSetting(f"BILLING_STRIPE_MAX_RPS must be a positive whole number of Stripe requests per "
+                             f"second (or unset: no ceiling), got {value!r}")
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where each part is. An unset part is an error, except in development mode (`dev_mode`, set by the
@@ -38,6 +58,10 @@ class Settings:
     hold_ttl_seconds: int = 900
     dev_mode: bool = False
     metrics_address: str | None = None   # host:port of the worker's Prometheus endpoint; None: no metrics
+    stripe_max_rps: int | None = None    # fleet-wide ceiling on Stripe requests/s (payments/ceiling.py); None: none
+
+    def __post_init__(self) -> None:
+        check_stripe_max_rps(self.stripe_max_rps)
 
     def unset_parts(self) -> list[str]:
         """The variables of the parts left unconfigured (the embedded stack's to fill, in dev mode only)."""
@@ -59,4 +83,5 @@ class Settings:
             hold_ttl_seconds=int(_env("BILLING_HOLD_TTL_SECONDS") or 900),
             dev_mode=(_env("BILLING_DEV_MODE") or "").lower() in _TRUE,
             metrics_address=_env("BILLING_METRICS_ADDRESS"),
+            stripe_max_rps=check_stripe_max_rps(_env("BILLING_STRIPE_MAX_RPS")),
         )

@@ -31,7 +31,7 @@ from ledger.auto_recharge import AutoRecharges
 from mail.alerts import AlertSender
 from mail.mailer import Mailer
 from payments import Payments, close_stripe_client, stripe_client_from_settings
-from settings import Settings
+from settings import InvalidSetting, Settings
 from telemetry import configure_logging, install_metrics
 from temporal_client import connect_client
 from workflows import ALL_WORKFLOWS
@@ -141,7 +141,8 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     async with running_parts(settings) as run:
         ledger = await Ledger.open(run.database_url, pool_size=settings.db_pool_size)
-        stripe = stripe_client_from_settings(settings, run.stripe_url)
+        # BILLING_STRIPE_MAX_RPS: every Stripe request first takes a slot counted in this database (rule 10).
+        stripe = stripe_client_from_settings(settings, run.stripe_url, run.database_url)
         # A charge holds its connection (and the key's advisory lock) across the Stripe call, an email
         # across the SMTP exchange: each pool's size bounds the charges or sends in flight per worker.
         payments = Payments(run.database_url, stripe, pool_size=settings.db_pool_size)
@@ -164,5 +165,5 @@ async def main() -> None:
 if __name__ == "__main__":
     try:
         uvloop.run(main())  # libuv event loop: less client CPU per ledger call (bench/ledger.py)
-    except NotConfigured as exc:
+    except (NotConfigured, InvalidSetting) as exc:
         sys.exit(f"worker: {exc}")

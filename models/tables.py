@@ -235,3 +235,10 @@ auto_recharge = Table(
     Column("version", BigInteger, nullable=False),
     Column("updated_at", TS, nullable=False),
 )
+
+stripe_ceiling = Table(
+    "stripe_ceiling", metadata,  # 0005: one row per ceiling, the current second's count (payments/ceiling.py)
+    Column("key", Text, primary_key=True),
+    Column("window_start", BigInteger, nullable=False),
+    Column("used", Integer, nullable=False),
+)

@@ -9,16 +9,21 @@ import aiohttp
 import stripe
 from stripe import StripeClient
 
-from settings import Settings
+from payments.ceiling import CeilingHTTPClient, StripeCeiling
+from settings import InvalidSetting, Settings
 
 # The key a fake Stripe (localstripe) is reached with: it accepts any key, the SDK wants one.
 DUMMY_API_KEY = "sk_test_localstripe"
 
 
-def stripe_client(*, api_key: str | None = None, base_url: str | None = None, timeout: float = 30.0) -> StripeClient:
+def stripe_client(*, api_key: str | None = None, base_url: str | None = None, timeout: float = 30.0,
+                  ceiling: StripeCeiling | None = None) -> StripeClient:
     """A StripeClient on aiohttp with no retries of its own (Temporal owns retries). `api_key`: a real
-    key (test or live); else `base_url` is a fake Stripe (localstripe) reached with a dummy key."""
-    http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout))
+    key (test or live); else `base_url` is a fake Stripe (localstripe) reached with a dummy key. With a
+    `ceiling`, every request takes a slot of it first (payments/ceiling.py); `close_stripe_client` closes it."""
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    http = (CeilingHTTPClient(ceiling, timeout=client_timeout) if ceiling is not None
+            else stripe.AIOHTTPClient(timeout=client_timeout))
     if api_key:
         return stripe.StripeClient(api_key, http_client=http, max_network_retries=0)
     if not base_url:
@@ -27,9 +32,19 @@ def stripe_client(*, api_key: str | None = None, base_url: str | None = None, ti
                                base_addresses={"api": base_url})
 
 
-def stripe_client_from_settings(settings: Settings, localstripe_url: str | None = None) -> StripeClient:
-    """STRIPE_API_KEY when set, else the localstripe at `localstripe_url` (see stack/stripe_server.py)."""
-    return stripe_client(api_key=settings.stripe_api_key, base_url=localstripe_url)
+def stripe_client_from_settings(settings: Settings, localstripe_url: str | None = None,
+                                database_url: str | None = None) -> StripeClient:
+    """STRIPE_API_KEY when set, else the localstripe at `localstripe_url` (see stack/stripe_server.py).
+    With BILLING_STRIPE_MAX_RPS, under the fleet's ceiling, counted in the database at `database_url`
+    (default: DATABASE_URL); without it, no ceiling and no database call."""
+    ceiling = None
+    if settings.stripe_max_rps is not None:
+        url = database_url or settings.database_url
+        if not url:
+            raise InvalidSetting("BILLING_STRIPE_MAX_RPS is counted in PostgreSQL, which every worker shares: "
+                                 "it needs the database (DATABASE_URL)")
+        ceiling = StripeCeiling(url, settings.stripe_max_rps)
+    return stripe_client(api_key=settings.stripe_api_key, base_url=localstripe_url, ceiling=ceiling)
 
 
 async def close_stripe_client(client: StripeClient) -> None:
