@@ -58,6 +58,7 @@ class Settings:
     hold_ttl_seconds: int = 900
     dev_mode: bool = False
     metrics_address: str | None = None   # host:port of the worker's Prometheus endpoint; None: no metrics
+    payload_keys: str | None = None      # BILLING_PAYLOAD_KEYS: seal billing contacts in history (temporal_client.py)
     stripe_max_rps: int | None = None    # fleet-wide ceiling on Stripe requests/s (payments/ceiling.py); None: none
 
     def __post_init__(self) -> None:
@@ -83,5 +84,6 @@ class Settings:
             hold_ttl_seconds=int(_env("BILLING_HOLD_TTL_SECONDS") or 900),
             dev_mode=(_env("BILLING_DEV_MODE") or "").lower() in _TRUE,
             metrics_address=_env("BILLING_METRICS_ADDRESS"),
+            payload_keys=_env("BILLING_PAYLOAD_KEYS"),
             stripe_max_rps=check_stripe_max_rps(_env("BILLING_STRIPE_MAX_RPS")),
         )

@@ -68,8 +68,12 @@ async def running_parts(settings: Settings) -> AsyncIterator[Running]:
     defaults for what is unset, the schema migrated (the `embedded` extra, imported only then). Outside
     it a worker with a part unconfigured refuses to start: it fails closed."""
     unset = settings.unset_parts()
-    if unset and not settings.dev_mode:
-        raise NotConfigured(unset)
+    if not settings.dev_mode:
+        # Development mode seals billing contacts with the public development key; production with its own.
+        if not settings.payload_keys:
+            unset.append("BILLING_PAYLOAD_KEYS")
+        if unset:
+            raise NotConfigured(unset)
     if not unset:
         assert settings.database_url and settings.temporal_address and settings.smtp_url
         client = await connect_client(settings)
