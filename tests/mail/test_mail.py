@@ -461,3 +461,38 @@ async def test_an_alert_with_a_bad_address_waits_without_blocking_others(
     assert [a.kind for a in await ledger.pending_alerts(bad)] == ["plan_80"]  # left unsent
     async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute("DELETE FROM alerts WHERE org_id = %s", (bad,))  # not left for other tests' pollers
+
+
+async def test_the_relay_sends_what_a_workflow_left_once_smtp_is_back(database_url: str, sink: SmtpSink) -> None:
+    """A workflow stops waiting on an SMTP server that is down (workflows/common.py notify); the outbox
+    keeps the rendering and the relay sends it once, after RELAY_AFTER, when the server is back."""
+    down = await Mailer.open(database_url, f"smtp://127.0.0.1:{free_port()}", timeout=5)
+    req = request("receipt")
+    try:
+        with pytest.raises(OSError):
+            await down.send(req)
+        with pytest.raises(OSError):  # still down: the relay's poll fails and tries again next time
+            await down.relay(T0 + timedelta(minutes=5), limit=1000)
+    finally:
+        await down.close()
+    up = await Mailer.open(database_url, sink.url)
+    try:
+        await up.relay(T0 + timedelta(seconds=30), limit=1000)  # too recent: the workflow may still send it
+        assert sink.messages(req.org_id) == []
+        await up.relay(T0 + timedelta(minutes=5), limit=1000)
+        await up.relay(T0 + timedelta(minutes=6), limit=1000)  # sent: never again
+        assert (await up.send(req)).sent is False              # the workflow's own retry finds it sent
+    finally:
+        await up.close()
+    assert [m.subject for m in sink.messages(req.org_id)] == ["Receipt INV-2026-000042: EUR 270.00"]
+    row = await outbox_row(database_url, req.key)
+    assert row is not None and row[3] == T0 + timedelta(minutes=5)
+
+
+async def test_the_relay_passes_over_what_failed_for_good(mailer: Mailer, sink: SmtpSink) -> None:
+    req = request("receipt", to="gone@acme.test")
+    sink.refuse.add(req.to)
+    assert (await mailer.send(req)).failed
+    sink.refuse.clear()
+    await mailer.relay(T0 + timedelta(hours=1), limit=1000)
+    assert sink.messages(req.org_id) == []
