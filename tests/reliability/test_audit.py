@@ -5,6 +5,7 @@ the end. Each injected case is found by its check, and nothing else in the datab
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import os
@@ -23,6 +24,7 @@ from audit import AuditReport, run_audit
 from models.invoicing import invoice_number
 from models.keys import pack_key, period_key, step_key, subscription_workflow_id
 from models.ledger_types import GrantPack, StartPeriod
+from temporal_client import DEV_PAYLOAD_KEY
 from testkit import TestKit
 from tests.reliability.conftest import assert_books_balance
 
@@ -329,17 +331,19 @@ async def billing_audit(kit: TestKit, *args: str, temporal: bool = True) -> tupl
     """`billing audit ARGS` in a process of its own, configured as an operator would: DATABASE_URL, and
     TEMPORAL_ADDRESS when `temporal`. Returns (exit status, stdout)."""
     env = {k: v for k, v in os.environ.items()
-           if k not in {"DATABASE_URL", "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "BILLING_DEV_MODE"}}
+           if k not in {"DATABASE_URL", "TEMPORAL_ADDRESS", "TEMPORAL_NAMESPACE", "BILLING_DEV_MODE",
+                        "BILLING_PAYLOAD_KEYS"}}
     env["DATABASE_URL"] = kit.database_url
     if temporal:
         env["TEMPORAL_ADDRESS"] = kit.env.client.service_client.config.target_host
         env["TEMPORAL_NAMESPACE"] = kit.env.client.namespace
+        env["BILLING_PAYLOAD_KEYS"] = base64.b64encode(DEV_PAYLOAD_KEY).decode()  # the kit's key
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "cli.py"), "audit", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout=300)
     assert proc.returncode is not None
-    assert proc.returncode in (0, 1), err.decode()
+    assert proc.returncode in (0, 1), out.decode() + err.decode()
     return proc.returncode, out.decode()
 
 
