@@ -143,8 +143,7 @@ class AuditReport:
             "now": self.now.isoformat(), "pending_bound_seconds": self.pending_bound.total_seconds(),
             "ok": self.ok, "broken": sum(c.broken for c in self.checks),
             "incidents": sum(c.incidents for c in self.checks), "in_flight": self.in_flight,
-            "checks": [{**dataclasses.asdict(c), "findings": [dataclasses.asdict(f) for f in c.findings]}
-                       for c in self.checks],
+            "checks": [dataclasses.asdict(c) for c in self.checks],
         }
 
 
@@ -650,7 +649,9 @@ async def _check_subscriptions(conn: AsyncConnection[Any], client: Client, names
                 continue
             if step is not None:
                 incidents.steps[org] = step
-                incident.add(org, f"{wf_id}: {await _incident_text(client, wf_id, step)}", "incident")
+                text = (await _incident_text(client, wf_id, step) if namespace == client.namespace
+                        else f"open incident at step {step!r}")  # the client's handles are of its namespace
+                incident.add(org, f"{wf_id}: {text}", "incident")
 
 
 async def _incident_text(client: Client, workflow_id: str, step: str) -> str:

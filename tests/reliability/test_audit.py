@@ -12,7 +12,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +20,9 @@ from typing import Any, Literal
 import psycopg
 import pytest
 
-from audit import AuditReport, run_audit
+from audit import AuditReport, Link, link_of, pack_purchase_of, period_of, run_audit
 from models.invoicing import invoice_number
-from models.keys import pack_key, period_key, step_key, subscription_workflow_id
+from models.keys import pack_key, period_key, recharge_key, step_key, subscription_workflow_id
 from models.ledger_types import GrantPack, StartPeriod
 from temporal_client import DEV_PAYLOAD_KEY
 from testkit import TestKit
@@ -134,6 +134,33 @@ async def assert_only(kit: TestKit, set_aside: frozenset[str], before: Flags, ex
     after, report = await flagged(kit, set_aside, **kwargs)
     assert after - before == expected, [f for f in report.broken if (f.check, f.org_id) not in before]
     return report
+
+
+# -- the links from a payment to its grant and receipt ---------------------------------------------------
+
+
+@pytest.mark.parametrize("org", ["acme", "acme:eu", "a:b:c"])  # ':' in an id is escaped in keys
+def test_a_payments_grant_and_receipt_follow_from_the_keys_the_workflows_build(org: str) -> None:
+    start = datetime(2026, 3, 15, 9, 30, tzinfo=UTC)
+    for purpose, word in [("subscription", "subscription"), ("renewal", "renewal"), ("retry", "retry-2")]:
+        key = period_key(org, start, word)
+        assert period_of(org, key) == start
+        assert link_of(org, key, purpose) == Link("period", period_key(org, start, "credits"),
+                                                  step_key(key, "receipt"))
+    upgrade, seats = period_key(org, start, "upgrade-1"), period_key(org, start, "seats-2")
+    assert link_of(org, upgrade, "upgrade") == Link("plan_change", upgrade, step_key(upgrade, "email"))
+    assert link_of(org, seats, "seats") == Link("none", None, step_key(seats, "email"))
+    for idem in ["p1", "x:y"]:
+        pack = pack_key(org, idem)
+        assert pack_purchase_of(org, pack) == idem
+        assert link_of(org, pack, "pack") == Link("pack", pack, step_key(pack, "receipt"))
+    recharge = recharge_key(org, start, 1)
+    assert link_of(org, recharge, "auto_recharge") == Link("pack", recharge, step_key(recharge, "receipt"))
+    # Keys of another organization, or not built by period_key, give no period: reported, never guessed.
+    assert period_of(org, period_key(f"{org}x", start, "renewal")) is None
+    assert period_of(org, f"{org}:{start.isoformat()}:renewal") is None
+    assert link_of(org, f"{org}:2026-03-15:renewal", "renewal").problem is not None
+    assert pack_purchase_of(org, pack_key(f"{org}x", "p1")) is None
 
 
 # -- the books the engine makes ---------------------------------------------------------------------------
