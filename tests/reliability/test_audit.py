@@ -191,6 +191,43 @@ async def test_the_books_the_engine_makes_balance(kit: TestKit, org: str) -> Non
     assert report.check("subscription").examined == 3
 
 
+async def test_a_dunning_retry_that_succeeds_balances(kit: TestKit, org: str) -> None:
+    """The renewal declined, the retry a day later paid: the retry's grant is its period's credits."""
+    first = await kit.billing.subscribe(org, plan="pro", email=EMAIL)
+    assert first.period_end is not None
+    await kit.use_card(org, "declined")
+    await kit.advance(first.period_end + timedelta(minutes=1) - kit.now())
+    await kit.use_card(org, "ok")
+    await kit.advance(timedelta(days=1))
+    assert [(c.purpose, c.status) for c in kit.charges(org)] == [
+        ("subscription", "succeeded"), ("renewal", "declined"), ("retry", "succeeded")]
+    await assert_books_balance(kit, allow_incidents=False)
+
+
+async def test_a_crash_after_stripe_charged_a_pack_balances(kit: TestKit, org: str) -> None:
+    await kit.billing.subscribe(org, plan="pro", email=EMAIL)
+    key = pack_key(org, "crash")
+    kit.payments.crash_after_stripe.add(key)  # the charge activity dies after Stripe confirmed; Temporal retries
+    await kit.billing.buy_credits(org, pack="1000", idempotency_key="crash")
+    assert key not in kit.payments.crash_after_stripe, "the crash did not fire"
+    await assert_books_balance(kit, allow_incidents=False)
+
+
+async def test_receipts_refused_for_good_are_recorded_as_failed_and_balance(kit: TestKit, org: str) -> None:
+    email = f"{org.lower()}@gone.test"
+    kit.sink.refuse.add(email)  # 550 for every message: each receipt is recorded as failed
+    try:
+        await kit.billing.subscribe(org, plan="pro", email=email)
+        await kit.billing.buy_credits(org, pack="500", idempotency_key="p1")
+        await kit.settle()
+    finally:
+        kit.sink.refuse.discard(email)
+    async with await psycopg.AsyncConnection.connect(kit.database_url) as conn:
+        cur = await conn.execute("SELECT count(*) FROM outbox WHERE org_id = %s AND failed_at IS NOT NULL", (org,))
+        assert await cur.fetchone() == (2,)
+    await assert_books_balance(kit, allow_incidents=False)
+
+
 # -- each way to break the books, found by its check ------------------------------------------------------
 
 
