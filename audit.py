@@ -292,6 +292,7 @@ async def violations(conn: AsyncConnection[Any]) -> dict[str, list[tuple[Any, ..
 
 PERIOD_PURPOSES = ("subscription", "renewal", "retry")
 PACK_PURPOSES = ("pack", "auto_recharge")
+SUBSCRIPTION_PURPOSES = (*PERIOD_PURPOSES, "upgrade", "seats")   # the charges of the Subscription workflow
 _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _STAMP_LEN = len(stamp(_EPOCH))
 
@@ -573,12 +574,13 @@ async def _report(check: _Collector, org: str, key: str, purpose: str, detail: s
 
 
 async def _covered_payments(conn: AsyncConnection[Any], incidents: _Incidents) -> None:
-    """An open subscription incident accounts for its organization's latest period payment: the failed step
-    is the period's, and its charge, grant and receipt are keyed, so the retry completes them. Older payments
-    were complete before the workflow continued as new, so the incident accounts for nothing else."""
+    """An open subscription incident accounts for its organization's latest subscription payment: the failed
+    step is the period's or an update's unfinished change (workflows/subscription.py: nothing else starts
+    until it completes), whose charge, grant and receipt are keyed, so the retry completes them. Older
+    payments were complete before, so the incident accounts for nothing else."""
     cur = await conn.execute(
         "SELECT DISTINCT ON (org_id) key FROM payments WHERE org_id = ANY(%s) AND purpose = ANY(%s) "
-        "ORDER BY org_id, created_at DESC, key DESC", (list(incidents.steps), list(PERIOD_PURPOSES)))
+        "ORDER BY org_id, created_at DESC, key DESC", (list(incidents.steps), list(SUBSCRIPTION_PURPOSES)))
     incidents.covered = {key for (key,) in await cur.fetchall()}
 
 
