@@ -33,10 +33,10 @@ def stripe_client(*, api_key: str | None = None, base_url: str | None = None, ti
 
 
 def stripe_client_from_settings(settings: Settings, localstripe_url: str | None = None,
-                                database_url: str | None = None) -> StripeClient:
+                                database_url: str | None = None, *, timeout: float = 30.0) -> StripeClient:
     """STRIPE_API_KEY when set, else the localstripe at `localstripe_url` (see stack/stripe_server.py).
     With BILLING_STRIPE_MAX_RPS, under the fleet's ceiling, counted in the database at `database_url`
-    (default: DATABASE_URL); without it, no ceiling and no database call."""
+    (default: DATABASE_URL); without it, no ceiling and no database call. `timeout`: per request, seconds."""
     ceiling = None
     if settings.stripe_max_rps is not None:
         url = database_url or settings.database_url
@@ -44,7 +44,7 @@ def stripe_client_from_settings(settings: Settings, localstripe_url: str | None 
             raise InvalidSetting("BILLING_STRIPE_MAX_RPS is counted in PostgreSQL, which every worker shares: "
                                  "it needs the database (DATABASE_URL)")
         ceiling = StripeCeiling(url, settings.stripe_max_rps)
-    return stripe_client(api_key=settings.stripe_api_key, base_url=localstripe_url, ceiling=ceiling)
+    return stripe_client(api_key=settings.stripe_api_key, base_url=localstripe_url, timeout=timeout, ceiling=ceiling)
 
 
 async def close_stripe_client(client: StripeClient) -> None:

@@ -41,7 +41,6 @@ from models.billing_types import CardKind, Charge
 from models.keys import recharge_workflow_id, subscription_workflow_id
 from models.subscription_types import Subscription
 from payments import close_stripe_client, stripe_client_from_settings
-from payments.stripe_client import stripe_client
 from settings import Settings
 from stack.mail import ReceivedEmail, SmtpSink
 from stack.postgres import start_embedded
@@ -183,13 +182,14 @@ class TestKit:
 async def start_testkit(
     *, database_url: str | None = None, data_dir: Path | None = None,
     temporal: Literal["time-skipping", "dev"] = "time-skipping", sandboxed: bool = True,
-    stripe_faults: bool = False, stripe_timeout: float | None = None,
+    stripe_faults: bool = False, stripe_timeout: float | None = None, stripe_max_rps: int | None = None,
 ) -> AsyncIterator[TestKit]:
     """Start the stack (a fresh embedded PostgreSQL unless `database_url`), yield the kit, stop it all.
     `temporal="dev"` runs the real dev server (in memory, free port) instead: same behaviour, real time,
     so `advance` is refused. `sandboxed=False` runs the workflows as a deployed worker does.
     `stripe_faults=True` puts a fault proxy (testkit/faults.py) between the kit's Stripe client and
-    localstripe, as `kit.stripe_faults`; `stripe_timeout` (seconds) overrides the Stripe client's timeout."""
+    localstripe, as `kit.stripe_faults`; `stripe_timeout` (seconds) overrides the Stripe client's timeout.
+    `stripe_max_rps` is BILLING_STRIPE_MAX_RPS for the kit's Stripe client, counted in the kit's database."""
     async with AsyncExitStack() as stack:
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="billing-kit-")))
         if database_url is None:
@@ -206,11 +206,11 @@ async def start_testkit(
         stack.push_async_callback(env.shutdown)
 
         kit: TestKit | None = None
-        settings = Settings(database_url=database_url, task_queue=TASK_QUEUE, smtp_url=sink.url, data_dir=root)
+        settings = Settings(database_url=database_url, task_queue=TASK_QUEUE, smtp_url=sink.url, data_dir=root,
+                            stripe_max_rps=stripe_max_rps)
         ledger = await Ledger.open(database_url, pool_size=8, clock=lambda: kit.now() if kit else datetime.now(UTC))
         stack.push_async_callback(ledger.close)
-        stripe = (stripe_client_from_settings(settings, stripe_url) if stripe_timeout is None
-                  else stripe_client(base_url=stripe_url, timeout=stripe_timeout))
+        stripe = stripe_client_from_settings(settings, stripe_url, timeout=stripe_timeout or 30.0)
         stack.push_async_callback(close_stripe_client, stripe)
         payments = KitPayments(database_url, stripe, default_card=CARD_OK)
         stack.push_async_callback(payments.close)

@@ -23,6 +23,8 @@ from models.errors import ServiceUnavailable
 from payments import Payments, close_stripe_client, stripe_client, stripe_client_from_settings
 from payments.ceiling import CeilingHTTPClient, StripeCeiling
 from settings import InvalidSetting, Settings, check_stripe_max_rps
+from stack.stripe_server import CARD_OK
+from testkit import start_testkit
 from testkit.payments import KitPayments
 from tests.support.stripe_fixtures import localstripe_url, payments
 from tests.support.stripe_recorder import Recorder, peak_per_second, stripe_recorder
@@ -116,6 +118,17 @@ async def test_the_settings_ceiling_counts_in_the_database_the_worker_passes(
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         cur = await conn.execute("SELECT used FROM stripe_ceiling WHERE key = 'stripe'")
         assert (await cur.fetchone() or (0,))[0] >= 1
+
+
+async def test_the_test_kit_passes_the_ceiling_to_its_worker(database_url: str) -> None:
+    async with start_testkit(database_url=database_url, stripe_max_rps=50) as kit:
+        http = kit.payments.stripe._requestor._client
+        assert isinstance(http, CeilingHTTPClient) and http.ceiling.max_rps == 50
+        before = int(time.time())
+        await kit.payments.create_card(CARD_OK)  # a Stripe request of the kit's client
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute("SELECT window_start FROM stripe_ceiling WHERE key = 'stripe'")
+        assert (await cur.fetchone() or (0,))[0] >= before
 
 
 async def test_no_slot_within_the_deadline_is_service_unavailable(database_url: str, recorder: Recorder) -> None:
