@@ -6,7 +6,8 @@ of a chosen business key (tests/reliability/test_crashes.py).
 Everything else is configured as a production worker is (DATABASE_URL, TEMPORAL_ADDRESS, STRIPE_API_KEY,
 SMTP_URL, BILLING_TASK_QUEUE): `worker.main` runs unchanged, with three adapters swapped for subclasses
 that only add the seam, and its Stripe client built by worker.py's own function for localstripe (a
-production worker has no Stripe base URL setting: STRIPE_API_KEY means api.stripe.com).
+production worker has no Stripe base URL setting: STRIPE_API_KEY means api.stripe.com; its banner still says
+so, the log lines name localstripe's address).
 
 One tuning differs: the worker keeps no workflow cache, so it uses no sticky task queue. A real Temporal
 server moves a workflow task queued for a dead worker's sticky queue back to the task queue after the
@@ -16,8 +17,8 @@ queue, as it would after that timeout; the workflows, activities and histories a
 
 The seam is a JSON file, `{"step": ..., "key": ...}`, read when a step of that key runs, so the test can
 arm it once it knows the key. It fires once: the file is renamed away before the kill, so the worker
-started after the crash, with the same command, runs the step through. The steps, each right after the
-effect and before anything records it:
+started after the crash, with the same command, runs the step through. The steps (all but `smtp-before`
+right after an effect, before anything records it):
 
 - `ledger`: the grant `key` committed by the ledger, before the activity answers;
 - `stripe`: Stripe confirmed the PaymentIntent of `key`, before the payment row records it;

@@ -135,7 +135,11 @@ class CrashStack:
     worker: WorkerProcess
 
     def arm(self, step: str, key: str) -> None:
-        self.spec.write_text(json.dumps({"step": step, "key": key}))
+        """Arm the worker's seam (crash_worker.py): written whole, then renamed, since the worker may read it
+        at any moment (the alert sender's loop sends emails too)."""
+        draft = self.spec.with_suffix(".draft")
+        draft.write_text(json.dumps({"step": step, "key": key}))
+        draft.replace(self.spec)
 
     async def now(self) -> datetime:
         return await self.env.get_current_time()

@@ -223,7 +223,7 @@ async def test_debits_across_a_restart_never_hang_and_a_failed_debit_retried_cha
                                      (o,))
             assert await cur.fetchone() == (len(keys), len(keys))
         assert (await kit.billing.balance(o)).available == burst.before[o] - COST * len(keys)
-    await assert_books_balance(kit)
+    await assert_books_balance(kit, allow_incidents=False)
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -301,4 +301,4 @@ async def test_a_renewal_across_a_restart_completes_exactly_once(
     assert len(intents) == 2  # the first period's and the renewal's: one each
     assert await _renewal(pg.url, org, charge_key, grant_key, receipt_key) == ("succeeded", 1, 1, True)
     assert len([m for m in kit.emails(org) if m.key == receipt_key]) == 1
-    await assert_books_balance(kit)
+    await assert_books_balance(kit, allow_incidents=False)
