@@ -113,14 +113,17 @@ class LeanPool:
             try:
                 await slot.cur.execute(sql, params)
                 return await slot.cur.fetchall()
-            except OperationalError:
+            except OperationalError as exc:
                 if not self._dead(slot):
                     raise
                 self._all.discard(slot)
                 await slot.conn.close()
-                slot = await self._connect()
-                await slot.cur.execute(sql, params)
-                return await slot.cur.fetchall()
+                try:
+                    slot = await self._connect()
+                    await slot.cur.execute(sql, params)
+                    return await slot.cur.fetchall()
+                except OperationalError as again:
+                    raise _lost(again) from exc
         finally:
             self._checkin(slot)
 
@@ -129,5 +132,16 @@ class LeanPool:
         slot = await self._checkout()
         try:
             yield slot.conn
+        except OperationalError as exc:
+            if self._dead(slot):
+                raise _lost(exc) from exc
+            raise
         finally:
             self._checkin(slot)
+
+
+def _lost(exc: OperationalError) -> ServiceUnavailable:
+    """The database went away under a call (rule 5: a typed error, not the driver's). Whether the call
+    committed is unknown; every ledger call is idempotent by its key, so the caller retries it as is."""
+    return ServiceUnavailable(f"the database connection was lost and could not be opened again ({exc}); "
+                              "the call may or may not have applied: retrying it under the same key is safe")

@@ -9,6 +9,7 @@ import stripe
 from psycopg import AsyncConnection
 from stripe import StripeClient
 from stripe.params import PaymentIntentListParams
+from temporalio.exceptions import ApplicationError
 
 from ledger.pool import LeanPool
 from models.billing_types import CardKind, ChargeRequest, ChargeResult
