@@ -105,6 +105,10 @@ async def build_worker(
     ]
     if not sandboxed:
         tuning["workflow_runner"] = UnsandboxedWorkflowRunner()
+    # Only the Stripe activities are regular ones, and each holds a payments connection: take no more at
+    # once than that pool has, or the rest wait for a connection (10 s, then a retry) instead of staying on
+    # the task queue for another worker (bench/storm.py counted 1,061 such retries for 2,000 renewals).
+    tuning.setdefault("max_concurrent_activities", payments.pool.size)
     worker = Worker(client, task_queue=task_queue, workflows=[*ALL_WORKFLOWS, *extra_workflows],
                     activities=activities,  # type: ignore[arg-type]
                     graceful_shutdown_timeout=timedelta(seconds=10),  # let a charge in flight finish
@@ -153,11 +157,7 @@ async def main() -> None:
         mailer = await Mailer.open(run.database_url, run.smtp_url, pool_size=settings.db_pool_size)
         alerts = AlertSender(mailer.pool, mailer)
         try:
-            # Only the Stripe activities are regular ones, and each holds a payments connection: take no more
-            # at once than the pool has, or the rest wait for a connection (10 s, then a retry) instead of
-            # staying on the task queue for another worker (bench/storm.py: 1,061 such retries in 2,000).
-            async with build_worker(run.client, settings.task_queue, ledger, payments, mailer,
-                                    max_concurrent_activities=settings.db_pool_size):
+            async with build_worker(run.client, settings.task_queue, ledger, payments, mailer):
                 console.print(banner(settings, run))
                 console.print("Ctrl-C stops the worker and the embedded services.")
                 sender = asyncio.create_task(alerts.run(stop))
