@@ -226,11 +226,6 @@ async def test_debits_across_a_restart_never_hang_and_a_failed_debit_retried_cha
     await assert_books_balance(kit, allow_incidents=False)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ledger/pool.py LeanPool.fetchall: a connection that died under a call (the server stopped) is replaced "
-    "once by _connect(), which raises psycopg.OperationalError while the server is away ('the database system "
-    "is shutting down', 'server closed the connection unexpectedly', refused): BillingClient.debit raises the "
-    "raw driver error, not ServiceUnavailable"))
 async def test_debits_across_a_restart_answer_success_or_service_unavailable(burst: Burst) -> None:
     answers = burst.answers()
     wrong = sorted({a for a in answers if a not in ("ok", ServiceUnavailable.__name__)})
