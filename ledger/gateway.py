@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 
 from ledger.pool import LeanPool
 from models.catalog import CATALOG, Catalog
-from models.checks import check_id, check_key, check_time, utcnow
+from models.checks import check_id, check_key, check_time, shown, utcnow
 from models.credits import MAX_CREDITS_MILLI, from_milli, to_milli
 from models.errors import (
     BillingError,
@@ -205,7 +205,7 @@ class Ledger:
         p = self._price(action, tier, quantity, country, user_id)
         ttl = self.hold_ttl if ttl is None else ttl
         if not isinstance(ttl, timedelta) or not timedelta(0) < ttl <= MAX_HOLD_TTL:
-            raise InvalidRequest(f"a hold's ttl is positive and at most {MAX_HOLD_TTL.days} days, got {ttl!r}")
+            raise InvalidRequest(f"a hold's ttl is positive and at most {MAX_HOLD_TTL.days} days, got {shown(ttl)}")
         at = self._now(now)
         row = await self.pool.fetchone(_HOLD, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
                                       p.user_id, p.cost_milli, at + ttl, at))
@@ -298,7 +298,7 @@ class Ledger:
         check_id("org_id", org_id)
         column = {"action": "action", "tier": "tier", "user": "user_id"}.get(by)
         if column is None:
-            raise InvalidRequest(f"usage is grouped by 'action', 'tier' or 'user', not {by!r}")
+            raise InvalidRequest(f"usage is grouped by 'action', 'tier' or 'user', not {shown(by)}")
         lo, hi = self._range(since, until)
         await self._require_org(org_id)
         async with self.pool.connection() as conn:
@@ -429,10 +429,11 @@ class Ledger:
         self.catalog.action(action)
         if max_uses is not None and (not isinstance(max_uses, int) or isinstance(max_uses, bool)
                                      or not 1 <= max_uses <= MAX_GUARD_USES):
-            raise InvalidRequest(f"max_uses must be a positive integer of at most {MAX_GUARD_USES:,}, got {max_uses!r}")
+            raise InvalidRequest(f"max_uses must be a positive integer of at most {MAX_GUARD_USES:,}, "
+                                 f"got {shown(max_uses)}")
         if not isinstance(window, timedelta) or not timedelta(seconds=1) <= window <= MAX_GUARD_WINDOW:
             raise InvalidRequest(f"a usage guard's window must be at least a second and at most "
-                                 f"{MAX_GUARD_WINDOW.days} days, got {window!r}")
+                                 f"{MAX_GUARD_WINDOW.days} days, got {shown(window)}")
         seconds = int(window.total_seconds())
         async with self.wallet_locked(org_id) as conn:
             if max_uses is None:

@@ -14,13 +14,23 @@ from models.errors import InvalidRequest
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,199}")
 
 
+def shown(value: object, limit: int = 120) -> str:
+    """A refused value as a message quotes it: its repr cut short (not 100 kB of it), and an int too long
+    for str() (Python refuses past 4,300 digits, with a ValueError) described instead."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of {value.bit_length()} bits" if isinstance(value, int) else f"a {type(value).__name__}"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def check_id(kind: str, value: object) -> str:
     """Organization ids, user ids and idempotency keys: non-empty, printable, at most 200 chars."""
     if not isinstance(value, str) or not value.strip():
-        raise InvalidRequest(f"{kind} must be a non-empty string, got {value!r}")
+        raise InvalidRequest(f"{kind} must be a non-empty string, got {shown(value)}")
     if not _ID.fullmatch(value):
         raise InvalidRequest(
-            f"{kind} {value!r} must be 1-200 characters of letters, digits and _.:@/+- "
+            f"{kind} {shown(value)} must be 1-200 characters of letters, digits and _.:@/+- "
             "(starting with a letter or digit)"
         )
     return value
@@ -34,13 +44,13 @@ _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+%-]{0,1499}")
 def check_key(kind: str, value: object) -> str:
     """A business key as models/keys.py builds it: non-empty, printable, at most 1,500 characters."""
     if not isinstance(value, str) or not _KEY.fullmatch(value):
-        raise InvalidRequest(f"{kind} {value!r} is not a business key (models/keys.py builds them)")
+        raise InvalidRequest(f"{kind} {shown(value)} is not a business key (models/keys.py builds them)")
     return value
 
 
 def check_time(name: str, value: datetime) -> datetime:
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidRequest(f"{name} must be a timezone-aware datetime, got {value!r}")
+        raise InvalidRequest(f"{name} must be a timezone-aware datetime, got {shown(value)}")
     return value
 
 
@@ -56,7 +66,7 @@ def check_email(kind: str, value: object) -> str:
     """An email address as every step that uses it needs it (subscribe, the Stripe customer, the mailer):
     checked before the first effect, so an address no email can go to never gets as far as a charge."""
     if not isinstance(value, str) or not _EMAIL.fullmatch(value) or parseaddr(value) != ("", value):
-        raise InvalidRequest(f"{value!r} is not an email address: {kind} is a bare address such as "
+        raise InvalidRequest(f"{shown(value)} is not an email address: {kind} is a bare address such as "
                              "billing@acme.example")
     return value
 
@@ -64,5 +74,5 @@ def check_email(kind: str, value: object) -> str:
 def check_rate(kind: str, value: object) -> Decimal:
     """A fraction in [0, 1) as a Decimal (a VAT rate): NaN, infinities and floats are refused typed."""
     if not isinstance(value, Decimal) or not value.is_finite() or not Decimal(0) <= value < 1:
-        raise InvalidRequest(f"{kind} is a Decimal fraction in [0, 1), e.g. Decimal('0.20'), got {value!r}")
+        raise InvalidRequest(f"{kind} is a Decimal fraction in [0, 1), e.g. Decimal('0.20'), got {shown(value)}")
     return value
