@@ -49,7 +49,7 @@ from models.auto_recharge_types import (
 )
 from models.billing_types import EnsureCustomer, Interval, Invoice
 from models.catalog import CATALOG
-from models.checks import check_id, utcnow
+from models.checks import check_id, check_name, utcnow
 from models.errors import BillingError, IdempotencyConflict, InvalidRequest, ServiceUnavailable, from_failure
 from models.keys import open_wallet_key, pack_key, pack_workflow_id, recharge_workflow_id, subscription_workflow_id
 from models.ledger_types import (
@@ -165,6 +165,7 @@ class BillingClient:
         """Start the organization's subscription: charged now (or after `trial_days` of trial), renewing on
         its own. Raises PaymentDeclined when the first charge fails (the organization stays on Free)."""
         check_id("org_id", org_id)
+        check_name("plan", plan)
         check_subscribe(CATALOG, None, plan, seats, interval, trial_days, email, vat_rate)  # before any start
         client = await self.temporal()
         start = WithStartWorkflowOperation(
@@ -184,12 +185,12 @@ class BillingClient:
 
     async def upgrade(self, org_id: str, *, plan: str) -> Subscription:
         """Move to a higher plan now, charging the price difference for the rest of the period."""
-        return await self._update(org_id, SubscriptionWorkflow.upgrade, PlanRequest(plan))
+        return await self._update(org_id, SubscriptionWorkflow.upgrade, PlanRequest(check_name("plan", plan)))
 
     async def downgrade(self, org_id: str, *, plan: str) -> Subscription:
         """Move to a lower plan at period end (no refund). Downgrading to the current plan withdraws a
         pending downgrade; a second downgrade replaces the first."""
-        return await self._update(org_id, SubscriptionWorkflow.downgrade, PlanRequest(plan))
+        return await self._update(org_id, SubscriptionWorkflow.downgrade, PlanRequest(check_name("plan", plan)))
 
     async def change_seats(self, org_id: str, *, seats: int) -> Subscription:
         """More seats now (prorated charge); fewer seats from the next period."""
@@ -319,7 +320,7 @@ class BillingClient:
         declined: nothing is granted. An organization that has never subscribed passes `email` and
         `payment_method` (its billing contact and card)."""
         check_id("org_id", org_id)
-        CATALOG.pack(pack)
+        CATALOG.pack(check_name("pack", pack))
         key = check_id("idempotency_key", idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
         await self.ledger.balance(org_id)  # UnknownOrganization before anything starts
         if email is not None or payment_method is not None:
@@ -390,7 +391,7 @@ class BillingClient:
         subscribes. Idempotent per organization. Paid plans come only with a subscription (`subscribe`):
         their credits are granted when the period is paid."""
         check_id("org_id", org_id)
-        if not CATALOG.plan(plan).is_free:
+        if not CATALOG.plan(check_name("plan", plan)).is_free:
             raise InvalidRequest(f"the {plan} plan's credits come with a subscription: subscribe to it")
         now = self.ledger.clock()
         try:

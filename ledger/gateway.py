@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 
 from ledger.pool import LeanPool
 from models.catalog import CATALOG, Catalog
-from models.checks import check_id, check_key, check_time, shown, utcnow
+from models.checks import check_id, check_key, check_name, check_time, shown, utcnow
 from models.credits import MAX_CREDITS_MILLI, from_milli, to_milli
 from models.errors import (
     BillingError,
@@ -111,8 +111,12 @@ class Ledger:
     def _price(
         self, action: str, tier: str | None, quantity: int | Decimal, country: str | None, user_id: str | None
     ) -> _Priced:
-        if not isinstance(action, str):
-            raise InvalidRequest(f"action must be a string, got {action!r}")
+        # Names, before they key the unit-cost cache and the catalog.
+        check_name("action", action)
+        if tier is not None:
+            check_name("tier", tier)
+        if country is not None:
+            check_name("country", country)
         q = validate_quantity(quantity)
         if q != q.quantize(Decimal("0.001")):
             raise InvalidRequest(f"quantity has at most 3 decimal places, got {quantity}")
@@ -296,7 +300,7 @@ class Ledger:
         until: datetime | None = None,
     ) -> list[UsageRow]:
         check_id("org_id", org_id)
-        column = {"action": "action", "tier": "tier", "user": "user_id"}.get(by)
+        column = {"action": "action", "tier": "tier", "user": "user_id"}.get(check_name("by", by))
         if column is None:
             raise InvalidRequest(f"usage is grouped by 'action', 'tier' or 'user', not {shown(by)}")
         lo, hi = self._range(since, until)
@@ -426,7 +430,7 @@ class Ledger:
         self, org_id: str, action: str, *, max_uses: int | None, window: timedelta = timedelta(hours=1)
     ) -> None:
         """More than `max_uses` uses of `action` within `window` pauses it until `resume_action`."""
-        self.catalog.action(action)
+        self.catalog.action(check_name("action", action))
         if max_uses is not None and (not isinstance(max_uses, int) or isinstance(max_uses, bool)
                                      or not 1 <= max_uses <= MAX_GUARD_USES):
             raise InvalidRequest(f"max_uses must be a positive integer of at most {MAX_GUARD_USES:,}, "
@@ -449,7 +453,7 @@ class Ledger:
 
     async def resume_action(self, org_id: str, action: str) -> bool:
         """An admin lifts a usage-guard pause. Returns whether the action was paused."""
-        self.catalog.action(action)
+        self.catalog.action(check_name("action", action))
         async with self.wallet_locked(org_id) as conn:
             cur = await conn.execute(
                 "UPDATE usage_guards SET paused_at = NULL WHERE org_id = %s AND action = %s "

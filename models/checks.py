@@ -36,6 +36,14 @@ def check_id(kind: str, value: object) -> str:
     return value
 
 
+def check_name(kind: str, value: object) -> str:
+    """A name the catalog looks up (a plan, pack, action, tier or country): a string, so that the lookup
+    answers "unknown" rather than fail on a value that cannot be hashed (a list, Decimal('sNaN'))."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{kind} must be a name (a string), got {shown(value)}")
+    return value
+
+
 # Business keys (models/keys.py) join ids with ':' and write a ':' inside an id as '%3A', so they may hold
 # '%' and be longer than an id: two ids of 200 characters, each ':' tripled, plus the engine's words.
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+%-]{0,1499}")
