@@ -67,6 +67,13 @@ _GRANT = "SELECT * FROM ledger_grant_pack(%s, %s, %s, %s)"
 _CHANGE = "SELECT * FROM ledger_change_plan(%s, %s, %s, %s, %s, %s, %s)"
 
 
+def _credits(name: str, value: object) -> int:
+    """An amount of credits in milli-credits by the one amount rule (to_milli), given a type it reads."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
+        raise InvalidRequest(f"{name} must be a Decimal number of credits, got {type(value).__name__}")
+    return to_milli(value)
+
+
 class _Priced(NamedTuple):
     action: str
     tier: str | None
@@ -412,7 +419,7 @@ class Ledger:
         """Credits a user may spend per period; user_id '*' sets the default for every user."""
         if user_id != "*":
             check_id("user_id", user_id)
-        milli = None if limit is None else to_milli(limit)
+        milli = None if limit is None else _credits("limit", limit)
         if milli is not None and milli < 0:
             raise InvalidRequest(f"a user limit cannot be negative, got {limit}")
         async with self.wallet_locked(org_id) as conn:
@@ -461,7 +468,7 @@ class Ledger:
             return cur.rowcount == 1
 
     async def set_low_balance_alert(self, org_id: str, threshold: Decimal | None) -> None:
-        milli = None if threshold is None else to_milli(threshold)
+        milli = None if threshold is None else _credits("threshold", threshold)
         if milli is not None and milli < 0:
             raise InvalidRequest(f"a low-balance threshold cannot be negative, got {threshold}")
         async with self.wallet_locked(org_id) as conn:
