@@ -167,6 +167,8 @@ class BillingClient:
         check_id("org_id", org_id)
         check_name("plan", plan)
         check_subscribe(CATALOG, None, plan, seats, interval, trial_days, email, vat_rate)  # before any start
+        if payment_method is not None:  # an id, before it reaches a workflow and Stripe
+            check_id("payment_method", payment_method)
         client = await self.temporal()
         start = WithStartWorkflowOperation(
             SubscriptionWorkflow.run, SubscriptionState(org_id), id=subscription_workflow_id(org_id),
@@ -324,6 +326,8 @@ class BillingClient:
         check_id("org_id", org_id)
         CATALOG.pack(check_name("pack", pack))
         key = check_id("idempotency_key", idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
+        if payment_method is not None:
+            check_id("payment_method", payment_method)
         await self.ledger.balance(org_id)  # UnknownOrganization before anything starts
         if email is not None or payment_method is not None:
             await self._ensure_customer(org_id, email, payment_method)  # PaymentDeclined at attach, say
