@@ -198,7 +198,6 @@ class Case:
     call: Call
     refusal: tuple[type[BillingError], str] | None = None
     varies: frozenset[str] = frozenset()  # answer fields that describe the call, not the request
-    bug: str | None = None  # a known duplicate effect in code this suite does not own: xfail(strict)
 
 
 CASES = [
@@ -252,9 +251,7 @@ CASES = [
 
 
 def params() -> list[Any]:
-    return [pytest.param(case, id=case.name.replace(" ", "-"),
-                         marks=[pytest.mark.xfail(strict=True, reason=case.bug)] if case.bug else [])
-            for case in CASES]
+    return [pytest.param(case, id=case.name.replace(" ", "-")) for case in CASES]
 
 
 @pytest.mark.parametrize("mode", MODES)
