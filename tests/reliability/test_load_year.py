@@ -77,11 +77,10 @@ STEPS = JOIN_STEPS + math.ceil(MONTHS * 365 / 12 / STEP.days)
 CHECKPOINT_STEPS = math.ceil(91 / STEP.days)  # an audit every quarter
 CONCURRENCY = 8                       # organizations acting at once
 P_TURN = 0.35                         # chance an organization acts in a step
-P_REFUSE_RENEWAL = 0.04               # of the renewals due in a step, with a working card
-P_CRASH_RENEWAL = 0.04
+P_RENEWAL_FAULT = 0.03                # of the renewals due in a step, with a working card: each of 3 faults
 P_SMTP_REFUSED = 0.004                # per organization and step
 SMTP_REFUSED_STEPS = 3
-UPGRADE_KEYS = 64                     # a refused period refuses upgrade-1.. and seats-1.. up to this
+CHANGE_KEYS = 64                      # a faulty period: upgrade-1.. and seats-1.. up to this get the fault
 
 PLANS = ("starter", "pro", "enterprise")
 PACKS = tuple(CATALOG.packs)
@@ -102,14 +101,18 @@ class _Release(Exception):
 
 @dataclass
 class Fault:
-    kind: str          # "refused renewal", "crashed renewal", "crashed pack", "refused pack", ...
+    kind: str                # "refused renewal", "lost upgrade", "crashed pack", "smtp refused", ...
     org: str
-    keys: list[str]
+    keys: list[str]          # the charges' keys it applies to (the address, for SMTP)
     step: int
     seen: bool = False       # its effect was observed (an incident, a crash that fired, a refusal answered)
-    resolved: bool = False   # and it is over: the books whole again
-    stage: int = 0           # refused renewal: 1 once cleared and left to the backoff
-    renewals: int = 0        # refused renewal: the subscription's renewals while the incident was open
+    resolved: bool = False   # and it is over: the charge made once, the change complete, or nothing charged
+    stage: int = 0           # incident faults: 1 once cleared and left to the incident backoff
+    # Incident faults: the step the incident names, what the subscription had then, what completes it.
+    incident: str = ""
+    during: Subscription | None = None
+    paid_before: int = 0     # succeeded payments under `keys` before the change
+    want: str | int | None = None  # lost upgrade: the plan; lost seats: the count
 
 
 @dataclass
@@ -121,7 +124,7 @@ class Org:
     card: CardKind = "ok"
     sub: Subscription | None = None
     n: int = 0
-    fault: Fault | None = None   # a renewal-time or SMTP fault in progress: one at a time
+    fault: Fault | None = None   # an incident, renewal-time or SMTP fault in progress: one at a time
 
     def key(self, what: str) -> str:
         self.n += 1
@@ -147,16 +150,17 @@ class Sim:
 
     # -- one operation: success, or a typed refusal -------------------------------------------------------
 
-    async def call(self, o: Org, kind: str, op: Awaitable[T], *,
-                   refusal_injected: bool = False) -> T | BillingError | None:
-        """The operation's answer, or its BillingError; None when it raised anything else (a problem)."""
+    async def call(self, o: Org, kind: str, op: Awaitable[T], *, injected: bool = False) -> T | BillingError | None:
+        """The operation's answer, or its BillingError; None when it raised anything else (a problem).
+        `injected`: a fault is injected into it, so Stripe's refusal or ServiceUnavailable (a change whose
+        answer was lost) is expected."""
         try:
             result = await op
         except BillingError as err:
             name = type(err).__name__
             self.ops[kind, name] += 1
-            if isinstance(err, ServiceUnavailable | IdempotencyConflict) or (
-                    isinstance(err, PaymentProviderRefused) and not refusal_injected):
+            if isinstance(err, IdempotencyConflict) or (
+                    isinstance(err, ServiceUnavailable | PaymentProviderRefused) and not injected):
                 self.problem(f"{kind} of {o.id}: unexpected {name}: {err}")
             return err
         except Exception as err:
@@ -167,25 +171,32 @@ class Sim:
         self.ops[kind, "ok"] += 1
         return result
 
+    async def read(self, o: Org) -> Subscription | None:
+        view = await self.call(o, "read", self.kit.billing.subscription(o.id))
+        return view if isinstance(view, Subscription) else None
+
     # -- an organization's turn ---------------------------------------------------------------------------
 
     async def turn(self, o: Org) -> None:
         if self.step == o.join_step:
             await self.subscribe(o, first=True)
             return
-        view = await self.call(o, "read", self.kit.billing.subscription(o.id))
-        if not isinstance(view, Subscription):
+        s = await self.read(o)
+        if s is None:
             return
-        o.sub = view
-        s = view
-        if s.status == "free":
+        o.sub = s
+        if o.fault is not None and o.fault.kind == "lost renewal":
+            # Left out: a change while a renewal charged at Stripe but not recorded is an incident strands that
+            # charge (cancel) or conflicts with it for good (downgrade, seats, upgrade): the xfail tests below.
+            weights = {"debit": 4, "hold": 2, "pack": 2, "card": 1}
+        elif s.status == "free":
             weights = {"subscribe": 10, "debit": 5, "drain": 1, "pack": 2, "card": 3 if o.card != "ok" else 1}
         elif s.status == "past_due":
             weights = {"card": 10 if o.card != "ok" else 1, "cancel": 3, "debit": 6, "pack": 2, "upgrade": 1,
                        "hold": 2}
         else:
-            weights = {"debit": 20, "drain": 5, "hold": 8, "pack": 6, "auto_recharge": 5, "upgrade": 6, "downgrade": 6,
-                       "seats": 8, "cancel": 3, "resume": 6 if s.cancel_at_period_end else 1,
+            weights = {"debit": 20, "drain": 5, "hold": 8, "pack": 6, "auto_recharge": 5, "upgrade": 6,
+                       "downgrade": 6, "seats": 8, "cancel": 3, "resume": 6 if s.cancel_at_period_end else 1,
                        "card": 12 if o.card != "ok" else 3}
         kind = o.rng.choices(list(weights), list(weights.values()))[0]
         await getattr(self, f"op_{kind}")(o, s)
@@ -209,16 +220,9 @@ class Sim:
     async def op_upgrade(self, o: Org, s: Subscription) -> None:
         higher = [p for p in PLANS if price(p) > price(s.plan)]
         target = o.rng.choice(higher) if higher and o.rng.random() < 0.9 else o.rng.choice(PLANS)
-        refused = s.status == "active" and target in higher and o.rng.random() < 0.1
-        keys = self.refuse_changes(o, s, "upgrade refused") if refused else []
-        before = await self.payments_under(keys) if refused else []
-        try:
-            r = await self.call(o, "upgrade", self.kit.billing.upgrade(o.id, plan=target), refusal_injected=refused)
-        finally:
-            self.kit.payments.refuse_charges.difference_update(keys)
-        if refused:
-            await self.refused_change_over(o, s, r, keys, before)
-        elif isinstance(r, Subscription):
+        r = await self.change(o, s, "upgrade", target, self.kit.billing.upgrade(o.id, plan=target),
+                              faulty=target in higher)
+        if isinstance(r, Subscription):
             self.expect(r.plan == target and r.pending_plan is None, f"upgrade of {o.id} to {target}: {r}")
 
     async def op_downgrade(self, o: Org, s: Subscription) -> None:
@@ -231,17 +235,9 @@ class Sim:
 
     async def op_seats(self, o: Org, s: Subscription) -> None:
         seats = o.rng.randint(1, seat_cap(s.plan) + 1)  # one past the plan's cap now and then: refused
-        refused = s.seats < seats <= seat_cap(s.plan) and s.pending_plan is None and s.status == "active" \
-            and o.rng.random() < 0.1
-        keys = self.refuse_changes(o, s, "added seats refused") if refused else []
-        before = await self.payments_under(keys) if refused else []
-        try:
-            r = await self.call(o, "seats", self.kit.billing.change_seats(o.id, seats=seats), refusal_injected=refused)
-        finally:
-            self.kit.payments.refuse_charges.difference_update(keys)
-        if refused:
-            await self.refused_change_over(o, s, r, keys, before)
-        elif isinstance(r, Subscription):
+        r = await self.change(o, s, "seats", seats, self.kit.billing.change_seats(o.id, seats=seats),
+                              faulty=s.seats < seats <= seat_cap(s.plan) and s.pending_plan is None)
+        if isinstance(r, Subscription):
             if seats > s.seats:
                 ok = (r.seats, r.pending_seats) == (seats, None)
             elif seats < s.seats:
@@ -252,12 +248,16 @@ class Sim:
 
     async def op_cancel(self, o: Org, s: Subscription) -> None:
         r = await self.call(o, "cancel", self.kit.billing.cancel(o.id))
+        if isinstance(r, Subscription) and o.fault is not None and o.fault.kind == "refused renewal":
+            o.fault.want = "free"  # the renewal's retry finds the subscription cancelled: Free, nothing charged
         if isinstance(r, Subscription):
             self.expect(r.cancel_at_period_end or (s.status == "past_due" and r.status == "free"),
                         f"cancel of {o.id} ({s.status}): {r}")
 
     async def op_resume(self, o: Org, s: Subscription) -> None:
         r = await self.call(o, "resume", self.kit.billing.resume(o.id))
+        if isinstance(r, Subscription) and o.fault is not None and o.fault.kind == "refused renewal":
+            o.fault.want = None
         if isinstance(r, Subscription):
             self.expect(not r.cancel_at_period_end and s.cancel_at_period_end, f"resume of {o.id}: {s} -> {r}")
 
@@ -268,6 +268,8 @@ class Sim:
             o.card = kind
 
     async def op_pack(self, o: Org, s: Subscription) -> None:
+        # Not injected here: a pack whose charge is lost after Stripe charged (lose_after_stripe) fails its
+        # purchase untyped, with the payment left pending (test_a_pack_charge_lost_after_stripe_..., xfail).
         pack = o.rng.choice(PACKS)
         idem = o.key("pack")
         key = pack_key(o.id, idem)
@@ -281,7 +283,7 @@ class Sim:
             self.kit.payments.refuse_charges.add(key)
         try:
             r = await self.call(o, "pack", self.kit.billing.buy_credits(o.id, pack=pack, idempotency_key=idem),
-                                refusal_injected=fault is not None and fault.kind == "refused pack")
+                                injected=fault is not None)
         finally:
             self.kit.payments.refuse_charges.discard(key)
         credits = CATALOG.pack(pack).credits
@@ -340,31 +342,53 @@ class Sim:
         self.faults.append(fault)
         return fault
 
-    def refuse_changes(self, o: Org, s: Subscription, kind: str) -> list[str]:
-        """Stripe refuses every upgrade and added-seats charge of the current period (their numbers are the
-        workflow's own: all of them are refused)."""
-        assert s.period_start is not None
-        keys = [period_key(o.id, s.period_start, f"{what}-{n}") for what in ("upgrade", "seats")
-                for n in range(1, UPGRADE_KEYS + 1)]
-        self.kit.payments.refuse_charges.update(keys)
-        self.inject(Fault(kind, o.id, keys, self.step))
-        return keys
+    def clear(self, keys: list[str]) -> None:
+        for seam in (self.kit.payments.refuse_charges, self.kit.payments.lose_after_stripe,
+                     self.kit.payments.crash_after_stripe):
+            seam.difference_update(keys)
 
-    async def refused_change_over(self, o: Org, s: Subscription, r: object, keys: list[str],
-                                  before: list[tuple[Any, ...]]) -> None:
-        """A change Stripe refused changed nothing and charged nothing (a change that charged nothing, the
-        last seconds of a period, may go through)."""
-        fault = next(f for f in reversed(self.faults) if f.keys == keys)
-        after = await self.call(o, "read", self.kit.billing.subscription(o.id))
-        fault.seen = isinstance(r, PaymentProviderRefused)
-        if fault.seen and isinstance(after, Subscription):
-            self.expect((after.plan, after.seats) == (s.plan, s.seats), f"{fault.kind} of {o.id} changed it: {after}")
-        now = await self.payments_under(keys)
-        self.expect(now == before, f"{fault.kind} of {o.id} ({r!r}): payments under its keys {before} -> {now}")
-        fault.resolved = now == before
+    async def paid_under(self, keys: list[str]) -> int:
+        (n,), = await rows(self.kit, "SELECT count(*) FROM payments WHERE key = ANY(%s) AND status = 'succeeded'",
+                           keys)
+        return int(n)
+
+    async def payment_status(self, key: str) -> str | None:
+        found = await rows(self.kit, "SELECT status FROM payments WHERE key = %s", key)
+        return str(found[0][0]) if found else None
+
+    async def change(self, o: Org, s: Subscription, kind: str, want: str | int, op: Awaitable[Subscription],
+                     *, faulty: bool) -> Subscription | BillingError | None:
+        """An upgrade or added seats, maybe with Stripe refusing its charge (nothing changes, nothing is
+        charged) or its answer lost after Stripe charged (ServiceUnavailable: the subscription completes the
+        change on its own, an incident until then). The change's number is the workflow's own: every
+        upgrade-n and seats-n key of the period gets the fault."""
+        roll = o.rng.random()
+        if not faulty or s.status != "active" or s.period_start is None or roll >= 0.14 or \
+                (roll >= 0.07 and o.fault is not None):
+            return await self.call(o, kind, op)
+        keys = [period_key(o.id, s.period_start, f"{what}-{n}") for what in ("upgrade", "seats")
+                for n in range(1, CHANGE_KEYS + 1)]
+        lost = roll >= 0.07
+        f = self.inject(Fault(f"{'lost' if lost else 'refused'} {kind}", o.id, keys, self.step, incident=kind,
+                              paid_before=await self.paid_under(keys), want=want))
+        (self.kit.payments.lose_after_stripe if lost else self.kit.payments.refuse_charges).update(keys)
+        r = await self.call(o, kind, op, injected=True)
+        if lost and isinstance(r, ServiceUnavailable):
+            f.seen, o.fault = True, f  # kept lost until the follow-up after the advance: the backoff fails
+            return r
+        # Refused, or no charge was due (the last seconds of a period) or the change was refused first.
+        self.clear(keys)
+        f.seen = isinstance(r, PaymentProviderRefused) and not lost
+        paid = await self.paid_under(keys)
+        after = await self.read(o)
+        f.resolved = paid == f.paid_before and after is not None and (
+            isinstance(r, Subscription) or (after.plan, after.seats) == (s.plan, s.seats))
+        self.expect(f.resolved, f"{f.kind} of {o.id}: answered {r!r}, {paid - f.paid_before} charged, now {after}")
+        return r
 
     async def inject_at_renewals(self) -> None:
-        """Faults on the renewals this step's advance will run: a refused one, a crash after Stripe."""
+        """Faults on the renewals this step's advance runs: Stripe refuses it, its answer is lost after Stripe
+        charged, or the worker crashes right after Stripe charged."""
         now, end = self.kit.now(), self.kit.now() + STEP
         for o in self.orgs:
             s = o.sub
@@ -372,17 +396,20 @@ class Sim:
                     or not now + timedelta(minutes=5) < s.period_end < end - timedelta(hours=2)):
                 continue
             roll = self.rng.random()
-            if roll >= P_REFUSE_RENEWAL + P_CRASH_RENEWAL:
+            if roll >= 3 * P_RENEWAL_FAULT:
                 continue
-            fresh = await self.call(o, "read", self.kit.billing.subscription(o.id))
-            if not isinstance(fresh, Subscription) or fresh.cancel_at_period_end or fresh.incident is not None \
+            fresh = await self.read(o)
+            if fresh is None or fresh.cancel_at_period_end or fresh.incident is not None \
                     or fresh.period_end != s.period_end or fresh.status != "active":
                 continue
             o.sub = fresh
             key = period_key(o.id, s.period_end, "renewal")
-            if roll < P_REFUSE_RENEWAL:
-                o.fault = self.inject(Fault("refused renewal", o.id, [key], self.step))
+            if roll < P_RENEWAL_FAULT:
+                o.fault = self.inject(Fault("refused renewal", o.id, [key], self.step, incident="renewal"))
                 self.kit.payments.refuse_charges.add(key)
+            elif roll < 2 * P_RENEWAL_FAULT:
+                o.fault = self.inject(Fault("lost renewal", o.id, [key], self.step, incident="renewal"))
+                self.kit.payments.lose_after_stripe.add(key)
             else:
                 o.fault = self.inject(Fault("crashed renewal", o.id, [key], self.step))
                 self.kit.payments.crash_after_stripe.add(key)
@@ -405,45 +432,51 @@ class Sim:
                     f.seen = f.resolved = True
                     o.fault = None
                 continue
-            key = f.keys[0]
             if f.kind == "crashed renewal":
-                fired = key not in self.kit.payments.crash_after_stripe
-                self.kit.payments.crash_after_stripe.discard(key)
+                key = f.keys[0]
+                f.seen = key not in self.kit.payments.crash_after_stripe  # it fired
+                self.clear(f.keys)
                 status = await self.payment_status(key)
-                f.seen, f.resolved = fired, fired and status == "succeeded"
-                self.expect(f.resolved, f"crashed renewal {key}: fired {fired}, payment {status}")
+                f.resolved = f.seen and status == "succeeded"
+                self.expect(f.resolved, f"crashed renewal {key}: fired {f.seen}, payment {status}")
                 o.fault = None
                 continue
-            view = await self.call(o, "read", self.kit.billing.subscription(o.id))
-            if not isinstance(view, Subscription):
+            view = await self.read(o)
+            if view is None:
                 continue
-            if f.stage == 0:  # the refused renewal's advance just ran
-                f.seen = view.incident is not None and view.incident.startswith("renewal failed") \
-                    and "PaymentProviderRefused" in view.incident
-                self.expect(f.seen, f"refused renewal {key}: no incident: {view}")
-                self.kit.payments.refuse_charges.discard(key)
-                if final or self.rng.random() < 0.5:
-                    r = await self.call(o, "retry_now", self.kit.billing.retry_now(o.id))
-                    f.resolved = isinstance(r, Subscription) and r.incident is None \
-                        and r.renewals == view.renewals + 1 and r.period_start == view.period_end
-                    self.expect(f.resolved, f"refused renewal {key}: retry_now answered {r!r} (before: {view})")
-                    o.fault = None
-                else:
-                    f.stage, f.renewals = 1, view.renewals  # the backoff (at most an hour) retries it next advance
+            if f.stage == 0:  # the fault was in place through the advance: the incident is open
+                error = "PaymentProviderRefused" if f.kind.startswith("refused") else "SimulatedLoss"
+                f.seen = view.incident is not None and view.incident.startswith(f"{f.incident} failed") \
+                    and error in view.incident
+                self.expect(f.seen, f"{f.kind} of {o.id}: no incident: {view}")
+                self.clear(f.keys)
+                f.during = view
+                if not (final or self.rng.random() < 0.5):
+                    f.stage = 1  # left to the backoff (at most an hour): it goes through in the next advance
+                    continue
+                r = await self.call(o, "retry_now", self.kit.billing.retry_now(o.id))
+                if isinstance(r, Subscription):
+                    await self.resolved(o, f, r)
+                o.fault = None
                 continue
-            f.resolved = view.incident is None and view.renewals == f.renewals + 1
-            self.expect(f.resolved, f"refused renewal {key}: not retried by the backoff: {view}")
+            await self.resolved(o, f, view)
             o.fault = None
 
-    async def payments_under(self, keys: list[str]) -> list[tuple[Any, ...]]:
-        """(key, status) of the payments under `keys` (an earlier change of the period may have one)."""
-        return await rows(self.kit, "SELECT key, status FROM payments WHERE key = ANY(%s) ORDER BY key", keys)
-
-    async def payment_status(self, key: str) -> str | None:
-        async with await psycopg.AsyncConnection.connect(self.kit.database_url) as conn:
-            cur = await conn.execute("SELECT status FROM payments WHERE key = %s", (key,))
-            row = await cur.fetchone()
-        return str(row[0]) if row else None
+    async def resolved(self, o: Org, f: Fault, view: Subscription) -> None:
+        """The incident fault is over: its step went through once."""
+        assert f.during is not None
+        if f.incident == "renewal" and f.want == "free":  # cancelled while the incident was open
+            done = view.status == "free" and await self.payment_status(f.keys[0]) is None
+        elif f.incident == "renewal":
+            # Charged once (a lost one found at Stripe; a refused one charged anew: declined if the card is).
+            status = await self.payment_status(f.keys[0])
+            done = view.renewals == f.during.renewals + 1 and status in (
+                ("succeeded",) if f.kind == "lost renewal" else ("succeeded", "declined"))
+        else:
+            paid = await self.paid_under(f.keys)
+            done = paid == f.paid_before + 1 and (view.plan if f.incident == "upgrade" else view.seats) == f.want
+        f.resolved = done and view.incident is None
+        self.expect(f.resolved, f"{f.kind} of {o.id}: not complete: {view} (while open: {f.during})")
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -547,7 +580,7 @@ async def test_a_simulated_year_of_organizations_with_faults_keeps_the_books_who
     sim = Sim(kit, rng, orgs)
     gate = asyncio.Semaphore(CONCURRENCY)
     audits: list[float] = []
-    phases: Counter[str] = Counter()
+    phases: dict[str, float] = {"operations": 0.0, "advance": 0.0}
 
     async def turn(o: Org) -> None:
         async with gate:
@@ -586,6 +619,7 @@ async def test_a_simulated_year_of_organizations_with_faults_keeps_the_books_who
             await sim.follow_up(final=True)
     finally:  # the kit is this module's: leave no fault behind for its teardown
         kit.payments.refuse_charges.clear()
+        kit.payments.lose_after_stripe.clear()
         kit.payments.crash_after_stripe.clear()
         kit.sink.refuse.clear()
     simulated = time.monotonic() - started
@@ -615,3 +649,84 @@ async def test_a_simulated_year_of_organizations_with_faults_keeps_the_books_who
     for line in figures:
         print(line)
     assert not sim.problems, f"{len(sim.problems)} problems (seed {SEED}):\n" + "\n".join(sim.problems[:50])
+
+
+# -- what the simulation found: minimal cases, left out of it (workflows/ is not this suite's to fix) ----------
+#
+# A charge Stripe made whose answer was lost for good (lose_after_stripe: the payment row stays pending, the
+# PaymentIntent succeeded) must still be completed and answered (DESIGN.md section 8, rule 2).
+
+
+@pytest.fixture(scope="module")
+async def cases_kit() -> AsyncIterator[TestKit]:
+    """A kit of their own: these cases leave broken books behind, which the load test's audits would see."""
+    async with start_testkit() as k:
+        yield k
+
+
+async def assert_books_of(kit: TestKit, org: str) -> None:
+    """The audit of one organization's books (each case leaves its own broken): no finding at all."""
+    await kit.settle()
+    report = await kit.audit(orgs=[org])
+    assert not report.findings, [f"{f.check} {f.kind}: {f.detail}" for f in report.findings]
+
+
+async def renewal_lost_after_stripe(kit: TestKit, org: str, plan: str) -> str:
+    """Subscribe, then run the first renewal with its answer lost after Stripe charged: an open incident."""
+    sub = await kit.billing.subscribe(org, plan=plan, email=f"billing@{org}.test")
+    assert sub.period_end is not None
+    key = period_key(org, sub.period_end, "renewal")
+    kit.payments.lose_after_stripe.add(key)
+    await kit.advance(sub.period_end + timedelta(seconds=30) - kit.now())
+    held = await kit.billing.subscription(org)
+    assert held.incident is not None and "SimulatedLoss" in held.incident
+    return key
+
+
+@pytest.mark.xfail(strict=True, reason="workflows/subscription.py: cancel is accepted while a renewal whose charge "
+                   "Stripe made is an incident; the retry then moves to Free without recording the charge: money "
+                   "taken, the payment pending for good, no invoice, grant or receipt")
+async def test_a_renewal_charged_but_unrecorded_is_completed_though_cancelled_meanwhile(cases_kit: TestKit) -> None:
+    kit, org = cases_kit, "case-cancel"
+    key = await renewal_lost_after_stripe(kit, org, "starter")
+    await kit.billing.cancel(org)
+    kit.payments.lose_after_stripe.discard(key)
+    await kit.billing.retry_now(org)
+    await kit.settle()
+    assert [(c.purpose, c.status) for c in kit.charges(org)] == [("subscription", "succeeded"),
+                                                                 ("renewal", "succeeded")]
+    await assert_books_of(kit, org)
+
+
+@pytest.mark.xfail(strict=True, reason="workflows/subscription.py: a downgrade is accepted while a renewal whose "
+                   "charge Stripe made is an incident; the retry prices the period at the new plan under the same key: "
+                   "IdempotencyConflict on every retry, the incident never resolves")
+async def test_a_renewal_charged_but_unrecorded_is_completed_though_downgraded_meanwhile(cases_kit: TestKit) -> None:
+    kit, org = cases_kit, "case-downgrade"
+    key = await renewal_lost_after_stripe(kit, org, "pro")
+    await kit.billing.downgrade(org, plan="starter")
+    kit.payments.lose_after_stripe.discard(key)
+    done = await kit.billing.retry_now(org)
+    assert done.incident is None, done.incident
+    assert (done.renewals, await kit.payments.stripe_payment_intents(org) != []) == (1, True)
+
+
+@pytest.mark.xfail(strict=True, reason="workflows/pack_purchase.py: a pack whose charge fails for good after Stripe "
+                   "charged fails the purchase: buy_credits raises an untyped WorkflowFailureError, the payment stays "
+                   "pending with no grant, invoice or receipt until the caller asks again under the same key")
+async def test_a_pack_charged_but_unrecorded_is_completed_and_answered(cases_kit: TestKit) -> None:
+    kit, org = cases_kit, "case-pack"
+    await kit.billing.subscribe(org, plan="starter", email=f"billing@{org}.test")
+    key = pack_key(org, "p1")
+    kit.payments.lose_after_stripe.add(key)
+    try:
+        bought = await kit.billing.buy_credits(org, pack="500", idempotency_key="p1")
+        assert bought.credits == 500
+    except BillingError:
+        pass  # typed: the caller may ask again; the purchase must still complete on its own
+    finally:
+        kit.payments.lose_after_stripe.discard(key)
+    await kit.advance(timedelta(hours=2))  # a backoff's worth: whatever completes it has had its chance
+    assert [(c.purpose, c.status) for c in kit.charges(org)] == [("subscription", "succeeded"),
+                                                                 ("pack", "succeeded")]
+    await assert_books_of(kit, org)
