@@ -23,6 +23,7 @@ import psycopg
 import pytest
 
 from models.errors import BillingError, HoldNotOpen, InvalidRequest, UnknownOrganization, UsageGuardPaused
+from models.keys import period_key
 from models.tables import metadata
 from stack.stripe_server import CARD_OK
 from testkit import TestKit
@@ -276,6 +277,32 @@ async def test_resume_action_twice_lifts_the_pause_once(kit: TestKit, org: str, 
     assert await kit.billing.resume_action(once, "ai_chat") is True
     answers = await twice(mode, lambda: kit.billing.resume_action(twice_, "ai_chat"))
     assert sorted(answers, key=str) == [False, True]
+    assert await observe(kit, twice_) == await observe(kit, once)
+    await assert_books_balance(kit)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_retry_now_twice_on_an_incident_runs_the_step_once(kit: TestKit, org: str, mode: Mode) -> None:
+    """A renewal Stripe refused (an incident), then fixed: the operator's retry sent twice renews once."""
+    once, twice_ = f"{org}-once", f"{org}-twice"
+    refused: set[str] = set()
+    due = kit.now()
+    for o in (once, twice_):
+        sub = await kit.billing.subscribe(o, plan="pro", email=EMAIL)
+        assert sub.period_end is not None
+        due = max(due, sub.period_end)
+        refused.add(renewal := period_key(o, sub.period_end, "renewal"))
+        kit.payments.refuse_charges.add(renewal)
+    try:
+        await kit.advance(due + timedelta(seconds=30) - kit.now())  # both due, both refused: incidents
+        for o in (once, twice_):
+            assert (await kit.billing.subscription(o)).incident is not None
+    finally:
+        kit.payments.refuse_charges.difference_update(refused)
+    single = await kit.billing.retry_now(once)
+    assert (single.renewals, single.incident) == (1, None)
+    answer = one_answer(await twice(mode, lambda: kit.billing.retry_now(twice_)), None)
+    assert shape(answer) == shape(single)
     assert await observe(kit, twice_) == await observe(kit, once)
     await assert_books_balance(kit)
 
