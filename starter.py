@@ -49,7 +49,7 @@ from models.auto_recharge_types import (
 )
 from models.billing_types import EnsureCustomer, Interval, Invoice
 from models.catalog import CATALOG
-from models.checks import check_id, check_name, shown, utcnow
+from models.checks import check_id, check_name, utcnow
 from models.errors import BillingError, IdempotencyConflict, InvalidRequest, ServiceUnavailable, from_failure
 from models.keys import open_wallet_key, pack_key, pack_workflow_id, recharge_workflow_id, subscription_workflow_id
 from models.ledger_types import (
@@ -62,7 +62,7 @@ from models.ledger_types import (
     UsageGrouping,
     UsageRow,
 )
-from models.subscription_rules import check_subscribe
+from models.subscription_rules import check_seat_count, check_subscribe
 from models.subscription_types import PlanRequest, SeatsRequest, SubscribeRequest, Subscription, SubscriptionState
 from payments import Payments, close_stripe_client, stripe_client_from_settings
 from settings import DEV_STRIPE_URL, Settings
@@ -196,8 +196,7 @@ class BillingClient:
 
     async def change_seats(self, org_id: str, *, seats: int) -> Subscription:
         """More seats now (prorated charge); fewer seats from the next period."""
-        if isinstance(seats, bool) or not isinstance(seats, int):  # else its payload cannot reach the workflow
-            raise InvalidRequest(f"seats must be a whole number, got {shown(seats)}")
+        check_seat_count(seats)  # here: a payload that cannot reach the workflow would fail untyped
         return await self._update(org_id, SubscriptionWorkflow.change_seats, SeatsRequest(seats))
 
     async def cancel(self, org_id: str) -> Subscription:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from models.billing_types import InvoiceLine
 from models.catalog import Catalog, Pack
+from models.checks import shown
 from models.credits import to_milli
 from models.errors import InvalidRequest
 from models.invoicing import totals
@@ -78,24 +79,25 @@ def check_settings(
 ) -> Decimal:
     """Refuse unusable settings with a clear message; returns the threshold as exact credits."""
     if not isinstance(enabled, bool):
-        raise InvalidRequest(f"enabled must be true or false, got {enabled!r}")
+        raise InvalidRequest(f"enabled must be true or false, got {shown(enabled)}")
     if isinstance(threshold, float | bool) or not isinstance(threshold, Decimal | int):
-        raise InvalidRequest(f"threshold must be a Decimal number of credits, got {threshold!r}")
+        raise InvalidRequest(f"threshold must be a Decimal number of credits, got {shown(threshold)}")
     to_milli(threshold)  # finite, at most 3 decimal places
     value = Decimal(threshold)
     if value < 0:
-        raise InvalidRequest(f"the auto-recharge threshold cannot be negative, got {threshold}")
+        raise InvalidRequest(f"the auto-recharge threshold cannot be negative, got {shown(threshold)}")
     if value > MAX_THRESHOLD:
-        raise InvalidRequest(f"the auto-recharge threshold is at most {MAX_THRESHOLD} credits, got {threshold}")
+        raise InvalidRequest(f"the auto-recharge threshold is at most {MAX_THRESHOLD} credits, got {shown(threshold)}")
     chosen = catalog.pack(pack) if isinstance(pack, str) else None
     if chosen is None:
-        raise InvalidRequest(f"pack must be a pack name, one of {', '.join(catalog.packs)}; got {pack!r}")
+        raise InvalidRequest(f"pack must be a pack name, one of {', '.join(catalog.packs)}; got {shown(pack)}")
     if isinstance(spending_limit_cents, bool) or not isinstance(spending_limit_cents, int):
-        raise InvalidRequest(f"spending_limit_cents must be an integer number of cents, got {spending_limit_cents!r}")
+        raise InvalidRequest(
+            f"spending_limit_cents must be an integer number of cents, got {shown(spending_limit_cents)}")
     if spending_limit_cents < chosen.price_cents:
         raise InvalidRequest(
-            f"a spending limit of {spending_limit_cents} cents cannot buy even one {pack} pack "
+            f"a spending limit of {shown(spending_limit_cents)} cents cannot buy even one {pack} pack "
             f"({chosen.price_cents} cents): raise the limit or choose a smaller pack")
     if spending_limit_cents > 10**11:
-        raise InvalidRequest(f"spending_limit_cents is at most 100000000000, got {spending_limit_cents}")
+        raise InvalidRequest(f"spending_limit_cents is at most 100000000000, got {shown(spending_limit_cents)}")
     return value

@@ -110,7 +110,7 @@ class Catalog(_Strict):
             if action.by_country and not self.sms_countries:
                 raise ValueError(f"action {name!r} is priced by country but sms_countries is empty")
         for name, pack in self.packs.items():
-            if to_milli(pack.credits) != to_milli(Decimal(name)):
+            if to_milli(pack.credits) != to_milli(name):  # a name that is no number: refused by to_milli
                 raise ValueError(f"pack {name!r} must be named by its credits ({pack.credits})")
         return self
 
@@ -140,9 +140,9 @@ class Catalog(_Strict):
 
 def load_catalog(path: Path = DEFAULT_CATALOG) -> Catalog:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
         return Catalog.model_validate(data)
-    except (ValidationError, tomllib.TOMLDecodeError) as exc:
+    except (ValidationError, tomllib.TOMLDecodeError, UnicodeDecodeError, InvalidRequest) as exc:
         raise InvalidRequest(f"invalid catalog {path}: {exc}") from exc
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
+from models.checks import shown
 from models.errors import InvalidRequest
 
 MILLI = 1000
@@ -19,15 +20,15 @@ def to_milli(credits: Decimal | int | str) -> int:
     try:
         value = Decimal(credits)
     except (InvalidOperation, ValueError) as exc:
-        raise InvalidRequest(f"not a number of credits: {credits!r}") from exc
+        raise InvalidRequest(f"not a number of credits: {shown(credits)}") from exc
     if not value.is_finite():
-        raise InvalidRequest(f"not a finite number of credits: {credits!r}")
+        raise InvalidRequest(f"not a finite number of credits: {shown(credits)}")
     if abs(value) > Decimal(MAX_CREDITS_MILLI) / MILLI:
         raise InvalidRequest(
-            f"{credits} credits is more than any wallet can hold (at most {MAX_CREDITS_MILLI // MILLI:,})")
+            f"{shown(credits)} credits is more than any wallet can hold (at most {MAX_CREDITS_MILLI // MILLI:,})")
     milli = value * MILLI
     if milli != milli.to_integral_value():
-        raise InvalidRequest(f"credits have at most 3 decimal places: {credits!r}")
+        raise InvalidRequest(f"credits have at most 3 decimal places: {shown(credits)}")
     return int(milli)
 
 

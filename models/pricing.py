@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from models.catalog import CATALOG, Catalog
+from models.checks import shown
 from models.credits import round_milli, to_milli
 from models.errors import InvalidRequest
 
@@ -16,9 +17,9 @@ def validate_quantity(quantity: int | Decimal) -> Decimal:
         raise InvalidRequest(f"quantity must be an int or Decimal, not {type(quantity).__name__}")
     q = Decimal(quantity)
     if not q.is_finite() or q <= 0:
-        raise InvalidRequest(f"quantity must be positive, got {quantity}")
+        raise InvalidRequest(f"quantity must be positive, got {shown(quantity)}")
     if q > MAX_QUANTITY:  # the cost bound refuses it anyway; this keeps Decimal arithmetic in its precision
-        raise InvalidRequest(f"quantity {quantity} is more than the {MAX_QUANTITY:,} units one call may meter")
+        raise InvalidRequest(f"quantity {shown(quantity)} is more than the {MAX_QUANTITY:,} units one call may meter")
     return q
 
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from models.billing_types import Interval, Status
 from models.catalog import Catalog, Plan
-from models.checks import check_email, check_rate
+from models.checks import check_email, check_rate, shown
 from models.errors import InvalidRequest
 from models.money import round_cents
 
@@ -24,12 +24,26 @@ def seat_price_cents(catalog: Catalog, plan: Plan, interval: Interval) -> int:
     return round_cents(Decimal(plan.price_cents_per_seat * 12) * (100 - catalog.annual_discount_percent) / 100)
 
 
-def check_seats(plan: Plan, seats: object) -> int:
+# A ceiling on any plan's seats, the catalog's own max_seats aside (enterprise has none): a typo must not
+# charge millions, and every seat total stays far inside the database's bigint of cents.
+MAX_SEATS = 10_000
+
+
+def check_seat_count(seats: object) -> int:
+    """A seat count any plan could take: a whole number from 1 to MAX_SEATS (the client checks it before a
+    payload is built: an int past 4,300 digits could not even be decoded by the workflow)."""
     if not isinstance(seats, int) or isinstance(seats, bool):
-        raise InvalidRequest(f"seats must be a whole number, got {seats!r}")
-    top = "unlimited" if plan.max_seats is None else str(plan.max_seats)
-    if seats < plan.min_seats or (plan.max_seats is not None and seats > plan.max_seats):
-        raise InvalidRequest(f"the {plan.name} plan takes {plan.min_seats} to {top} seats, not {seats}")
+        raise InvalidRequest(f"seats must be a whole number, got {shown(seats)}")
+    if abs(seats) > MAX_SEATS:  # a plan's own bounds, below, say more about the rest
+        raise InvalidRequest(f"seats must be from 1 to {MAX_SEATS:,}, got {shown(seats)}")
+    return seats
+
+
+def check_seats(plan: Plan, seats: object) -> int:
+    seats = check_seat_count(seats)
+    top = MAX_SEATS if plan.max_seats is None else min(plan.max_seats, MAX_SEATS)
+    if not plan.min_seats <= seats <= top:
+        raise InvalidRequest(f"the {plan.name} plan takes {plan.min_seats} to {top:,} seats, not {shown(seats)}")
     return seats
 
 
@@ -44,9 +58,9 @@ def check_subscribe(
         raise InvalidRequest("the free plan needs no subscription: every organization starts on it")
     check_seats(plan, seats)
     if interval not in ("month", "year"):
-        raise InvalidRequest(f"interval must be 'month' or 'year', got {interval!r}")
+        raise InvalidRequest(f"interval must be 'month' or 'year', got {shown(interval)}")
     if not isinstance(trial_days, int) or isinstance(trial_days, bool) or not 0 <= trial_days <= MAX_TRIAL_DAYS:
-        raise InvalidRequest(f"trial_days must be a whole number from 0 to {MAX_TRIAL_DAYS}, got {trial_days!r}")
+        raise InvalidRequest(f"trial_days must be a whole number from 0 to {MAX_TRIAL_DAYS}, got {shown(trial_days)}")
     check_email("email", email)
     check_rate("vat_rate", vat_rate)
     return plan
