@@ -169,6 +169,8 @@ class BillingClient:
         check_subscribe(CATALOG, None, plan, seats, interval, trial_days, email, vat_rate)  # before any start
         if payment_method is not None:  # an id, before it reaches a workflow and Stripe
             check_id("payment_method", payment_method)
+            if self.payments.has_stripe:  # one Stripe read: an unknown card starts nothing
+                await self.payments.check_payment_method_known(org_id, payment_method)
         client = await self.temporal()
         start = WithStartWorkflowOperation(
             SubscriptionWorkflow.run, SubscriptionState(org_id), id=subscription_workflow_id(org_id),

@@ -33,6 +33,10 @@ class PaymentsBase:
         self.lock_wait_seconds = LOCK_WAIT_SECONDS
 
     @property
+    def has_stripe(self) -> bool:
+        return self._stripe is not None
+
+    @property
     def stripe(self) -> StripeClient:
         """The Stripe client; without one (an SDK process with no STRIPE_API_KEY, outside development
         mode) the reads still work and whatever needs Stripe is refused before it starts."""

@@ -38,6 +38,8 @@ class Customers(PaymentsBase):
         check_currency(req.currency)
         check_payment_method(req.payment_method)
         _ = self.stripe  # no Stripe configured: refused here, before the profile is written
+        if req.payment_method is not None:
+            await self.check_payment_method_known(req.org_id, req.payment_method)  # before anything is written
         async with self._locked(LOCK_CUSTOMER, req.org_id) as conn:
             cur = await conn.execute(
                 "SELECT email, stripe_customer_id, payment_method_id FROM billing_profiles WHERE org_id = %s",
@@ -95,6 +97,16 @@ class Customers(PaymentsBase):
             params={"email": email, "metadata": {"org_id": org_id}}, options={"idempotency_key": idem})
         log.info("stripe customer %s created for %s", created.id, org_id)
         return created.id, None
+
+    async def check_payment_method_known(self, org_id: str, pm: str) -> None:
+        """Refuse a payment method Stripe does not know (InvalidRequest) before anything is written: one
+        read. One attached to another customer is refused later, at attach."""
+        try:
+            await self.stripe.v1.payment_methods.retrieve_async(pm)
+        except stripe.InvalidRequestError as e:
+            if e.http_status == 404:
+                raise InvalidRequest(f"{org_id}: payment method {pm!r} is unknown to Stripe") from None
+            raise
 
     async def _make_default(self, org_id: str, customer: str, pm: str) -> None:
         try:
