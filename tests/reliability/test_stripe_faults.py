@@ -231,3 +231,36 @@ async def test_a_pack_stripe_refuses_for_good_is_a_typed_error_with_nothing_char
     assert bought.credits == 500
     await assert_paid_once(fkit, org, ["subscription", "pack"], ["receipt", "pack_receipt"], grants=2)
     await assert_books_balance(fkit)
+
+
+# -- compound faults, and what the engine reads of a fault -------------------------------------------------
+
+
+async def test_a_renewal_whose_answer_is_lost_and_whose_lookup_fails_too_charges_once(fkit: TestKit, org: str) -> None:
+    proxy = proxy_of(fkit)
+    sub = await fkit.billing.subscribe(org, plan="pro", email=EMAIL)
+    assert sub.period_end is not None
+    lost = proxy.inject("response_lost", path=PI_PATH, key_prefix=f"{org}:{stamp(sub.period_end)}:renewal")
+    lookup = proxy.inject("500", method="GET", path="/v1/charges")  # the retry's search for it fails first
+    await fkit.advance(sub.period_end + timedelta(minutes=1) - fkit.now())
+    assert (lost.fired, lookup.fired) == (1, 1)
+    assert (await fkit.billing.subscription(org)).renewals == 1
+    assert len(proxy.seen(method="POST", path=PI_PATH, key_prefix=f"{org}:{stamp(sub.period_end)}")) == 1
+    await assert_paid_once(fkit, org, ["subscription", "renewal"], ["receipt", "receipt"], grants=2)
+    await assert_books_balance(fkit)
+
+
+async def test_a_429_is_retried_after_its_retry_after(fkit: TestKit, org: str) -> None:
+    """The SDK makes no retry of its own and ignores Retry-After; the engine retries after it
+    (payments/stripe_errors.py). A lower bound on real time only: a loaded machine makes it longer."""
+    await fkit.billing.subscribe(org, plan="pro", email=EMAIL)
+    proxy = proxy_of(fkit)
+    fault = proxy.inject("429", path=PI_PATH, key_prefix=f"{org}:pack:", retry_after=3)
+    # A purchase does not move the kit's clock (KitBillingClient.buy_credits): the retry waits real time.
+    await fkit.billing.buy_credits(org, pack="500", idempotency_key="p1")
+    assert fault.fired == 1
+    first, retried = proxy.seen(method="POST", path=PI_PATH, key_prefix=f"{org}:pack:")
+    assert first.fault == "429" and retried.fault is None
+    assert retried.at - first.at >= 3
+    await assert_paid_once(fkit, org, ["subscription", "pack"], ["receipt", "pack_receipt"], grants=2)
+    await assert_books_balance(fkit)
