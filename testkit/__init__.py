@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import psycopg
 from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from audit import DEFAULT_LIMIT, AuditReport, run_audit
@@ -147,8 +147,12 @@ class TestKit:
                 return True
             settled: bool = await handle.query(query, at)
             return settled
-        except (RPCError, WorkflowQueryFailedError):
-            return True  # never started (a refused subscribe)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return True  # never started (a refused subscribe)
+            return False  # a query that timed out or a server busy: ask again, never take it as settled
+        except WorkflowQueryFailedError:
+            return True  # not running any more (terminated, or failed before it ever ran)
 
     # -- what happened -----------------------------------------------------------------------------------
 
