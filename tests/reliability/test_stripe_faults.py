@@ -31,8 +31,9 @@ from workflows.common import INCIDENT
 
 EMAIL = "billing@acme.test"
 PI_PATH = "/v1/payment_intents"
-# Short, so a held request costs seconds; any client timeout is the same APIConnectionError to the engine.
-STRIPE_TIMEOUT = 5.0
+# Short, so a held request costs seconds (any client timeout is the same APIConnectionError to the engine),
+# yet long enough that a loaded machine does not time out requests nobody held.
+STRIPE_TIMEOUT = 8.0
 TRANSIENT: list[FaultKind] = ["500", "429", "timeout", "late", "reset", "response_lost"]
 REFUSED: list[FaultKind] = sorted(PERMANENT)
 
