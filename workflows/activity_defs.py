@@ -8,12 +8,13 @@ Deterministic, no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, Generic, TypeVar, cast
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, FailureError, RetryState
 
 with workflow.unsafe.imports_passed_through():
     from models.auto_recharge_types import (
@@ -52,16 +53,43 @@ class ActivityDef(Generic[A, R]):
         retrying after this long (an ActivityError whose cause is a timeout) where the caller must not wait
         without bound: an update holding the subscription's lock, an email (failure model rules 2, 4)."""
         if self.local:
-            result = await workflow.execute_local_activity(
-                self.name, arg, result_type=self.result, start_to_close_timeout=TIMEOUT,
-                schedule_to_close_timeout=deadline, retry_policy=ACTIVITY_RETRY,
-                summary=summary[:SUMMARY_MAX_CHARS])
+            # A local activity's deadline is its number of attempts: with schedule_to_close alone, SDK core
+            # 1.35 kept retrying a refused SMTP connection past it (attempt 15 after ~10 min), and a
+            # retry policy changes no command, so histories replay as they ran.
+            policy = ACTIVITY_RETRY if deadline is None else _bounded(deadline)
+            try:
+                result = await workflow.execute_local_activity(
+                    self.name, arg, result_type=self.result, start_to_close_timeout=TIMEOUT,
+                    retry_policy=policy, summary=summary[:SUMMARY_MAX_CHARS])
+            except ActivityError:
+                raise
+            except FailureError as exc:
+                # A local activity out of attempts fails with its last error bare, where a regular one
+                # fails with an ActivityError around it: one form for the callers (incidents, notify).
+                raise ActivityError(f"local activity {self.name} failed", scheduled_event_id=0, started_event_id=0,
+                                    identity="", activity_type=self.name, activity_id="",
+                                    retry_state=RetryState.MAXIMUM_ATTEMPTS_REACHED) from exc
         else:
             result = await workflow.execute_activity(
                 self.name, arg, result_type=self.result, start_to_close_timeout=TIMEOUT,
                 schedule_to_close_timeout=deadline, retry_policy=ACTIVITY_RETRY,
                 summary=summary[:SUMMARY_MAX_CHARS])
         return cast(R, result)
+
+
+def attempts_within(deadline: timedelta, policy: RetryPolicy = ACTIVITY_RETRY) -> int:
+    """How many attempts fit in `deadline` with the policy's backoff between them (at least one)."""
+    assert policy.maximum_interval is not None
+    attempts, spent, wait = 1, timedelta(0), policy.initial_interval
+    while spent + wait <= deadline:
+        spent += wait
+        attempts += 1
+        wait = min(wait * policy.backoff_coefficient, policy.maximum_interval)
+    return attempts
+
+
+def _bounded(deadline: timedelta) -> RetryPolicy:
+    return replace(ACTIVITY_RETRY, maximum_attempts=attempts_within(deadline))
 
 
 START_PERIOD = ActivityDef[StartPeriod, LedgerWriteResult]("ledger.start_period", StartPeriod, LedgerWriteResult,

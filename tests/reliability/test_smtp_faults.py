@@ -127,10 +127,6 @@ async def test_smtp_down_briefly_the_renewal_is_on_time_and_its_receipt_sent_whe
     await assert_books_balance(mkit)
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "workflows/common.py notify(): SEND_EMAIL.run(deadline=NOTIFY_DEADLINE) gives the local activity email.send "
-    "schedule_to_close_timeout=1 min, yet with SMTP refusing connections it is retried far past it (attempt 15 "
-    "after ~10 min seen), so the renewal (and the subscription's lock) waits on SMTP without bound"))
 async def test_smtp_down_for_long_the_renewal_completes_without_it_and_the_receipt_goes_out_when_back(
     mkit: TestKit, org: str
 ) -> None:
