@@ -35,3 +35,14 @@ def test_every_declaration_has_exactly_one_implementation_of_its_types() -> None
 
 def test_names_are_unique() -> None:
     assert len({d.name for d in ALL}) == len(ALL)
+
+
+def test_a_local_deadline_is_the_attempts_that_fit_in_it() -> None:
+    from datetime import timedelta
+
+    from workflows.activity_defs import attempts_within
+    # Backoff 1, 2, 4, 8, 16 s fit in a minute (31 s); the next, 32 s, would not: 6 attempts.
+    assert attempts_within(timedelta(minutes=1)) == 6
+    assert attempts_within(timedelta(minutes=2)) == 7          # + 60 s (the maximum interval)
+    assert attempts_within(timedelta(minutes=10)) == 15
+    assert attempts_within(timedelta(0)) == 1                  # always one attempt
