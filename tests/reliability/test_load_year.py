@@ -9,7 +9,7 @@ machine; the issue's 200 organizations x 12 months is the longer variant, run by
 
     BILLING_LOAD_ORGS=200 BILLING_LOAD_MONTHS=12 .venv/bin/python -m pytest tests/reliability/test_load_year.py -s
 
-Organizations join over the first month (so renewals spread), then each step skips 3 days: a third of them act
+Organizations join over the first month (so renewals spread), then each step skips 3.5 days: a third of them act
 (one operation each, concurrently), faults are injected, and the clock advances. Every choice about an
 organization comes from its own generator (seeded by the seed and its id), so concurrency does not change it.
 
