@@ -118,6 +118,8 @@ def data_converter(keys: Sequence[bytes]) -> DataConverter:
     return DataConverter(payload_converter_class=BillingPayloadConverter, payload_codec=PersonalDataCodec(keys))
 
 
+DEV_PAYLOAD_KEYS = base64.b64encode(DEV_PAYLOAD_KEY).decode()  # as BILLING_PAYLOAD_KEYS spells it
+
 # The converter of development and tests (the embedded stack, the test kit, history replays).
 DATA_CONVERTER = data_converter([DEV_PAYLOAD_KEY])
 DEV_SERVER_ADDRESS = "localhost:7233"  # where the embedded dev server listens (stack/temporal.py)

@@ -47,6 +47,7 @@ from stack.postgres import start_embedded
 from stack.stripe_server import CARD_OK, start_localstripe
 from stack.temporal import start_dev_server, start_time_skipping
 from starter import BillingClient
+from temporal_client import DEV_PAYLOAD_KEYS
 from testkit.faults import StripeFaultProxy
 from testkit.payments import KitPayments
 from worker import build_worker
@@ -211,6 +212,7 @@ async def start_testkit(
 
         kit: TestKit | None = None
         settings = Settings(database_url=database_url, task_queue=TASK_QUEUE, smtp_url=sink.url, data_dir=root,
+                            payload_keys=DEV_PAYLOAD_KEYS,
                             stripe_max_rps=stripe_max_rps)
         ledger = await Ledger.open(database_url, pool_size=8, clock=lambda: kit.now() if kit else datetime.now(UTC))
         stack.push_async_callback(ledger.close)

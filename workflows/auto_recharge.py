@@ -22,8 +22,8 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeUpdate
 from temporalio.exceptions import ActivityError
 
-from workflows.activity_defs import CHARGE, DISABLE_RECHARGE, PLAN_RECHARGE, SETTLE_RECHARGE
-from workflows.common import ORG_ID, PERIOD_END, STATUS, declined, grant_paid_pack, notify
+from workflows.activity_defs import DISABLE_RECHARGE, PLAN_RECHARGE, SETTLE_RECHARGE
+from workflows.common import ORG_ID, PERIOD_END, STATUS, charge_until_answered, declined, grant_paid_pack, notify
 
 with workflow.unsafe.imports_passed_through():
     from models.auto_recharge import LEASE, decide, pack_lines
@@ -121,8 +121,9 @@ class AutoRechargeWorkflow:
         summary = charge_summary(lines, ctx.vat_rate, ctx.currency)
         self._publish("recharging", f"charging {decision.packs} x pack {ctx.pack}", ctx)
         try:
-            charged = await CHARGE.run(ChargeRequest(self.org_id, key, "auto_recharge", lines, now, ctx.vat_rate,
-                                                     ctx.currency, summary), summary=summary)
+            charged = await charge_until_answered(
+                ChargeRequest(self.org_id, key, "auto_recharge", lines, now, ctx.vat_rate, ctx.currency, summary),
+                summary=summary, step="auto-recharge charge")
         except ActivityError as err:
             if declined(err) is None:
                 raise

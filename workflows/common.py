@@ -9,11 +9,11 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.activity_defs import GRANT_PACK, SEND_EMAIL
+from workflows.activity_defs import CHARGE, GRANT_PACK, SEND_EMAIL
 
 with workflow.unsafe.imports_passed_through():
-    from models.billing_types import SendEmail
-    from models.errors import BillingError, to_application_error
+    from models.billing_types import ChargeRequest, ChargeResult, SendEmail
+    from models.errors import BillingError, from_failure, to_application_error
     from models.ledger_types import GrantPack, LedgerWriteResult
     from models.subscription_rules import incident_backoff
 
@@ -63,6 +63,37 @@ async def notify(req: SendEmail, *, summary: str) -> None:
             1, {"template": req.template})
 
 
+def _incident(org_id: str, step: str, attempts: int, wait: timedelta, error: str, what: str) -> None:
+    """Show a step that failed and will run again: log, counter, search attribute, current details."""
+    workflow.logger.warning("incident of %s: %s failed (attempt %d), next try in %s: %s", org_id, step, attempts,
+                            wait, error)
+    workflow.metric_meter().create_counter("billing_incidents", "steps that failed for good").add(1, {"step": step})
+    workflow.upsert_search_attributes([INCIDENT.value_set(step)])
+    workflow.set_current_details(f"**incident**: {what} (attempt {attempts}), next try in {wait}: {error}")
+
+
+async def charge_until_answered(req: ChargeRequest, *, summary: str, step: str) -> ChargeResult:
+    """Charge, and keep at it until Stripe's answer is certain (failure model rule 2): a success, or a typed
+    refusal (a decline, PaymentProviderRefused, a bad request: nothing was charged), raised as the
+    ActivityError it came in. Any other failure leaves the charge in doubt (Stripe may have charged): an
+    incident, retried under the same key on the backoff of models/subscription_rules.py."""
+    failures = 0
+    while True:
+        try:
+            result: ChargeResult = await CHARGE.run(req, summary=summary)
+        except ActivityError as err:
+            if from_failure(err) is not None:
+                raise
+            failures += 1
+            wait = incident_backoff(failures)
+            _incident(req.org_id, step, failures, wait, failure_text(err), f"the charge {req.key} is in doubt")
+            await workflow.sleep(wait, summary=f"{step}: next try")
+            continue
+        if failures:
+            workflow.upsert_search_attributes([INCIDENT.value_unset()])
+        return result
+
+
 async def grant_paid_pack(grant: GrantPack, *, summary: str) -> LedgerWriteResult:
     """Grant the credits a successful charge paid for (a pack, an auto-recharge), however long it takes
     (failure model rule 2): a grant that fails even for good is an incident (search attribute
@@ -75,14 +106,8 @@ async def grant_paid_pack(grant: GrantPack, *, summary: str) -> LedgerWriteResul
         except ActivityError as err:
             failures += 1
             wait = incident_backoff(failures)
-            error = failure_text(err)
-            workflow.logger.warning("incident of %s: paid credits %s not granted (attempt %d): %s",
-                                    grant.org_id, grant.key, failures, error)
-            workflow.metric_meter().create_counter(
-                "billing_incidents", "steps that failed for good").add(1, {"step": "paid grant"})
-            workflow.upsert_search_attributes([INCIDENT.value_set("paid grant")])
-            workflow.set_current_details(f"**incident**: {grant.credits} paid credits for {grant.org_id} not "
-                                         f"granted yet (attempt {failures}), next try in {wait}: {error}")
+            _incident(grant.org_id, "paid grant", failures, wait, failure_text(err),
+                      f"{grant.credits} paid credits not granted yet")
             await workflow.sleep(wait, summary="paid grant: next try")
             continue
         if failures:

@@ -3,7 +3,8 @@
 Charge the pack (invoice issued), grant a never-expiring bucket, email the receipt: each step keyed by
 the purchase's key, so a retried activity, a replayed workflow or the same purchase asked twice charges
 once and grants once. A decline raises PaymentDeclined and grants nothing; a charge Stripe refuses for
-good (nothing charged) fails the run with its typed error, and the same key may be asked again.
+good (nothing charged) fails the run with its typed error, and the same key may be asked again; a charge
+in doubt (Stripe may have charged) is an incident, tried again under its key until its answer is certain.
 
 Once the charge succeeded the purchase completes (failure model rule 2): a grant that fails even for
 good is an incident, tried again on a backoff until it goes through (workflows/common.py grant_paid_pack).
@@ -15,8 +16,8 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.activity_defs import BILLING_PROFILE, CHARGE
-from workflows.common import ORG_ID, STATUS, declined, grant_paid_pack, notify, reject
+from workflows.activity_defs import BILLING_PROFILE
+from workflows.common import ORG_ID, STATUS, charge_until_answered, declined, grant_paid_pack, notify, reject
 
 with workflow.unsafe.imports_passed_through():
     from models.auto_recharge import pack_lines
@@ -48,8 +49,9 @@ class PackPurchaseWorkflow:
         workflow.upsert_search_attributes([ORG_ID.value_set(req.org_id), STATUS.value_set("charging")])
         workflow.set_current_details(f"**pack {req.pack}** ({pack.credits} credits) for {req.org_id}: charging")
         try:
-            charged = await CHARGE.run(ChargeRequest(req.org_id, req.key, "pack", lines, now, profile.vat_rate,
-                                                     profile.currency, summary), summary=summary)
+            charged = await charge_until_answered(
+                ChargeRequest(req.org_id, req.key, "pack", lines, now, profile.vat_rate, profile.currency, summary),
+                summary=summary, step="pack charge")
         except ActivityError as err:
             cause = declined(err)
             if cause is None:

@@ -620,11 +620,12 @@ class SubscriptionWorkflow:
             raise reject(exc) from None
 
     def _check_finished(self) -> None:
-        """No change starts while an earlier one is unfinished: it would be priced on a state in doubt."""
-        u = self.s.unfinished
-        if u is not None:
+        """No change starts while a step is in doubt (an open incident: a renewal Stripe may have charged, an
+        update's unfinished change): it would be priced on that state, or undo what the step paid for."""
+        i = self.s.incident
+        if i is not None:
             raise reject(InvalidRequest(
-                f"{self.s.org_id}: an earlier {u.kind} is being completed ({self._incident_text()}); "
+                f"{self.s.org_id}: the subscription's {i.step} is being completed ({self._incident_text()}); "
                 "try again once it is (BillingClient.retry_now runs it at once)"))
 
     def _key(self, purpose: str) -> str:

@@ -108,7 +108,7 @@ async def test_a_card_declined_when_attached_or_a_bad_contact_is_refused_typed(k
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
     ({"pack": "750"}, InvalidRequest, "unknown pack"),
-    ({"pack": 500}, InvalidRequest, "unknown pack"),
+    ({"pack": 500}, InvalidRequest, "pack must be a name"),
     ({"pack": "500", "idempotency_key": ""}, InvalidRequest, "idempotency_key"),
 ])
 async def test_bad_purchases_are_refused_and_start_nothing(
