@@ -3,7 +3,9 @@ Activities are declared in workflows/activity_defs.py; keys and timestamps are b
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.common import SearchAttributeKey
@@ -23,6 +25,8 @@ STATUS = SearchAttributeKey.for_keyword("BillingStatus")
 PERIOD_END = SearchAttributeKey.for_datetime("BillingPeriodEnd")
 INCIDENT = SearchAttributeKey.for_keyword("BillingIncident")  # the failed step, while an incident is open
 SEARCH_ATTRIBUTES = (ORG_ID, PLAN, STATUS, PERIOD_END, INCIDENT)
+
+T = TypeVar("T")
 
 # How long a workflow waits on an email before it leaves it to the outbox relay (mail/mailer.py
 # RELAY_AFTER is longer): an SMTP server that is down never holds up a renewal or an update.
@@ -63,30 +67,27 @@ async def notify(req: SendEmail, *, summary: str) -> None:
             1, {"template": req.template})
 
 
-def _incident(org_id: str, step: str, attempts: int, wait: timedelta, error: str, what: str) -> None:
-    """Show a step that failed and will run again: log, counter, search attribute, current details."""
-    workflow.logger.warning("incident of %s: %s failed (attempt %d), next try in %s: %s", org_id, step, attempts,
-                            wait, error)
-    workflow.metric_meter().create_counter("billing_incidents", "steps that failed for good").add(1, {"step": step})
-    workflow.upsert_search_attributes([INCIDENT.value_set(step)])
-    workflow.set_current_details(f"**incident**: {what} (attempt {attempts}), next try in {wait}: {error}")
-
-
-async def charge_until_answered(req: ChargeRequest, *, summary: str, step: str) -> ChargeResult:
-    """Charge, and keep at it until Stripe's answer is certain (failure model rule 2): a success, or a typed
-    refusal (a decline, PaymentProviderRefused, a bad request: nothing was charged), raised as the
-    ActivityError it came in. Any other failure leaves the charge in doubt (Stripe may have charged): an
-    incident, retried under the same key on the backoff of models/subscription_rules.py."""
+async def _until_done(attempt: Callable[[], Awaitable[T]], *, org_id: str, step: str, what: str,
+                      certain: Callable[[ActivityError], bool] = lambda err: False) -> T:
+    """Run `attempt` until it succeeds, or fails `certain`ly (raised as it came). Every other failure is an
+    incident (log, billing_incidents counter, search attribute BillingIncident, current details), tried
+    again on the backoff of models/subscription_rules.py (1 min doubling to 1 h): the attempt is keyed, so
+    every try is the same effect."""
     failures = 0
     while True:
         try:
-            result: ChargeResult = await CHARGE.run(req, summary=summary)
+            result = await attempt()
         except ActivityError as err:
-            if from_failure(err) is not None:
+            if certain(err):
                 raise
             failures += 1
-            wait = incident_backoff(failures)
-            _incident(req.org_id, step, failures, wait, failure_text(err), f"the charge {req.key} is in doubt")
+            wait, error = incident_backoff(failures), failure_text(err)
+            workflow.logger.warning("incident of %s: %s failed (attempt %d), next try in %s: %s", org_id, step,
+                                    failures, wait, error)
+            workflow.metric_meter().create_counter("billing_incidents", "steps that failed for good").add(
+                1, {"step": step})
+            workflow.upsert_search_attributes([INCIDENT.value_set(step)])
+            workflow.set_current_details(f"**incident**: {what} (attempt {failures}), next try in {wait}: {error}")
             await workflow.sleep(wait, summary=f"{step}: next try")
             continue
         if failures:
@@ -94,22 +95,18 @@ async def charge_until_answered(req: ChargeRequest, *, summary: str, step: str) 
         return result
 
 
+async def charge_until_answered(req: ChargeRequest, *, summary: str, step: str) -> ChargeResult:
+    """Charge, and keep at it until Stripe's answer is certain (failure model rule 2): a success, or a typed
+    refusal (a decline, PaymentProviderRefused, a bad request: nothing was charged), raised as the
+    ActivityError it came in. Any other failure leaves the charge in doubt (Stripe may have charged): an
+    incident, retried under the same key."""
+    return await _until_done(lambda: CHARGE.run(req, summary=summary), org_id=req.org_id, step=step,
+                             what=f"the charge {req.key} is in doubt",
+                             certain=lambda err: from_failure(err) is not None)
+
+
 async def grant_paid_pack(grant: GrantPack, *, summary: str) -> LedgerWriteResult:
     """Grant the credits a successful charge paid for (a pack, an auto-recharge), however long it takes
-    (failure model rule 2): a grant that fails even for good is an incident (search attribute
-    BillingIncident, current details, the billing_incidents counter), tried again on the backoff of
-    models/subscription_rules.py (1 min doubling to 1 h); its key makes every try the same grant."""
-    failures = 0
-    while True:
-        try:
-            granted = await GRANT_PACK.run(grant, summary=summary)
-        except ActivityError as err:
-            failures += 1
-            wait = incident_backoff(failures)
-            _incident(grant.org_id, "paid grant", failures, wait, failure_text(err),
-                      f"{grant.credits} paid credits not granted yet")
-            await workflow.sleep(wait, summary="paid grant: next try")
-            continue
-        if failures:
-            workflow.upsert_search_attributes([INCIDENT.value_unset()])
-        return granted
+    (failure model rule 2): a grant that fails even for good is an incident, tried again under its key."""
+    return await _until_done(lambda: GRANT_PACK.run(grant, summary=summary), org_id=grant.org_id,
+                             step="paid grant", what=f"{grant.credits} paid credits not granted yet")
