@@ -60,9 +60,17 @@ class Settings:
     metrics_address: str | None = None   # host:port of the worker's Prometheus endpoint; None: no metrics
     payload_keys: str | None = None      # BILLING_PAYLOAD_KEYS: seal billing contacts in history (temporal_client.py)
     stripe_max_rps: int | None = None    # fleet-wide ceiling on Stripe requests/s (payments/ceiling.py); None: none
+    api_address: str = "127.0.0.1:8480"  # host:port the HTTP API listens on (`billing serve`, the main command)
 
     def __post_init__(self) -> None:
         check_stripe_max_rps(self.stripe_max_rps)
+        self.api_host_port()
+
+    def api_host_port(self) -> tuple[str, int]:
+        host, sep, port = self.api_address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise InvalidSetting(f"BILLING_API_ADDRESS is host:port, such as 0.0.0.0:8480, got {self.api_address!r}")
+        return host, int(port)
 
     def unset_parts(self) -> list[str]:
         """The variables of the parts left unconfigured (the embedded stack's to fill, in dev mode only)."""
@@ -86,4 +94,5 @@ class Settings:
             metrics_address=_env("BILLING_METRICS_ADDRESS"),
             payload_keys=_env("BILLING_PAYLOAD_KEYS"),
             stripe_max_rps=check_stripe_max_rps(_env("BILLING_STRIPE_MAX_RPS")),
+            api_address=_env("BILLING_API_ADDRESS") or "127.0.0.1:8480",
         )

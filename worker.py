@@ -26,12 +26,16 @@ from activities.auto_recharge import AutoRechargeActivities
 from activities.email import EmailActivities
 from activities.ledger import LedgerActivities
 from activities.payments import PaymentActivities
+from api.app import create_app
+from api.keys import first_platform_key
+from api.server import serving
 from ledger import Ledger
 from ledger.auto_recharge import AutoRecharges
 from mail.alerts import AlertSender
 from mail.mailer import Mailer
 from payments import Payments, close_stripe_client, stripe_client_from_settings
 from settings import InvalidSetting, Settings
+from starter import BillingClient
 from telemetry import configure_logging, install_metrics
 from temporal_client import connect_client
 from workflows import ALL_WORKFLOWS
@@ -156,9 +160,19 @@ async def main() -> None:
         payments = Payments(run.database_url, stripe, pool_size=settings.db_pool_size)
         mailer = await Mailer.open(run.database_url, run.smtp_url, pool_size=settings.db_pool_size)
         alerts = AlertSender(mailer.pool, mailer)
+        billing = BillingClient(ledger, settings, run.client, payments=payments)  # the API's engine, shared
+        api = create_app(billing)
+        host, port = settings.api_host_port()
         try:
-            async with build_worker(run.client, settings.task_queue, ledger, payments, mailer):
+            async with build_worker(run.client, settings.task_queue, ledger, payments, mailer), \
+                    serving(api, host, port) as api_url:
                 console.print(banner(settings, run))
+                console.print(f"HTTP API: {api_url}/v1 (spec {api_url}/v1/openapi.json)")
+                if settings.dev_mode:
+                    secret = await first_platform_key(api.state.service.keys, settings.data_dir / "platform-key",
+                                                      ledger.clock())
+                    console.print(f"platform API key (kept in {settings.data_dir / 'platform-key'}): {secret}")
+                    console.print(f"  try: curl -H 'Authorization: Bearer {secret}' {api_url}/v1/whoami")
                 console.print("Ctrl-C stops the worker and the embedded services.")
                 sender = asyncio.create_task(alerts.run(stop))
                 await stop.wait()

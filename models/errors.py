@@ -39,6 +39,16 @@ class UnknownOrganization(InvalidRequest):
         self.org_id = org_id
 
 
+class UnknownApiKey(InvalidRequest):
+    """An API key id that does not exist, or is beyond the caller's reach (the same answer: 404)."""
+
+    key_id: str
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"no API key {key_id!r} within this key's reach")
+        self.key_id = key_id
+
+
 class InsufficientCredits(BillingError):
     org_id: str
     cost: Decimal
@@ -124,6 +134,15 @@ class ServiceUnavailable(BillingError):
     retryable = True
 
 
+class NotAuthenticated(BillingError):
+    """An HTTP request without a valid API key (missing, unknown or revoked): 401."""
+
+
+class Forbidden(BillingError):
+    """The API key's role does not allow this operation on its organization (a member changing the plan, an
+    admin creating a platform key): 403. A key never learns of another organization: that answers 404."""
+
+
 class PaymentProviderRefused(BillingError):
     """Stripe refused the request itself, not the card: the engine's credentials (401, 403) or a request it
     calls invalid (400). Nothing was charged and the same request cannot succeed: an operator fixes the
@@ -147,15 +166,15 @@ class PaymentDeclined(BillingError):
 # -- the registry and the Temporal boundary ------------------------------------------------------------
 
 ERRORS: dict[str, type[BillingError]] = {cls.__name__: cls for cls in (
-    BillingError, InvalidRequest, UnknownOrganization, InsufficientCredits, TierNotAvailable, UserLimitExceeded,
-    UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen, PaymentDeclined,
-    PaymentProviderRefused, ServiceUnavailable,
+    BillingError, InvalidRequest, UnknownOrganization, UnknownApiKey, InsufficientCredits, TierNotAvailable,
+    UserLimitExceeded, UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen, PaymentDeclined,
+    PaymentProviderRefused, ServiceUnavailable, NotAuthenticated, Forbidden,
 )}
 # Business answers: retrying cannot change them (Temporal's retry policies list these names).
 NON_RETRYABLE: list[str] = sorted(name for name, cls in ERRORS.items() if not cls.retryable)
 
 
-def _fields(cls: type[BillingError]) -> dict[str, Any]:
+def error_fields(cls: type[BillingError]) -> dict[str, Any]:
     return {name: hint for name, hint in typing.get_type_hints(cls).items() if name not in ("message", "retryable")}
 
 
@@ -163,7 +182,7 @@ def to_application_error(exc: BillingError) -> ApplicationError:
     """The error as Temporal carries it: typed by class name, non-retryable unless the class says a retry may
     fix it, its fields as the one detail (Decimals as strings: the payload converter writes JSON)."""
     fields = {name: str(v) if isinstance(v := getattr(exc, name, None), Decimal) else v
-              for name in _fields(type(exc))}
+              for name in error_fields(type(exc))}
     return ApplicationError(exc.message, fields, type=type(exc).__name__, non_retryable=not exc.retryable)
 
 
@@ -177,7 +196,7 @@ def _from_application_error(err: ApplicationError) -> BillingError | None:
     raw: dict[str, Any] = details[0] if details and isinstance(details[0], dict) else {}
     if cls is PaymentDeclined and details and isinstance(details[0], str):
         raw = {"decline_code": details[0]}  # the shape recorded before this registry (old histories)
-    for name, hint in _fields(cls).items():
+    for name, hint in error_fields(cls).items():
         value = raw.get(name)
         setattr(exc, name, Decimal(value) if hint is Decimal and value is not None else value)
     return exc

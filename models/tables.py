@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     Table,
@@ -241,4 +242,28 @@ stripe_ceiling = Table(
     Column("key", Text, primary_key=True),
     Column("window_start", BigInteger, nullable=False),
     Column("used", Integer, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys", metadata,  # 0006: keys stored as the SHA-256 of their secret (api/keys.py)
+    Column("id", Text, primary_key=True),
+    Column("secret_sha", LargeBinary, nullable=False, unique=True),
+    Column("prefix", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("org_id", Text),
+    Column("user_id", Text),
+    Column("name", Text, nullable=False),
+    Column("created_by", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+http_idempotency = Table(
+    "http_idempotency", metadata,  # 0006: the first answer of a POST per (scope, Idempotency-Key)
+    Column("scope", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("status", Integer),
+    Column("body", LargeBinary),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from ledger.migrate import migrate
-
 from settings import LOCALSTRIPE_PORT, SMTP_SINK_PORT, Settings
 from stack.mail import SmtpSink
 from stack.postgres import start_embedded

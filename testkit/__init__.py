@@ -31,11 +31,15 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import create_app
+from api.keys import ApiKeys
+from api.server import serving
 from audit import DEFAULT_LIMIT, AuditReport, run_audit
 from ledger import Ledger
 from ledger.migrate import migrate
 from mail.alerts import AlertSender
 from mail.mailer import Mailer
+from models.api_types import Role
 from models.auto_recharge_types import PackPurchase
 from models.billing_types import CardKind, Charge
 from models.keys import recharge_workflow_id, subscription_workflow_id
@@ -95,6 +99,8 @@ class TestKit:
         self.alerts = alerts
         self.database_url = database_url
         self.stripe_faults: StripeFaultProxy | None = None  # start_testkit(stripe_faults=True)
+        self.api_url = ""         # the HTTP API over kit.billing (api/app.py), served in the kit's process
+        self.api_keys: ApiKeys | None = None
         self._offset = timedelta(0)
 
     # -- the clock -------------------------------------------------------------------------------------
@@ -177,6 +183,13 @@ class TestKit:
         return await run_audit(self.database_url, temporal=self.env.client, now=self.now(),
                                pending_bound=pending_bound, limit=limit, orgs=orgs, exclude_orgs=exclude_orgs)
 
+    async def api_key(self, role: Role = "platform", org_id: str | None = None, user_id: str | None = None) -> str:
+        """A new API key's secret for `kit.api_url`: `platform` (every organization), `admin` (org_id) or
+        `member` (org_id and user_id)."""
+        assert self.api_keys is not None
+        return (await self.api_keys.create(role=role, org_id=org_id, user_id=user_id, name="test kit",
+                                           now=self.now())).secret
+
     async def use_card(self, org_id: str, kind: CardKind) -> str | None:
         """Give the organization a card that is "ok", "declined" (attaches, every charge declined) or
         "requires_authentication"; "none" removes its card. Returns the PaymentMethod id."""
@@ -230,4 +243,7 @@ async def start_testkit(
         # Sandboxed by default: every kit scenario doubles as a determinism check of the workflow code.
         await stack.enter_async_context(
             build_worker(env.client, TASK_QUEUE, ledger, payments, mailer, sandboxed=sandboxed))
+        api = create_app(billing)
+        kit.api_keys = api.state.service.keys
+        kit.api_url = await stack.enter_async_context(serving(api, port=0))
         yield kit

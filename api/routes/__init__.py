@@ -1,0 +1,1 @@
+"""The `/v1` routers, one module per area; api/app.py includes each in ROUTERS."""
