@@ -221,10 +221,10 @@ class Ledger:
         row = await self.pool.fetchone(_HOLD, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
                                       p.user_id, p.cost_milli, at + ttl, at))
         assert row is not None
-        status, cost_milli, available_milli, replayed, a, b, recharge = row
+        status, cost_milli, available_milli, replayed, a, b, recharge, limit, open_holds = row
         await self._raise_for(status, org_id, idempotency_key, p, available_milli, a, b)
         return HoldResult(org_id, idempotency_key, from_milli(cost_milli), from_milli(available_milli), replayed,
-                          "open", recharge)
+                          "open", recharge, limit, open_holds)
 
     async def commit(self, org_id: str, idempotency_key: str, *, now: datetime | None = None) -> HoldResult:
         return await self._settle(org_id, idempotency_key, True, now)
@@ -237,13 +237,14 @@ class Ledger:
         check_id("idempotency_key", key)
         row = await self.pool.fetchone(_SETTLE, (org_id, key, commit, self._now(now)))
         assert row is not None
-        status, cost_milli, available_milli, replayed = row
+        status, cost_milli, available_milli, replayed, limit, open_holds = row
         if status == "unknown_org":
             raise UnknownOrganization(org_id)
         if status != "ok":
             raise HoldNotOpen(org_id, key, status.removeprefix("hold_"))
         return HoldResult(org_id, key, from_milli(cost_milli), from_milli(available_milli), replayed,
-                          "committed" if commit else "released")
+                          "committed" if commit else "released", concurrency_limit=limit,
+                          concurrency_open=open_holds)
 
     @asynccontextmanager
     async def holding(
@@ -297,10 +298,10 @@ class Ledger:
         row = await self.pool.fetchone(_BALANCE, (org_id, self._now(now)))
         if row is None or row[0] is None:
             raise UnknownOrganization(org_id)
-        plan_name, plan, topup, held, allocation, consumed, start, end = row
+        plan_name, plan, topup, held, allocation, consumed, start, end, limit, open_holds = row
         return Balance(org_id, plan_name, from_milli(plan + topup - held), from_milli(plan),
                        from_milli(topup), from_milli(held), from_milli(allocation), from_milli(consumed),
-                       start, end)
+                       start, end, limit, open_holds)
 
     async def usage(
         self, org_id: str, *, by: UsageGrouping = "action", since: datetime | None = None,

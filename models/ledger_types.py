@@ -31,6 +31,10 @@ class HoldResult:
     replayed: bool
     status: Literal["open", "committed", "released"]
     recharge_triggered: bool = False   # this hold's reservation crossed the auto-recharge threshold
+    # The plan's maximum of open holds, and the live (unexpired) ones open after this call, read in the
+    # same statement: what the credits middleware's X-Concurrency-* headers say.
+    concurrency_limit: int = 0
+    concurrency_open: int = 0
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,8 @@ class Balance:
     consumed_this_period: Decimal
     period_start: datetime
     period_end: datetime | None
+    concurrency_limit: int = 0  # the plan's maximum of open holds
+    concurrency_open: int = 0   # live (unexpired) holds open now
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,20 @@
 -- O(1) balance read: stored class balances; expiry and today's free grant are computed, not written.
--- Open holds are at most the plan's concurrency limit, so summing the live ones stays bounded.
+-- Open holds are at most the plan's concurrency limit, so summing the live ones stays bounded; the one
+-- scan of them gives both the credits they hold and how many are open (a hold past its TTL counts as
+-- released, as ledger_refresh will record it). concurrency_limit: the plan's maximum of open holds.
+-- The drop names the signature before the concurrency OUT columns (CREATE OR REPLACE cannot add them).
+DROP FUNCTION IF EXISTS ledger_balance(text, timestamptz);
 CREATE OR REPLACE FUNCTION ledger_balance(p_org text, p_now timestamptz,
                                           OUT plan text, OUT plan_credits bigint, OUT topup bigint, OUT held bigint,
                                           OUT allocation bigint, OUT consumed bigint, OUT period_start timestamptz,
-                                          OUT period_end timestamptz)
+                                          OUT period_end timestamptz, OUT concurrency_limit integer,
+                                          OUT concurrency_open integer)
 LANGUAGE sql STABLE AS $$
     SELECT w.plan,
            CASE WHEN w.plan_expires_at > p_now THEN w.plan_remaining
                 WHEN w.daily_grant > 0 THEN w.daily_grant ELSE 0 END,
            w.topup_remaining,
-           CASE WHEN w.open_holds = 0 THEN 0 ELSE
-               (SELECT coalesce(sum(h.cost), 0)::bigint FROM holds h
-                WHERE h.org_id = w.org_id AND h.status = 'open' AND h.expires_at > p_now) END,
+           o.held,
            CASE WHEN w.daily_grant > 0 AND (w.plan_expires_at IS NULL OR w.plan_expires_at <= p_now)
                 THEN w.daily_grant ELSE w.allocation END,
            CASE WHEN w.daily_grant > 0 AND (w.plan_expires_at IS NULL OR w.plan_expires_at <= p_now)
@@ -20,6 +23,13 @@ LANGUAGE sql STABLE AS $$
                 THEN date_trunc('day', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' ELSE w.period_start END,
            CASE WHEN w.daily_grant > 0 AND (w.plan_expires_at IS NULL OR w.plan_expires_at <= p_now)
                 THEN (date_trunc('day', p_now AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') + interval '1 day'
-                ELSE w.period_end END
-    FROM wallets w WHERE w.org_id = p_org
+                ELSE w.period_end END,
+           w.max_holds,
+           o.n
+    FROM wallets w
+    -- No open hold recorded (the common case): a one-time filter, the holds are not read at all.
+    CROSS JOIN LATERAL (SELECT coalesce(sum(h.cost), 0)::bigint AS held, count(*)::integer AS n FROM holds h
+                        WHERE w.open_holds > 0 AND h.org_id = w.org_id AND h.status = 'open'
+                          AND h.expires_at > p_now) o
+    WHERE w.org_id = p_org
 $$;

@@ -1,10 +1,15 @@
 -- Reserve p_cost for a later settle (ledger_settle), under the same rules as a debit plus the plan's
 -- concurrency. A reservation can cross the auto-recharge threshold too: `recharge` as in ledger_debit.
+-- concurrency_limit / concurrency_open: the plan's maximum of open holds and the live ones after this call
+-- (expired ones released by ledger_refresh first), for the answer's concurrency headers in the same trip.
+-- The drop names the signature before those OUT columns (CREATE OR REPLACE cannot add OUT columns).
+DROP FUNCTION IF EXISTS ledger_hold(text, text, text, text, numeric, text, text, bigint, timestamptz, timestamptz);
 CREATE OR REPLACE FUNCTION ledger_hold(p_org text, p_key text, p_action text, p_tier text, p_qty numeric,
                                        p_country text, p_user text, p_cost bigint, p_expires_at timestamptz,
                                        p_now timestamptz,
                                        OUT status text, OUT cost bigint, OUT available bigint, OUT replayed boolean,
-                                       OUT detail_a bigint, OUT detail_b bigint, OUT recharge boolean)
+                                       OUT detail_a bigint, OUT detail_b bigint, OUT recharge boolean,
+                                       OUT concurrency_limit integer, OUT concurrency_open integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     w wallets%ROWTYPE;
@@ -26,6 +31,7 @@ BEGIN
         ELSE
             status := 'hold_' || h.status;
         END IF;
+        concurrency_limit := w.max_holds; concurrency_open := w.open_holds;
         PERFORM ledger_save(w, p_now);
         RETURN;
     END IF;
@@ -47,5 +53,6 @@ BEGIN
             recharge := true;
         END IF;
     END IF;
+    concurrency_limit := w.max_holds; concurrency_open := w.open_holds;
     PERFORM ledger_save(w, p_now);
 END $$;

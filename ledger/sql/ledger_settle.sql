@@ -1,6 +1,10 @@
 -- Settle an open hold: commit charges its cost from the buckets, release charges nothing.
+-- concurrency_limit / concurrency_open: the plan's maximum of open holds and the live ones after this call.
+-- The drop names the signature before those OUT columns (CREATE OR REPLACE cannot add OUT columns).
+DROP FUNCTION IF EXISTS ledger_settle(text, text, boolean, timestamptz);
 CREATE OR REPLACE FUNCTION ledger_settle(p_org text, p_key text, p_commit boolean, p_now timestamptz,
-                                         OUT status text, OUT cost bigint, OUT available bigint, OUT replayed boolean)
+                                         OUT status text, OUT cost bigint, OUT available bigint, OUT replayed boolean,
+                                         OUT concurrency_limit integer, OUT concurrency_open integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     w wallets%ROWTYPE;
@@ -51,5 +55,6 @@ BEGIN
     END IF;
     cost := CASE WHEN p_commit THEN h.cost ELSE 0 END;
     available := ledger_available(w);
+    concurrency_limit := w.max_holds; concurrency_open := w.open_holds;
     PERFORM ledger_save(w, p_now);
 END $$;

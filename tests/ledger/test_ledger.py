@@ -270,6 +270,28 @@ async def test_open_holds_beyond_plan_concurrency_are_refused(ledger: Ledger, ne
     await ledger.hold(org, "ai_chat", tier="fast", idempotency_key="b", now=T0)
 
 
+async def test_concurrency_limit_and_open_holds_in_every_answer(ledger: Ledger, new_org: OrgFactory) -> None:
+    org = await new_org("starter")  # five concurrent holds
+    bal = await ledger.balance(org, now=T0)
+    assert (bal.concurrency_limit, bal.concurrency_open) == (5, 0)
+    a = await ledger.hold(org, "dti", idempotency_key="a", now=T0)
+    b = await ledger.hold(org, "dti", idempotency_key="b", ttl=timedelta(minutes=5), now=T0)
+    assert [(h.concurrency_limit, h.concurrency_open) for h in (a, b)] == [(5, 1), (5, 2)]
+    again = await ledger.hold(org, "dti", idempotency_key="a", now=T0)
+    assert (again.replayed, again.concurrency_open) == (True, 2)
+    bal = await ledger.balance(org, now=T0)
+    assert (bal.concurrency_limit, bal.concurrency_open) == (5, 2)
+    # b's TTL has passed: a read does not count it (nothing written yet), the next settle releases it.
+    later = T0 + timedelta(minutes=6)
+    assert (await ledger.balance(org, now=later)).concurrency_open == 1
+    c = await ledger.commit(org, "a", now=later)
+    assert (c.concurrency_limit, c.concurrency_open) == (5, 0)
+    await ledger.hold(org, "dti", idempotency_key="c", now=later)
+    r = await ledger.release(org, "c", now=later)
+    assert (r.status, r.concurrency_limit, r.concurrency_open) == ("released", 5, 0)
+    assert (await ledger.balance(org, now=later)).concurrency_open == 0
+
+
 async def test_per_user_limit_per_period(ledger: Ledger, new_org: OrgFactory) -> None:
     org = await new_org("pro")
     await ledger.set_user_limit(org, "*", D("20"))
