@@ -167,12 +167,15 @@ async def main() -> None:
             async with build_worker(run.client, settings.task_queue, ledger, payments, mailer), \
                     serving(api, host, port) as api_url:
                 console.print(banner(settings, run))
-                console.print(f"HTTP API: {api_url}/v1 (spec {api_url}/v1/openapi.json)")
+                # soft_wrap: a URL or a key cut by the terminal's width cannot be copied
+                console.print(f"HTTP API: {api_url}/v1 (spec {api_url}/v1/openapi.json)", soft_wrap=True)
                 if settings.dev_mode:
                     secret = await first_platform_key(api.state.service.keys, settings.data_dir / "platform-key",
                                                       ledger.clock())
-                    console.print(f"platform API key (kept in {settings.data_dir / 'platform-key'}): {secret}")
-                    console.print(f"  try: curl -H 'Authorization: Bearer {secret}' {api_url}/v1/whoami")
+                    console.print(f"platform API key (kept in {settings.data_dir / 'platform-key'}): {secret}",
+                                  soft_wrap=True)
+                    console.print(f"  try: curl -H 'Authorization: Bearer {secret}' {api_url}/v1/whoami",
+                                  soft_wrap=True)
                 console.print("Ctrl-C stops the worker and the embedded services.")
                 sender = asyncio.create_task(alerts.run(stop))
                 await stop.wait()

@@ -3,6 +3,7 @@ runs the worker, and stops cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -29,8 +30,9 @@ def _scrape(address: str) -> str:
 
 def test_the_main_command_runs_on_embedded_defaults_serves_metrics_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     # Development mode, as `python3 tasks.py run` asks for it; the operator's CLI alongside it.
-    metrics = f"127.0.0.1:{free_port()}"
-    env = _env_without_parts(tmp_path) | {"BILLING_DEV_MODE": "1", "BILLING_METRICS_ADDRESS": metrics}
+    metrics, api = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = _env_without_parts(tmp_path) | {"BILLING_DEV_MODE": "1", "BILLING_METRICS_ADDRESS": metrics,
+                                          "BILLING_API_ADDRESS": api}
     proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=tmp_path, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out: list[str] = []
@@ -59,6 +61,15 @@ def test_the_main_command_runs_on_embedded_defaults_serves_metrics_and_stops_on_
         charged = [line for line in _scrape(metrics).splitlines() if line.startswith("billing_charges{")
                    and 'outcome="succeeded"' in line and 'purpose="pack"' in line]
         assert len(charged) == 1 and charged[0].endswith(" 1"), _scrape(metrics)
+        # The HTTP API, with the platform key the command printed (and kept for the next start).
+        printed = "".join(out)
+        assert f"HTTP API: http://{api}/v1" in printed, printed[-3000:]
+        secret = (tmp_path / "platform-key").read_text().strip()
+        assert f"platform API key (kept in {tmp_path / 'platform-key'}): {secret}" in printed, printed[-3000:]
+        balance = urllib.request.Request(f"http://{api}/v1/orgs/acme/balance",
+                                         headers={"Authorization": f"Bearer {secret}"})
+        with urllib.request.urlopen(balance, timeout=10) as answer:
+            assert json.loads(answer.read())["plan_name"] == "pro"
         # The adapters' log lines name the workflow they work for.
         assert "[workflow=pack:acme:order-17 activity=stripe.charge]" in "".join(out), "".join(out)[-3000:]
     finally:
