@@ -11,30 +11,46 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from api import problems
+from api import openapi, problems
 from api.keys import ApiKeys
-from api.routes import metering
+from api.openapi import problems as problem_responses
+from api.routes import keys, metering, purchases, reads, settings, subscriptions
 from api.schemas import Whoami
 from api.service import Caller, Service
 from starter import BillingClient
 
-ROUTERS: list[APIRouter] = [metering.router]
+ROUTERS: list[APIRouter] = [metering.router, reads.router, subscriptions.router, purchases.router, settings.router,
+                            keys.router]
 
 _meta = APIRouter(tags=["meta"])
 
 
-@_meta.get("/v1/whoami", response_model=Whoami)
+@_meta.get("/v1/whoami", response_model=Whoami, responses=problem_responses())
 async def whoami(key: Caller) -> Whoami:
     """The calling key (no other work: bench/http.py's baseline of an authenticated request)."""
     return Whoami(key_id=key.id, role=key.role, org_id=key.org_id, user_id=key.user_id)
 
 
-def create_app(billing: BillingClient, keys: ApiKeys | None = None) -> FastAPI:
-    app = FastAPI(title="Billing engine API", version="1", openapi_url="/v1/openapi.json", docs_url="/v1/docs",
-                  redoc_url=None)
-    app.state.service = Service(billing, keys or ApiKeys(billing.ledger.pool))
+DESCRIPTION = """Every BillingClient operation over HTTP (docs/api.md).
+
+Authenticate with `Authorization: Bearer <key>`. Credits are decimal strings, money integer cents beside a
+currency, times UTC RFC 3339. Refusals are RFC 9457 `application/problem+json` whose `type` ends with the error's
+name. POSTs take an `Idempotency-Key`: a repeat answers as the first did."""
+
+
+def build_app() -> FastAPI:
+    """The routes, their refusals and the spec, without the engine behind them (api/openapi.py renders its spec)."""
+    app = FastAPI(title="Billing engine API", version="1", description=DESCRIPTION, openapi_url="/v1/openapi.json",
+                  docs_url="/v1/docs", redoc_url=None)
     problems.install(app)
+    openapi.install(app)
     app.include_router(_meta)
     for router in ROUTERS:
         app.include_router(router)
+    return app
+
+
+def create_app(billing: BillingClient, keys: ApiKeys | None = None) -> FastAPI:
+    app = build_app()
+    app.state.service = Service(billing, keys or ApiKeys(billing.ledger.pool))
     return app

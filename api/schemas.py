@@ -1,41 +1,91 @@
-"""The API's JSON shapes (DESIGN.md section 9): credits as decimal strings, money as integer cents plus a
-currency, UTC RFC 3339 times. Requests forbid unknown members, so a misspelt field is a 422, not ignored."""
+"""The API's JSON shapes (DESIGN.md section 9, docs/api.md): credits as decimal strings, money as integer cents plus
+a currency, UTC RFC 3339 times. Requests forbid unknown members, so a misspelt field is a 422, not ignored.
+Answers are built from the engine's own result types (`from_attributes`): a field means what it means there."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+
+from ledger.gateway import MAX_GUARD_USES, MAX_GUARD_WINDOW, MAX_HOLD_TTL
+from models.billing_types import Interval, Status
+from models.ledger_types import UsageGrouping
 
 # Credits travel as decimal strings ("12.5"): JSON numbers are floats to most parsers.
 Credits = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]
 CreditsIn = Annotated[Decimal, Field(description="credits, as a decimal string such as \"12.5\"")]
 
 
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo is not None else value
+
+
+# Times leave in UTC whatever the database session's time zone ("2026-01-15T12:00:00Z").
+Time = Annotated[datetime, AfterValidator(_utc)]
+Currency = Annotated[str, Field(description="ISO 4217 code of the amounts in cents beside it", examples=["EUR"])]
+
+
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details. `type` ends with the error's class name (models/errors.py); the error's typed
+    fields are members beside these (org_id, cost, available, limit...)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": True})
+    type: str = Field(examples=["https://billing-engine.dev/problems/InsufficientCredits"])
+    title: str = Field(examples=["InsufficientCredits"])
+    status: int
+    detail: str
+
+
+# -- metering ----------------------------------------------------------------------------------------------
+
+Quantity = Annotated[Decimal, Field(description="units of the action, a decimal string or an integer")]
 
 
 class DebitIn(Request):
     action: str
     tier: str | None = None
-    quantity: Annotated[Decimal, Field(description="units of the action, a decimal string or an integer")] \
-        = Decimal(1)
+    quantity: Quantity = Decimal(1)
     user_id: str | None = None
     country: str | None = None
 
 
-class DebitOut(BaseModel):
+class DebitOut(Answer):
     org_id: str
     idempotency_key: str
     cost: Credits
-    available: Credits | None
+    available: Credits | None = Field(description="the balance after this debit; null for a credit-free action")
     replayed: bool
 
 
-class BalanceOut(BaseModel):
+class HoldIn(DebitIn):
+    ttl_seconds: int | None = Field(default=None, ge=1, le=int(MAX_HOLD_TTL.total_seconds()),
+                                    description="seconds until the hold releases itself (default: the server's "
+                                    "BILLING_HOLD_TTL_SECONDS, 900)")
+
+
+class HoldOut(BaseModel):
+    org_id: str
+    hold_id: str
+    cost: Credits
+    available: Credits
+    status: Literal["open", "committed", "released"]
+    replayed: bool
+    concurrency_limit: int = Field(description="the plan's maximum of open holds")
+    concurrency_open: int = Field(description="live holds open after this call")
+
+
+class BalanceOut(Answer):
     org_id: str
     plan_name: str
     available: Credits
@@ -44,8 +94,229 @@ class BalanceOut(BaseModel):
     held: Credits
     allocation: Credits
     consumed_this_period: Credits
-    period_start: datetime
-    period_end: datetime | None
+    period_start: Time
+    period_end: Time | None
+    concurrency_limit: int
+    concurrency_open: int
+
+
+# -- reads ---------------------------------------------------------------------------------------------------
+
+class UsageRowOut(Answer):
+    key: str | None = Field(description="the action, tier or user id (null: no tier, no user)")
+    uses: int
+    quantity: Credits
+    credits: Credits
+
+
+class UsageOut(BaseModel):
+    org_id: str
+    by: UsageGrouping
+    since: Time | None
+    until: Time | None
+    rows: list[UsageRowOut]
+
+
+class TransactionOut(Answer):
+    id: int
+    at: Time
+    kind: Literal["grant", "debit", "expire", "adjust", "hold", "release"]
+    credits: Credits = Field(description="signed: grants positive, debits and expiries negative")
+    bucket: str | None
+    ref: str
+
+
+class TransactionsOut(BaseModel):
+    org_id: str
+    transactions: list[TransactionOut]
+
+
+class InvoiceLineOut(Answer):
+    description: str
+    quantity: int
+    unit_cents: int
+    amount_cents: int
+
+
+class InvoiceOut(Answer):
+    number: str
+    org_id: str
+    purpose: str
+    issued_at: Time
+    currency: Currency
+    lines: list[InvoiceLineOut]
+    subtotal_cents: int
+    tax_rate: Credits = Field(description="a decimal fraction such as \"0.20\"")
+    tax_cents: int
+    total_cents: int
+    stripe_payment_id: str
+
+
+class InvoiceDocumentOut(InvoiceOut):
+    html: str
+
+
+class InvoicesOut(BaseModel):
+    org_id: str
+    invoices: list[InvoiceOut]
+
+
+# -- subscriptions ------------------------------------------------------------------------------------------
+
+class SubscribeIn(Request):
+    plan: str
+    seats: int = 1
+    interval: Interval = "month"
+    trial_days: int = 0
+    email: str = Field(description="the billing contact")
+    payment_method: str | None = Field(default=None, description="a Stripe PaymentMethod id (none: a trial only)")
+    vat_rate: Annotated[Decimal, Field(description="a decimal fraction in [0, 1), such as \"0.20\"")] = Decimal(0)
+
+
+class PlanIn(Request):
+    plan: str
+
+
+class SeatsIn(Request):
+    seats: int
+
+
+class SubscriptionOut(Answer):
+    org_id: str
+    plan: str
+    seats: int
+    interval: Interval
+    status: Status
+    period_start: Time | None
+    period_end: Time | None
+    trial_end: Time | None
+    pending_plan: str | None
+    pending_seats: int | None
+    cancel_at_period_end: bool
+    renewals: int
+    incident: str | None = Field(description="the failed step retried on a backoff, if any")
+
+
+# -- purchases -----------------------------------------------------------------------------------------------
+
+class PurchaseIn(Request):
+    pack: str = Field(description="a pack of the catalog, named by its credits: \"500\", \"1000\", \"2500\", \"5000\"")
+    email: str | None = Field(default=None, description="the billing contact, for an organization that has none")
+    payment_method: str | None = Field(default=None, description="a Stripe PaymentMethod id to attach first")
+
+
+class PurchaseOut(Answer):
+    org_id: str
+    pack: str
+    credits: Credits
+    amount_cents: int
+    currency: Currency
+    invoice_number: str
+    payment_intent: str
+    available: Credits
+
+
+# -- settings -------------------------------------------------------------------------------------------------
+
+class AutoRechargeIn(Request):
+    threshold: CreditsIn
+    pack: str
+    spending_limit_cents: int = Field(default=5000, description="at most this much per billing period, tax included")
+    enabled: bool = True
+
+
+class AutoRechargeOut(BaseModel):
+    org_id: str
+    configured: bool = Field(description="false: never set (every other field is then its default)")
+    enabled: bool
+    threshold: Credits | None
+    pack: str | None
+    spending_limit_cents: int | None
+    currency: Currency
+    disabled_reason: str | None = Field(description="why the engine turned it off (\"payment_failed\")")
+
+
+class UserLimitIn(Request):
+    limit: CreditsIn
+
+
+class UserLimitOut(BaseModel):
+    org_id: str
+    user_id: str
+    limit: Credits | None = Field(description="credits the user may spend per period (null: no limit)")
+    source: Literal["user", "default"] | None = Field(
+        description="where the limit comes from: the user's own, or the organization's default (user id '*')")
+    used: Credits = Field(description="credits the user spent this period while the organization had limits")
+    remaining: Credits | None
+    period_start: Time
+    period_end: Time | None
+
+
+class UsageGuardIn(Request):
+    max_uses: int = Field(ge=1, le=MAX_GUARD_USES, description="more uses than this within the window pause it")
+    window_seconds: int = Field(default=3600, ge=1, le=int(MAX_GUARD_WINDOW.total_seconds()))
+
+
+class UsageGuardOut(BaseModel):
+    org_id: str
+    action: str
+    max_uses: int | None = Field(description="null: no guard")
+    window_seconds: int | None
+
+
+class ResumeOut(BaseModel):
+    org_id: str
+    action: str
+    was_paused: bool
+
+
+class LowBalanceAlertIn(Request):
+    threshold: CreditsIn | None = Field(description="email when the balance falls under this (null: off)")
+
+
+class LowBalanceAlertOut(BaseModel):
+    org_id: str
+    threshold: Credits | None
+
+
+class WalletIn(Request):
+    plan: str = "free"
+
+
+class WalletOut(Answer):
+    org_id: str
+    available: Credits
+    replayed: bool
+
+
+# -- API keys -------------------------------------------------------------------------------------------------
+
+class ApiKeyIn(Request):
+    role: Literal["platform", "admin", "member"]
+    org_id: str | None = None
+    user_id: str | None = None
+    name: str = ""
+
+
+class ApiKeyOut(Answer):
+    id: str
+    role: str
+    org_id: str | None
+    user_id: str | None
+    prefix: str = Field(description="the secret's first characters, to recognise it")
+    name: str
+    created_at: Time
+    revoked_at: Time | None
+    created_by: str | None
+
+
+class NewApiKeyOut(ApiKeyOut):
+    key: str | None = Field(description="the secret, shown this once (null in an Idempotency-Key replay: it is "
+                            "never stored)")
+
+
+class ApiKeysOut(BaseModel):
+    keys: list[ApiKeyOut]
 
 
 class Whoami(BaseModel):

@@ -1,35 +1,103 @@
-"""Metering: debits, holds, balance (DESIGN.md section 9). Each calls the same BillingClient path as the SDK:
-a debit through HTTP is still one database round trip (the key is authenticated from its cache)."""
+"""Metering: debits, holds and their settlement, balance (DESIGN.md section 9). Each calls the same path as the
+SDK: a debit through HTTP is still one database round trip (the key is authenticated from its cache). Their
+Idempotency-Key is the engine's own key (a debit's key, a hold's id): a repeat answers `replayed: true`."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Path
+from fastapi.responses import JSONResponse
 
-from api.schemas import BalanceOut, DebitIn, DebitOut
+from api.openapi import problems
+from api.problems import problem, status_of
+from api.routes.common import ORG
+from api.routes.ledger_reads import hold_user
+from api.schemas import BalanceOut, DebitIn, DebitOut, HoldIn, HoldOut
 from api.service import Caller, Svc
+from models.errors import Forbidden, HoldNotOpen
+from models.ledger_types import HoldResult
 
 router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["metering"])
 
 IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", description="the debit's business key: a repeat "
                                        "answers as the first (replayed), another request under it is 409")]
+HoldKey = Annotated[str, Header(alias="Idempotency-Key", description="the hold's id (its business key): a repeat "
+                                "answers as the first (replayed), another request under it is 409")]
+HoldId = Annotated[str, Path(description="the Idempotency-Key the hold was made with")]
+
+_METER = (*ORG, "Forbidden", "InsufficientCredits", "TierNotAvailable", "UserLimitExceeded", "UsageGuardPaused",
+          "IdempotencyConflict")
 
 
-@router.post("/debits", response_model=DebitOut, status_code=201)
+@router.post("/debits", response_model=DebitOut, status_code=201, responses=problems(*_METER))
 async def debit(org_id: str, body: DebitIn, key: Caller, svc: Svc, idempotency_key: IdempotencyKey) -> DebitOut:
-    """Charge the cost of `action` now; refused whole (403 InsufficientCredits) if it does not fit."""
+    """Charge the cost of `action` now; refused whole (403 InsufficientCredits) if it does not fit. A member key
+    meters as its own user (naming another is 403)."""
     key.reach(org_id)
     result = await svc.billing.debit(org_id, action=body.action, idempotency_key=idempotency_key, tier=body.tier,
                                      quantity=body.quantity, user_id=key.as_user(body.user_id), country=body.country)
-    return DebitOut(org_id=result.org_id, idempotency_key=result.idempotency_key, cost=result.cost,
-                    available=result.available, replayed=result.replayed)
+    return DebitOut.model_validate(result)
 
 
-@router.get("/balance", response_model=BalanceOut)
+@router.post("/holds", response_model=HoldOut, status_code=201,
+             responses=problems(*_METER, "ConcurrencyLimitExceeded"))
+async def hold(org_id: str, body: HoldIn, key: Caller, svc: Svc, idempotency_key: HoldKey) -> HoldOut:
+    """Reserve the cost of `action` for an operation that may fail: commit charges it, release (or its TTL
+    passing) charges nothing. Refused as a debit is, and past the plan's open holds (429)."""
+    key.reach(org_id)
+    ttl = None if body.ttl_seconds is None else timedelta(seconds=body.ttl_seconds)
+    held = await svc.billing.ledger.hold(org_id, body.action, idempotency_key=idempotency_key, tier=body.tier,
+                                         quantity=body.quantity, user_id=key.as_user(body.user_id),
+                                         country=body.country, ttl=ttl)
+    if held.recharge_triggered:  # as BillingClient.hold does: the reservation crossed the threshold
+        await svc.billing._trigger_recharge(org_id, idempotency_key)
+    return _hold(held)
+
+
+@router.post("/holds/{hold_id}/commit", response_model=HoldOut, responses=problems(*ORG, "Forbidden", "HoldNotOpen"))
+async def commit(org_id: str, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
+    """Charge an open hold (a repeat answers `replayed`; a released or expired hold is 409 HoldNotOpen)."""
+    await _settling(key, svc, org_id, hold_id)
+    try:
+        return _hold(await svc.billing.ledger.commit(org_id, hold_id))
+    except HoldNotOpen as exc:
+        return _not_open(exc)
+
+
+@router.post("/holds/{hold_id}/release", response_model=HoldOut,
+             responses=problems(*ORG, "Forbidden", "HoldNotOpen"))
+async def release(org_id: str, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
+    """Give an open hold's credits back (a repeat answers `replayed`; a committed hold is 409 HoldNotOpen)."""
+    await _settling(key, svc, org_id, hold_id)
+    try:
+        return _hold(await svc.billing.ledger.release(org_id, hold_id))
+    except HoldNotOpen as exc:
+        return _not_open(exc)
+
+
+@router.get("/balance", response_model=BalanceOut, responses=problems(*ORG))
 async def balance(org_id: str, key: Caller, svc: Svc) -> BalanceOut:
     key.reach(org_id)
-    b = await svc.billing.balance(org_id)
-    return BalanceOut(org_id=b.org_id, plan_name=b.plan_name, available=b.available, plan=b.plan, topup=b.topup,
-                      held=b.held, allocation=b.allocation, consumed_this_period=b.consumed_this_period,
-                      period_start=b.period_start, period_end=b.period_end)
+    return BalanceOut.model_validate(await svc.billing.balance(org_id))
+
+
+async def _settling(key: Caller, svc: Svc, org_id: str, hold_id: str) -> None:
+    """A member settles only its own user's holds."""
+    key.reach(org_id)
+    if key.role == "member":
+        owner = await hold_user(svc.billing.ledger, org_id, hold_id)
+        if owner is not None and owner != (key.user_id,):
+            raise Forbidden(f"a member key settles only its own user's holds; hold {hold_id!r} is another's")
+
+
+def _not_open(exc: HoldNotOpen) -> JSONResponse:
+    """HoldNotOpen as its problem, its `status` field named `hold_status`: api/problems.py would pass it as the
+    problem's own `status` (a TypeError, a 500). To go once problems.py keeps members off the RFC 9457 names."""
+    return problem(status_of(exc), "HoldNotOpen", exc.message, org_id=exc.org_id, key=exc.key, hold_status=exc.status)
+
+
+def _hold(h: HoldResult) -> HoldOut:
+    return HoldOut(org_id=h.org_id, hold_id=h.idempotency_key, cost=h.cost, available=h.available, status=h.status,
+                   replayed=h.replayed, concurrency_limit=h.concurrency_limit, concurrency_open=h.concurrency_open)
