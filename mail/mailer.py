@@ -7,7 +7,9 @@ a context key the template uses and the request lacks is an error, never an empt
 
 Exactly once, with the outbox table (migrations/versions/0002_billing.sql):
 1. the rendering is stored under the key (INSERT ... ON CONFLICT DO NOTHING) and committed BEFORE any
-   send, so a retry resends exactly what was rendered, never a re-rendering;
+   send, so a retry resends exactly what was rendered, never a re-rendering; in the same transaction, the
+   webhook event the email stands for, if any (webhooks/events.py: a subscription's or an auto-recharge's
+   step has no other durable record);
 2. the row is locked (FOR UPDATE NOWAIT: a concurrent attempt backs off and lets Temporal retry it);
    already stamped -> nothing is sent (sent=False); else SMTP, then sent_at is stamped and committed.
 The one window left is a crash between the SMTP server's "250" and the commit of the stamp: the retry
@@ -46,6 +48,7 @@ from models.billing_types import EmailResult, SendEmail
 from models.checks import check_email, check_key
 from models.errors import IdempotencyConflict, InvalidRequest, to_application_error
 from templates import TEMPLATES_DIR
+from webhooks.events import record_email_event
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +202,15 @@ class Mailer:
             stored = await cur.fetchone()
             if stored is None:
                 r = self.render(req.template, req.context, req.org_id)
-                # Committed (autocommit) before any send: a retry finds it and resends this rendering.
-                await conn.execute(_INSERT, (req.key, req.org_id, req.template, req.to, r.subject, r.text,
-                                             r.html, req.now))
+                # Committed before any send: a retry finds it and resends this rendering. The webhook event
+                # the email stands for (a subscription's step, an auto-recharge's) is written in the same
+                # transaction: the outbox row is that step's durable record (webhooks/events.py).
+                async with conn.transaction():
+                    cur = await conn.execute(_INSERT, (req.key, req.org_id, req.template, req.to, r.subject,
+                                                       r.text, r.html, req.now))
+                    if cur.rowcount == 1:
+                        await record_email_event(conn, org_id=req.org_id, key=req.key, template=req.template,
+                                                 context=req.context, at=req.now)
         try:
             return await self._send_stored(req.key, req.now, expect=(req.org_id, req.template, req.to))
         except LockNotAvailable as exc:

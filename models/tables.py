@@ -267,3 +267,36 @@ http_idempotency = Table(
     Column("body", LargeBinary),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
+
+events = Table(
+    "events", metadata,  # 0007: webhook events, written in the transaction of their cause; seq is the cursor
+    Column("seq", BigInteger, primary_key=True),
+    Column("id", Text, nullable=False, unique=True),
+    Column("org_id", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("data", JSONB, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints", metadata,  # 0007: where events go, and each endpoint's delivery cursor
+    Column("id", Text, primary_key=True),
+    Column("org_id", Text),
+    Column("url", Text, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("event_types", ARRAY(Text), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("owner_email", Text),
+    Column("enabled", Boolean, nullable=False),
+    Column("disabled_at", DateTime(timezone=True)),
+    Column("disabled_reason", Text),
+    Column("created_by", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True)),
+    Column("delivered_seq", BigInteger, nullable=False),
+    Column("failing_since", DateTime(timezone=True)),
+    Column("failed_attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("last_success_at", DateTime(timezone=True)),
+)
