@@ -84,6 +84,14 @@ class WebhookStore:
             raise UnknownWebhookEndpoint(endpoint_id)
         return _endpoint(row)
 
+    async def secret(self, endpoint_id: str) -> str:
+        """A live endpoint's signing secret (the caller checked its reach with `get`)."""
+        row = await self.pool.fetchone(
+            "SELECT secret FROM webhook_endpoints WHERE id = %s AND deleted_at IS NULL", (endpoint_id,))
+        if row is None:
+            raise UnknownWebhookEndpoint(endpoint_id)
+        return str(row[0])
+
     async def delete(self, endpoint_id: str, *, now: datetime, org_id: str | None = None) -> None:
         """Delete an endpoint: nothing more is delivered to it (its delivery workflow stops at its next call)."""
         await self.get(endpoint_id, org_id=org_id)
