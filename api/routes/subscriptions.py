@@ -14,6 +14,7 @@ from api.openapi import problems
 from api.routes.common import MANAGE, managing
 from api.schemas import PlanIn, SeatsIn, SubscribeIn, SubscriptionOut
 from api.service import Caller, Svc
+from models.errors import InvalidRequest
 from models.subscription_types import Subscription
 
 router = APIRouter(prefix="/v1/orgs/{org_id}/subscription", tags=["subscriptions"])
@@ -42,9 +43,14 @@ async def subscribe(org_id: str, body: SubscribeIn, key: Caller, svc: Svc, once:
 
 @router.get("", response_model=SubscriptionOut, responses=problems(*MANAGE))
 async def subscription(org_id: str, key: Caller, svc: Svc) -> SubscriptionOut:
-    """The subscription now (an organization that never subscribed: 422 InvalidRequest, subscribe first)."""
+    """The subscription now (an organization that never subscribed: 422 InvalidRequest, subscribe first; one the
+    engine has never seen: 404)."""
     managing(key, org_id)
-    return SubscriptionOut.model_validate(await svc.billing.subscription(org_id))
+    try:
+        return SubscriptionOut.model_validate(await svc.billing.subscription(org_id))
+    except InvalidRequest:
+        await svc.billing.balance(org_id)  # no wallet either: UnknownOrganization
+        raise
 
 
 @router.post("/upgrade", response_model=SubscriptionOut, responses=problems(*_CHANGE))
