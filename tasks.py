@@ -6,6 +6,7 @@
     python3 tasks.py lint     # ruff + mypy
     python3 tasks.py bench    # bench/ledger.py
     python3 tasks.py bench-lifecycle    # bench/lifecycle.py
+    python3 tasks.py bench-http    # bench/http.py
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ COMMANDS: dict[str, list[str]] = {
     "test": ["-m", "pytest"],
     "bench": ["-m", "bench.ledger"],
     "bench-lifecycle": ["bench/lifecycle.py"],
+    "bench-http": ["-m", "bench.http"],
 }
 
 
