@@ -186,6 +186,18 @@ async def test_every_hold_open_is_the_apis_429_problem(kit: TestKit, meter: Mete
     assert await state(kit, wallet) == (D(40), D(0), 0)
 
 
+async def test_a_hold_under_the_threshold_starts_the_auto_recharge(kit: TestKit, meter: Meter, org: str) -> None:
+    """As BillingClient.hold does: the reservation that leaves the balance under the threshold buys the pack."""
+    await kit.billing.subscribe(org, plan="starter", seats=1, email="ops@middleware.test")  # 3,000 credits
+    await kit.billing.set_auto_recharge(org, threshold=D(2995), pack="500")
+    async with client(create_app(meter), org) as http:
+        r = await http.post("/v1/search", json={"q": "acme"})
+    assert (r.status_code, credit_headers(r)) == (200, ("10", "2990", "5", "5"))
+    await kit.settle()
+    assert [c.purpose for c in kit.charges(org)] == ["subscription", "auto_recharge"]
+    assert await state(kit, org) == (D(3490), D(0), 0)
+
+
 async def test_the_idempotency_key_is_the_hold_id(kit: TestKit, meter: Meter, wallet: str) -> None:
     gate = Gate()
     async with client(create_app(meter, search=gate.search), wallet) as http:
