@@ -61,9 +61,12 @@ class Settings:
     payload_keys: str | None = None      # BILLING_PAYLOAD_KEYS: seal billing contacts in history (temporal_client.py)
     stripe_max_rps: int | None = None    # fleet-wide ceiling on Stripe requests/s (payments/ceiling.py); None: none
     api_address: str = "127.0.0.1:8480"  # host:port the HTTP API listens on (`billing serve`, the main command)
+    # BILLING_WEBHOOK_DISABLE_AFTER_HOURS: a webhook endpoint failing this long is disabled, its owner emailed
+    webhook_disable_after_hours: int = 72
 
     def __post_init__(self) -> None:
         check_stripe_max_rps(self.stripe_max_rps)
+        check_webhook_disable_after(self.webhook_disable_after_hours)
         self.api_host_port()
 
     def api_host_port(self) -> tuple[str, int]:
@@ -95,4 +98,19 @@ class Settings:
             payload_keys=_env("BILLING_PAYLOAD_KEYS"),
             stripe_max_rps=check_stripe_max_rps(_env("BILLING_STRIPE_MAX_RPS")),
             api_address=_env("BILLING_API_ADDRESS") or "127.0.0.1:8480",
+            webhook_disable_after_hours=check_webhook_disable_after(_env("BILLING_WEBHOOK_DISABLE_AFTER_HOURS") or 72),
         )
+
+
+def check_webhook_disable_after(value: object) -> int:
+    """BILLING_WEBHOOK_DISABLE_AFTER_HOURS: a positive whole number of hours (default 72)."""
+    number: object = value
+    if isinstance(value, str):
+        try:
+            number = int(value.strip(), 10)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise InvalidSetting(f"BILLING_WEBHOOK_DISABLE_AFTER_HOURS must be a positive whole number of hours, got "
+                             f"{value!r}")
+    return number

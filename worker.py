@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +26,7 @@ from activities.auto_recharge import AutoRechargeActivities
 from activities.email import EmailActivities
 from activities.ledger import LedgerActivities
 from activities.payments import PaymentActivities
+from activities.webhooks import WebhookActivities
 from api.app import create_app
 from api.keys import first_platform_key
 from api.server import serving
@@ -33,12 +34,18 @@ from ledger import Ledger
 from ledger.auto_recharge import AutoRecharges
 from mail.alerts import AlertSender
 from mail.mailer import Mailer
+from models.webhook_types import webhook_task_queue
 from payments import Payments, close_stripe_client, stripe_client_from_settings
 from settings import InvalidSetting, Settings
 from starter import BillingClient
 from telemetry import configure_logging, install_metrics
 from temporal_client import connect_client
+from webhooks.delivery import WebhookDeliveries
+from webhooks.dispatcher import WebhookDispatcher
 from workflows import ALL_WORKFLOWS
+from workflows.webhook_delivery import WebhookDeliveryWorkflow
+
+WEBHOOK_POOL_SIZE = 4  # webhook deliveries in flight per worker (each holds a connection across its POSTs)
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,12 @@ async def running_parts(settings: Settings) -> AsyncIterator[Running]:
 async def build_worker(
     client: Client, task_queue: str, ledger: Ledger, payments: Payments, mailer: Mailer, *,
     sandboxed: bool = False, extra_workflows: Sequence[type] = (), extra_activities: Sequence[object] = (),
-    **tuning: Any,
+    webhooks: WebhookDeliveries | None = None, **tuning: Any,
 ) -> AsyncIterator[Worker]:
-    """A running worker with every workflow and every activity (ledger, auto-recharge, Stripe, email).
+    """A running worker with every workflow and every activity (ledger, auto-recharge, Stripe, email), and
+    beside it the webhook deliveries' worker on a task queue of their own (`{task_queue}-webhooks`: a slow
+    endpoint never takes an activity slot a charge needs), with `webhooks` (default: a pool of its own over
+    the mailer's database, endpoints disabled after 3 days of failures).
 
     `sandboxed`: run workflows in the SDK's sandbox, which re-imports the workflow module for every run
     and refuses non-deterministic calls. The test kit runs it (every scenario test is a determinism
@@ -117,8 +127,18 @@ async def build_worker(
                     activities=activities,  # type: ignore[arg-type]
                     graceful_shutdown_timeout=timedelta(seconds=10),  # let a charge in flight finish
                     **tuning)
-    async with worker:
-        yield worker
+    async with AsyncExitStack() as stack:
+        if webhooks is None:
+            webhooks = await WebhookDeliveries.open(mailer.pool.url, pool_size=WEBHOOK_POOL_SIZE, mailer=mailer)
+            stack.push_async_callback(webhooks.close)
+        # Each delivery holds one of the deliveries' connections across its POSTs: no more at once than that.
+        hooks_tuning = tuning | {"max_concurrent_activities": webhooks.pool.size}
+        hooks = Worker(client, task_queue=webhook_task_queue(task_queue), workflows=[WebhookDeliveryWorkflow],
+                       activities=WebhookActivities(webhooks).all(),  # type: ignore[arg-type]
+                       graceful_shutdown_timeout=timedelta(seconds=10), **hooks_tuning)
+        await stack.enter_async_context(hooks)
+        async with worker:
+            yield worker
 
 
 def banner(settings: Settings, run: Running) -> Table:
@@ -135,6 +155,8 @@ def banner(settings: Settings, run: Running) -> Table:
     t.add_row("Stripe", run.stripe_url or "api.stripe.com", stripe_source)
     t.add_row("SMTP", run.smtp_url.split("@")[-1], f"sink writing {run.maildir}" if run.maildir else "SMTP_URL")
     t.add_row("worker", f"task queue {settings.task_queue!r}", f"{len(ALL_WORKFLOWS)} workflows")
+    t.add_row("webhooks", f"task queue {webhook_task_queue(settings.task_queue)!r}",
+              f"endpoints disabled after {settings.webhook_disable_after_hours} h of failures")
     if settings.metrics_address:
         t.add_row("metrics", f"http://{settings.metrics_address}/metrics", "BILLING_METRICS_ADDRESS")
     return t
@@ -160,11 +182,14 @@ async def main() -> None:
         payments = Payments(run.database_url, stripe, pool_size=settings.db_pool_size)
         mailer = await Mailer.open(run.database_url, run.smtp_url, pool_size=settings.db_pool_size)
         alerts = AlertSender(mailer.pool, mailer)
+        webhooks = await WebhookDeliveries.open(run.database_url, pool_size=WEBHOOK_POOL_SIZE, mailer=mailer,
+                                                disable_after=timedelta(hours=settings.webhook_disable_after_hours))
+        dispatcher = WebhookDispatcher(ledger.pool, run.client, settings.task_queue)
         billing = BillingClient(ledger, settings, run.client, payments=payments)  # the API's engine, shared
         api = create_app(billing)
         host, port = settings.api_host_port()
         try:
-            async with build_worker(run.client, settings.task_queue, ledger, payments, mailer), \
+            async with build_worker(run.client, settings.task_queue, ledger, payments, mailer, webhooks=webhooks), \
                     serving(api, host, port) as api_url:
                 console.print(banner(settings, run))
                 # soft_wrap: a URL or a key cut by the terminal's width cannot be copied
@@ -178,9 +203,13 @@ async def main() -> None:
                                   soft_wrap=True)
                 console.print("Ctrl-C stops the worker and the embedded services.")
                 sender = asyncio.create_task(alerts.run(stop))
+                # Starts the delivery workflow of each webhook endpoint with events to receive.
+                dispatching = asyncio.create_task(dispatcher.run(stop))
                 await stop.wait()
                 await sender
+                await dispatching
         finally:
+            await webhooks.close()
             await mailer.close()
             await payments.close()
             await close_stripe_client(stripe)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -244,7 +244,7 @@ def event_payload(e: Event) -> dict[str, Any]:
     """An event as the API lists it and as a webhook's body carries it (Standard Webhooks: type, timestamp,
     data; plus its id, cursor and organization)."""
     return {"id": e.id, "seq": e.seq, "type": e.type, "org_id": e.org_id,
-            "timestamp": e.created_at.isoformat().replace("+00:00", "Z"), "data": e.data}
+            "timestamp": e.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"), "data": e.data}
 
 
 # -- delivery (the workflow and its activity) ------------------------------------------------------------

@@ -54,6 +54,7 @@ from starter import BillingClient
 from temporal_client import DEV_PAYLOAD_KEYS
 from testkit.faults import StripeFaultProxy
 from testkit.payments import KitPayments
+from webhooks.dispatcher import WebhookDispatcher
 from worker import build_worker
 from workflows.auto_recharge import AutoRechargeWorkflow
 from workflows.subscription import SubscriptionWorkflow
@@ -91,13 +92,15 @@ class TestKit:
     __test__ = False  # not a pytest class
 
     def __init__(self, env: WorkflowEnvironment, billing: KitBillingClient, payments: KitPayments,
-                 sink: SmtpSink, alerts: AlertSender, database_url: str) -> None:
+                 sink: SmtpSink, alerts: AlertSender, database_url: str,
+                 webhooks: WebhookDispatcher | None = None) -> None:
         self.env = env
         self.billing = billing
         self.payments = payments
         self.sink = sink
         self.alerts = alerts
         self.database_url = database_url
+        self.webhooks = webhooks  # the dispatcher of webhook deliveries (webhooks/dispatcher.py)
         self.stripe_faults: StripeFaultProxy | None = None  # start_testkit(stripe_faults=True)
         self.api_url = ""         # the HTTP API over kit.billing (api/app.py), served in the kit's process
         self.api_keys: ApiKeys | None = None
@@ -113,19 +116,21 @@ class TestKit:
         self._offset = await self.env.get_current_time() - datetime.now(UTC)
 
     async def advance(self, delta: timedelta) -> None:
-        """Skip `delta` of time: every timer due fires (renewals, trial ends, dunning retries), then wait
-        until every subscription has finished what became due and pending alerts are emailed."""
+        """Skip `delta` of time: every timer due fires (renewals, trial ends, dunning retries, webhook retries),
+        then wait until every subscription has finished what became due, pending alerts are emailed and
+        webhooks delivered."""
         if delta < timedelta(0):
             raise ValueError("time only moves forward")
         if not self.env.supports_time_skipping:
             raise RuntimeError("this kit runs on the dev server, in real time: it cannot skip time")
+        await self.deliver_webhooks()  # pending deliveries start now: a failing one's retries run as time moves
         await self.env.sleep(delta)
         await self._sync_clock()
         await self.settle()
 
     async def settle(self, within: float = 60.0) -> None:
         """Wait until no subscription or auto-recharge has work in flight or due, then send the pending
-        alerts."""
+        alerts and deliver the pending webhooks (`deliver_webhooks`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         pending: dict[str, Any] = {subscription_workflow_id(org): SubscriptionWorkflow.settled
@@ -142,6 +147,29 @@ class TestKit:
                     raise TimeoutError(f"workflows still busy after {within}s: {sorted(pending)}")
                 await asyncio.sleep(0.02)
         await self.alerts.send_pending(self.now())
+        await self.deliver_webhooks(within=max(deadline - loop.time(), 10.0))
+
+    async def deliver_webhooks(self, within: float = 60.0) -> None:
+        """Start the delivery of every webhook endpoint with events to receive, and wait until each has them
+        all, or has failed its latest attempt: a failing endpoint is left to its retries, which run as time
+        moves (`advance`), with exponential backoff up to an hour."""
+        if self.webhooks is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        await self.webhooks.dispatch(force=True)
+        while True:
+            behind = {endpoint for endpoint, _ in await self.webhooks.due()}
+            if not behind:
+                return
+            rows = await self.webhooks.pool.fetchall(
+                "SELECT id FROM webhook_endpoints WHERE id = ANY(%s) AND failed_attempts = 0", (sorted(behind),))
+            if not rows:
+                return  # every endpoint still behind is failing: its retries wait for time to move
+            if loop.time() > deadline:
+                raise TimeoutError(f"webhook endpoints still delivering after {within}s: {sorted(r[0] for r in rows)}")
+            await asyncio.sleep(0.02)
+            await self.webhooks.dispatch()  # events written meanwhile (a delivery's own, say)
 
     async def _settled(self, wf_id: str, query: Any, at: datetime) -> bool:
         handle = self.env.client.get_workflow_handle(wf_id)
@@ -237,7 +265,8 @@ async def start_testkit(
         stack.push_async_callback(mailer.close)
         billing = KitBillingClient(ledger, settings, env.client, payments=payments)
         billing.env = env
-        kit = TestKit(env, billing, payments, sink, AlertSender(mailer.pool, mailer), database_url)
+        kit = TestKit(env, billing, payments, sink, AlertSender(mailer.pool, mailer), database_url,
+                      WebhookDispatcher(ledger.pool, env.client, TASK_QUEUE))
         kit.stripe_faults = faults
         await kit._sync_clock()
         # Sandboxed by default: every kit scenario doubles as a determinism check of the workflow code.

@@ -1,0 +1,117 @@
+"""Webhook delivery end to end on the test kit: events written by their causes, signed, delivered in order."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import httpx
+
+from models.webhook_types import EVENT_TYPES
+from testkit import TestKit
+from tests.webhooks.conftest import Register, db_events, endpoint_row
+from tests.webhooks.receiver import Receiver
+
+
+async def test_a_subscriptions_events_reach_its_endpoint_signed_and_in_order(
+    kit: TestKit, org: str, receiver: Receiver, register: Register
+) -> None:
+    await kit.billing.open_wallet(org)
+    endpoint = await register("life", list(EVENT_TYPES), org_id=org)
+    await kit.billing.subscribe(org, plan="pro", seats=2, email="ops@acme.test", trial_days=7)
+    await kit.settle()
+    await kit.advance(timedelta(days=8))
+    await kit.billing.cancel(org)
+    await kit.settle()
+    got = receiver.acked("life")
+    types = [p["type"] for p in got]
+    assert types == ["subscription.created", "payment.succeeded", "invoice.issued", "subscription.changed",
+                     "subscription.cancelled"], types
+    assert got[0]["data"]["status"] == "trialing" and got[3]["data"]["change"] == "trial_converted"
+    assert [(p["seq"], p["id"], p["type"]) for p in got] == db_events(kit, org)
+    assert all(d.payload is not None for d in receiver.attempts("life"))  # every signature verified
+    assert endpoint_row(kit, endpoint["id"])["delivered_seq"] >= got[-1]["seq"]
+
+
+async def _cause_events(kit: TestKit, org: str) -> None:
+    """Events of one organization, each from a different cause: a subscription (its payment, invoice and
+    subscription.created), debits crossing 80% and 100% of the plan credits and a low-balance threshold (alerts),
+    an upgrade (its payment, invoice and subscription.changed)."""
+    await kit.billing.subscribe(org, plan="starter", seats=1, email="ops@acme.test")
+    await kit.billing.set_low_balance_alert(org, Decimal("100"))
+    await kit.billing.debit(org, action="insight", tier="smart", quantity=48, idempotency_key="a")  # 80%
+    await kit.billing.debit(org, action="insight", tier="smart", quantity=12, idempotency_key="b")  # 100%, low
+    await kit.billing.upgrade(org, plan="pro")
+
+
+async def test_an_endpoint_that_fails_then_recovers_gets_each_event_once_in_the_order_of_its_cause(
+    kit: TestKit, org: str, receiver: Receiver, register: Register
+) -> None:
+    await kit.billing.open_wallet(org)
+    endpoint = await register("flaky", list(EVENT_TYPES), org_id=org)
+    receiver.status["flaky"] = 500
+    await _cause_events(kit, org)
+    await kit.settle()
+    expected = db_events(kit, org)
+    assert [t for _, _, t in expected] == [
+        "payment.succeeded", "invoice.issued", "subscription.created", "credits.usage_80", "credits.usage_100",
+        "credits.low_balance", "payment.succeeded", "invoice.issued", "subscription.changed"]
+    # Failing: only the first event was tried (never a later one before it), nothing acknowledged, the
+    # failure recorded on the endpoint.
+    failed = receiver.attempts("flaky")
+    assert failed and {d.webhook_id for d in failed} == {expected[0][1]} and not receiver.acked("flaky")
+    row = endpoint_row(kit, endpoint["id"])
+    assert row["failing_since"] is not None and row["failed_attempts"] >= 1
+    assert row["last_error"].startswith("HTTP 500")
+    assert row["enabled"]
+
+    receiver.status["flaky"] = 200  # it recovers: the retries' backoff (10 s, doubling) runs as time moves
+    await kit.advance(timedelta(hours=1))
+    got = receiver.acked("flaky")
+    assert [(p["seq"], p["id"], p["type"]) for p in got] == expected  # each once, in seq order
+    assert len({p["id"] for p in got}) == len(expected)
+    assert got[3]["data"]["percent"] == 80 and got[4]["data"]["percent"] == 100
+    assert got[3]["data"]["period_start"] == got[4]["data"]["period_start"] and "Z" in got[3]["data"]["period_start"]
+    assert got[5]["data"]["threshold"] == "100" and Decimal(got[5]["data"]["available"]) < 100
+    # Every attempt of an event carried the same webhook-id; the failed ones were the first event's only.
+    assert all(d.webhook_id == d.payload["id"] for d in receiver.attempts("flaky") if d.payload)
+    row = endpoint_row(kit, endpoint["id"])
+    assert (row["failing_since"], row["failed_attempts"], row["last_error"]) == (None, 0, None)
+    assert row["delivered_seq"] >= expected[-1][0]
+
+
+async def test_an_endpoint_failing_for_days_is_disabled_its_owner_emailed_and_it_catches_up_once_enabled(
+    kit: TestKit, org: str, receiver: Receiver, register: Register
+) -> None:
+    await kit.billing.open_wallet(org)
+    endpoint = await register("down", ["subscription.created", "invoice.issued"], org_id=org,
+                              owner_email="hooks@acme.test")
+    receiver.status["down"] = 503
+    await kit.billing.subscribe(org, plan="pro", seats=1, email="ops@acme.test")
+    await kit.advance(timedelta(days=2))
+    row = endpoint_row(kit, endpoint["id"])
+    assert row["enabled"] and row["failed_attempts"] > 5  # backing off, up to an hour between attempts
+    assert not [m for m in kit.emails(org) if m.template == "webhook_disabled"]
+
+    await kit.advance(timedelta(days=2))
+    row = endpoint_row(kit, endpoint["id"])
+    assert (row["enabled"], row["disabled_reason"]) == (False, "failing")
+    assert row["disabled_at"] - row["failing_since"] >= timedelta(days=3)
+    notices = [m for m in kit.emails(org) if m.template == "webhook_disabled"]
+    assert len(notices) == 1 and notices[0].to == "hooks@acme.test" and endpoint["id"] in notices[0].text
+    tried = len(receiver.attempts("down"))
+    await kit.advance(timedelta(days=1))
+    assert len(receiver.attempts("down")) == tried  # disabled: no more attempts
+    assert len([m for m in kit.emails(org) if m.template == "webhook_disabled"]) == 1
+
+    # Enabled again once it answers: it gets what it missed, in order, once each.
+    receiver.status["down"] = 200
+    platform = await kit.api_key("platform")
+    async with httpx.AsyncClient(base_url=kit.api_url, headers={"Authorization": f"Bearer {platform}"}) as http:
+        r = await http.post(f"/v1/webhook-endpoints/{endpoint['id']}/enable")
+    assert r.status_code == 200 and r.json()["enabled"] and r.json()["failed_attempts"] == 0, r.text
+    await kit.settle()
+    got = receiver.acked("down")
+    assert [p["type"] for p in got] == ["invoice.issued", "subscription.created"]
+    assert [p["id"] for p in got] == [i for _, i, t in db_events(kit, org) if t in ("invoice.issued",
+                                                                                      "subscription.created")]
