@@ -293,11 +293,36 @@ class BillingClient:
         """`async with billing.hold(...) as h:` reserves now, commits if the block succeeds, releases if
         it raises; a hold left open past its TTL releases itself. A reservation that leaves the balance
         under the auto-recharge threshold starts the recharge, as a debit does."""
-        async with self.ledger.holding(org_id, action, idempotency_key=idempotency_key, tier=tier,
-                                       quantity=quantity, user_id=user_id, country=country, ttl=ttl) as held:
-            if held.recharge_triggered:
-                await self._trigger_recharge(org_id, idempotency_key)
+        held = await self.open_hold(org_id, action=action, idempotency_key=idempotency_key, tier=tier,
+                                    quantity=quantity, user_id=user_id, country=country, ttl=ttl)
+        try:
             yield held
+        except BaseException:
+            await self.release_hold(org_id, idempotency_key)
+            raise
+        await self.commit_hold(org_id, idempotency_key)
+
+    async def open_hold(
+        self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
+        quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> HoldResult:
+        """Reserve the cost of `action` under `idempotency_key` (the hold's id) until `commit_hold` or
+        `release_hold`, or its TTL (then it releases itself): for callers whose work outlives one `async with`
+        (the HTTP API, the credits middleware). Starts the auto-recharge as a debit does."""
+        held = await self.ledger.hold(org_id, action, idempotency_key=idempotency_key, tier=tier,
+                                      quantity=quantity, user_id=user_id, country=country, ttl=ttl)
+        if held.recharge_triggered:
+            await self._trigger_recharge(org_id, idempotency_key)
+        return held
+
+    async def commit_hold(self, org_id: str, idempotency_key: str) -> HoldResult:
+        """Charge an open hold's reservation (HoldNotOpen when it was released or expired)."""
+        return await self.ledger.commit(org_id, idempotency_key)
+
+    async def release_hold(self, org_id: str, idempotency_key: str) -> HoldResult:
+        """Give an open hold's reservation back (HoldNotOpen when it was committed)."""
+        return await self.ledger.release(org_id, idempotency_key)
 
     async def balance(self, org_id: str) -> Balance:
         return await self.ledger.balance(org_id)

@@ -60,7 +60,7 @@ def status_of(exc: BillingError) -> int:
     return next(status for cls, status in STATUS if isinstance(exc, cls))
 
 
-def problem(status: int, type_name: str, detail: str, **members: Any) -> JSONResponse:
+def problem(status: int, type_name: str, detail: str, /, **members: Any) -> JSONResponse:
     body: dict[str, Any] = {"type": PROBLEM_BASE + type_name, "title": type_name, "status": status,
                             "detail": detail}
     body |= {k: str(v) if isinstance(v, Decimal) else v for k, v in members.items()}
@@ -70,8 +70,14 @@ def problem(status: int, type_name: str, detail: str, **members: Any) -> JSONRes
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+# An error field named like an RFC 9457 member is renamed, not lost or clashing (HoldNotOpen.status is the
+# hold's: "committed", "released", "expired").
+_RENAMED = {"type": "error_type", "title": "error_title", "status": "hold_status", "detail": "error_detail",
+            "instance": "error_instance"}
+
+
 def billing_problem(exc: BillingError) -> JSONResponse:
-    members = {name: getattr(exc, name, None) for name in error_fields(type(exc))}
+    members = {_RENAMED.get(name, name): getattr(exc, name, None) for name in error_fields(type(exc))}
     return problem(status_of(exc), type(exc).__name__, exc.message, **members)
 
 
