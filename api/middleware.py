@@ -105,20 +105,15 @@ class LedgerMeter:
         self.billing = billing
 
     async def hold(self, org_id: str, hold_id: str, cost: Cost, *, user_id: str | None = None) -> HoldResult:
-        held = await self.billing.ledger.hold(org_id, cost.action, idempotency_key=hold_id, tier=cost.tier,
-                                              quantity=cost.quantity, user_id=user_id, country=cost.country,
-                                              ttl=cost.ttl)
-        if held.recharge_triggered:
-            # As BillingClient.hold does: a reservation that crossed the auto-recharge threshold starts the
-            # recharge. (It logs, never raises: the hold stands whatever happens to the signal.)
-            await self.billing._trigger_recharge(org_id, hold_id)
-        return held
+        return await self.billing.open_hold(org_id, action=cost.action, idempotency_key=hold_id, tier=cost.tier,
+                                            quantity=cost.quantity, user_id=user_id, country=cost.country,
+                                            ttl=cost.ttl)
 
     async def commit(self, org_id: str, hold_id: str) -> HoldResult:
-        return await self.billing.ledger.commit(org_id, hold_id)
+        return await self.billing.commit_hold(org_id, hold_id)
 
     async def release(self, org_id: str, hold_id: str) -> HoldResult:
-        return await self.billing.ledger.release(org_id, hold_id)
+        return await self.billing.release_hold(org_id, hold_id)
 
 
 class ApiMeter:
