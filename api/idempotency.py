@@ -38,8 +38,9 @@ STALE_AFTER = 2 * CLIENT_DEADLINE
 REPLAYED = "Idempotent-Replayed"
 
 IdempotencyKeyHeader = Annotated[str | None, Header(
-    alias="Idempotency-Key", description="makes a retry safe: a repeat of this request under the same key answers "
-    "as the first did (header Idempotent-Replayed: true) and does nothing again; another request under it is 409")]
+    alias="Idempotency-Key", examples=["change-3"], description="makes a retry safe: a repeat of this request under "
+    "the same key answers as the first did (header Idempotent-Replayed: true) and does nothing again; another request "
+    "under it is 409")]
 
 
 class Once:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
 
 from ledger.gateway import MAX_GUARD_USES, MAX_GUARD_WINDOW, MAX_HOLD_TTL
 from models.billing_types import Interval, Status
@@ -32,6 +32,11 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _example(**fields: JsonValue) -> ConfigDict:
+    """A request's config with an example (the spec shows it; schemathesis sends it)."""
+    return ConfigDict(extra="forbid", json_schema_extra={"examples": [fields]})
+
+
 class Answer(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -53,6 +58,7 @@ Quantity = Annotated[Decimal, Field(description="units of the action, a decimal 
 
 
 class DebitIn(Request):
+    model_config = _example(action="ai_chat", tier="smart", quantity="1", user_id="u1")
     action: str
     tier: str | None = None
     quantity: Quantity = Decimal(1)
@@ -69,6 +75,7 @@ class DebitOut(Answer):
 
 
 class HoldIn(DebitIn):
+    model_config = _example(action="credit_score", user_id="u1", ttl_seconds=600)
     ttl_seconds: int | None = Field(default=None, ge=1, le=int(MAX_HOLD_TTL.total_seconds()),
                                     description="seconds until the hold releases itself (default: the server's "
                                     "BILLING_HOLD_TTL_SECONDS, 900)")
@@ -164,6 +171,7 @@ class InvoicesOut(BaseModel):
 # -- subscriptions ------------------------------------------------------------------------------------------
 
 class SubscribeIn(Request):
+    model_config = _example(plan="pro", seats=3, interval="month", trial_days=0, email="billing@acme.example")
     plan: str
     seats: int = 1
     interval: Interval = "month"
@@ -174,10 +182,12 @@ class SubscribeIn(Request):
 
 
 class PlanIn(Request):
+    model_config = _example(plan="enterprise")
     plan: str
 
 
 class SeatsIn(Request):
+    model_config = _example(seats=4)
     seats: int
 
 
@@ -200,6 +210,7 @@ class SubscriptionOut(Answer):
 # -- purchases -----------------------------------------------------------------------------------------------
 
 class PurchaseIn(Request):
+    model_config = _example(pack="500")
     pack: str = Field(description="a pack of the catalog, named by its credits: \"500\", \"1000\", \"2500\", \"5000\"")
     email: str | None = Field(default=None, description="the billing contact, for an organization that has none")
     payment_method: str | None = Field(default=None, description="a Stripe PaymentMethod id to attach first")
@@ -219,6 +230,7 @@ class PurchaseOut(Answer):
 # -- settings -------------------------------------------------------------------------------------------------
 
 class AutoRechargeIn(Request):
+    model_config = _example(threshold="100", pack="500", spending_limit_cents=5000)
     threshold: CreditsIn
     pack: str
     spending_limit_cents: int = Field(default=5000, description="at most this much per billing period, tax included")
@@ -237,6 +249,7 @@ class AutoRechargeOut(BaseModel):
 
 
 class UserLimitIn(Request):
+    model_config = _example(limit="250")
     limit: CreditsIn
 
 
@@ -253,6 +266,7 @@ class UserLimitOut(BaseModel):
 
 
 class UsageGuardIn(Request):
+    model_config = _example(max_uses=100, window_seconds=3600)
     max_uses: int = Field(ge=1, le=MAX_GUARD_USES, description="more uses than this within the window pause it")
     window_seconds: int = Field(default=3600, ge=1, le=int(MAX_GUARD_WINDOW.total_seconds()))
 
@@ -271,6 +285,7 @@ class ResumeOut(BaseModel):
 
 
 class LowBalanceAlertIn(Request):
+    model_config = _example(threshold="50")
     threshold: CreditsIn | None = Field(description="email when the balance falls under this (null: off)")
 
 
@@ -280,6 +295,7 @@ class LowBalanceAlertOut(BaseModel):
 
 
 class WalletIn(Request):
+    model_config = _example(plan="free")
     plan: str = "free"
 
 
@@ -292,6 +308,7 @@ class WalletOut(Answer):
 # -- API keys -------------------------------------------------------------------------------------------------
 
 class ApiKeyIn(Request):
+    model_config = _example(role="member", org_id="acme", user_id="u1", name="u1 laptop")
     role: Literal["platform", "admin", "member"]
     org_id: str | None = None
     user_id: str | None = None

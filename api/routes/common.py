@@ -3,7 +3,14 @@ another organization answers 404 as an unknown one, before its role or its reque
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from fastapi import Path
+
 from models.api_types import ApiKey
+
+OrgId = Annotated[str, Path(description="the organization's id", examples=["acme"])]
+Action = Annotated[str, Path(description="an action of the catalog's price book", examples=["ai_chat"])]
 
 # Errors every route under /v1/orgs/{org_id} may answer beside api/openapi.py's ALWAYS.
 ORG = ("UnknownOrganization",)

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from api.openapi import problems
 from api.problems import problem, status_of
-from api.routes.common import ORG
+from api.routes.common import ORG, OrgId
 from api.routes.ledger_reads import hold_user
 from api.schemas import BalanceOut, DebitIn, DebitOut, HoldIn, HoldOut
 from api.service import Caller, Svc
@@ -21,10 +21,12 @@ from models.ledger_types import HoldResult
 
 router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["metering"])
 
-IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", description="the debit's business key: a repeat "
-                                       "answers as the first (replayed), another request under it is 409")]
-HoldKey = Annotated[str, Header(alias="Idempotency-Key", description="the hold's id (its business key): a repeat "
-                                "answers as the first (replayed), another request under it is 409")]
+IdempotencyKey = Annotated[str, Header(alias="Idempotency-Key", examples=["msg-42"], description="the debit's "
+                                       "business key: a repeat answers as the first (replayed), another request "
+                                       "under it is 409")]
+HoldKey = Annotated[str, Header(alias="Idempotency-Key", examples=["score-7"], description="the hold's id (its "
+                                "business key): a repeat answers as the first (replayed), another request under it "
+                                "is 409")]
 HoldId = Annotated[str, Path(description="the Idempotency-Key the hold was made with")]
 
 _METER = (*ORG, "Forbidden", "InsufficientCredits", "TierNotAvailable", "UserLimitExceeded", "UsageGuardPaused",
@@ -32,7 +34,7 @@ _METER = (*ORG, "Forbidden", "InsufficientCredits", "TierNotAvailable", "UserLim
 
 
 @router.post("/debits", response_model=DebitOut, status_code=201, responses=problems(*_METER))
-async def debit(org_id: str, body: DebitIn, key: Caller, svc: Svc, idempotency_key: IdempotencyKey) -> DebitOut:
+async def debit(org_id: OrgId, body: DebitIn, key: Caller, svc: Svc, idempotency_key: IdempotencyKey) -> DebitOut:
     """Charge the cost of `action` now; refused whole (403 InsufficientCredits) if it does not fit. A member key
     meters as its own user (naming another is 403)."""
     key.reach(org_id)
@@ -43,7 +45,7 @@ async def debit(org_id: str, body: DebitIn, key: Caller, svc: Svc, idempotency_k
 
 @router.post("/holds", response_model=HoldOut, status_code=201,
              responses=problems(*_METER, "ConcurrencyLimitExceeded"))
-async def hold(org_id: str, body: HoldIn, key: Caller, svc: Svc, idempotency_key: HoldKey) -> HoldOut:
+async def hold(org_id: OrgId, body: HoldIn, key: Caller, svc: Svc, idempotency_key: HoldKey) -> HoldOut:
     """Reserve the cost of `action` for an operation that may fail: commit charges it, release (or its TTL
     passing) charges nothing. Refused as a debit is, and past the plan's open holds (429)."""
     key.reach(org_id)
@@ -57,7 +59,7 @@ async def hold(org_id: str, body: HoldIn, key: Caller, svc: Svc, idempotency_key
 
 
 @router.post("/holds/{hold_id}/commit", response_model=HoldOut, responses=problems(*ORG, "Forbidden", "HoldNotOpen"))
-async def commit(org_id: str, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
+async def commit(org_id: OrgId, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
     """Charge an open hold (a repeat answers `replayed`; a released or expired hold is 409 HoldNotOpen)."""
     await _settling(key, svc, org_id, hold_id)
     try:
@@ -68,7 +70,7 @@ async def commit(org_id: str, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut
 
 @router.post("/holds/{hold_id}/release", response_model=HoldOut,
              responses=problems(*ORG, "Forbidden", "HoldNotOpen"))
-async def release(org_id: str, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
+async def release(org_id: OrgId, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
     """Give an open hold's credits back (a repeat answers `replayed`; a committed hold is 409 HoldNotOpen)."""
     await _settling(key, svc, org_id, hold_id)
     try:
@@ -78,7 +80,7 @@ async def release(org_id: str, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOu
 
 
 @router.get("/balance", response_model=BalanceOut, responses=problems(*ORG))
-async def balance(org_id: str, key: Caller, svc: Svc) -> BalanceOut:
+async def balance(org_id: OrgId, key: Caller, svc: Svc) -> BalanceOut:
     key.reach(org_id)
     return BalanceOut.model_validate(await svc.billing.balance(org_id))
 

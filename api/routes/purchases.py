@@ -9,20 +9,20 @@ from typing import Annotated
 from fastapi import APIRouter, Header
 
 from api.openapi import problems
-from api.routes.common import MANAGE, managing
+from api.routes.common import MANAGE, OrgId, managing
 from api.schemas import PurchaseIn, PurchaseOut
 from api.service import Caller, Svc
 
 router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["purchases"])
 
 PurchaseKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", description="the purchase's key: a repeat answers the first purchase (charged once), "
-    "another pack under it is 409; without it every request buys again")]
+    alias="Idempotency-Key", examples=["order-17"], description="the purchase's key: a repeat answers the first "
+    "purchase (charged once), another pack under it is 409; without it every request buys again")]
 
 
 @router.post("/credit-purchases", response_model=PurchaseOut, status_code=201,
              responses=problems(*MANAGE, "PaymentDeclined", "PaymentProviderRefused", "IdempotencyConflict"))
-async def buy_credits(org_id: str, body: PurchaseIn, key: Caller, svc: Svc,
+async def buy_credits(org_id: OrgId, body: PurchaseIn, key: Caller, svc: Svc,
                       idempotency_key: PurchaseKey = None) -> PurchaseOut:
     """Buy a credit pack: charged to the organization's card (402 PaymentDeclined: nothing granted), invoiced,
     its credits granted (they never expire). An organization that never subscribed passes `email` and

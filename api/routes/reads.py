@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query
 from starlette.exceptions import HTTPException
 
 from api.openapi import problems
-from api.routes.common import MANAGE, managing
+from api.routes.common import MANAGE, OrgId, managing
 from api.schemas import InvoiceDocumentOut, InvoiceOut, InvoicesOut, TransactionOut, TransactionsOut, UsageOut
 from api.service import Caller, Svc
 from models.errors import Forbidden
@@ -25,7 +25,7 @@ Until = Annotated[datetime | None, Query(description="before this time (RFC 3339
 
 
 @router.get("/usage", response_model=UsageOut, responses=problems(*MANAGE))
-async def usage(org_id: str, key: Caller, svc: Svc, by: UsageGrouping = "action", since: Since = None,
+async def usage(org_id: OrgId, key: Caller, svc: Svc, by: UsageGrouping = "action", since: Since = None,
                 until: Until = None) -> UsageOut:
     """Uses, quantity and credits grouped by action, tier or user, over [since, until). A member key: by user
     only, its own row."""
@@ -40,7 +40,8 @@ async def usage(org_id: str, key: Caller, svc: Svc, by: UsageGrouping = "action"
 
 
 @router.get("/transactions", response_model=TransactionsOut, responses=problems(*MANAGE))
-async def transactions(org_id: str, key: Caller, svc: Svc, since: Since = None, until: Until = None) -> TransactionsOut:
+async def transactions(org_id: OrgId, key: Caller, svc: Svc, since: Since = None,
+                       until: Until = None) -> TransactionsOut:
     """The ledger entries over [since, until), oldest first: grants, debits, expiries, holds and releases."""
     managing(key, org_id)
     rows = await svc.billing.transactions(org_id, since=since, until=until)
@@ -48,7 +49,7 @@ async def transactions(org_id: str, key: Caller, svc: Svc, since: Since = None, 
 
 
 @router.get("/invoices", response_model=InvoicesOut, responses=problems(*MANAGE))
-async def invoices(org_id: str, key: Caller, svc: Svc) -> InvoicesOut:
+async def invoices(org_id: OrgId, key: Caller, svc: Svc) -> InvoicesOut:
     """Every invoice, oldest first, without its rendered document (GET .../invoices/{number} has it)."""
     managing(key, org_id)
     await svc.billing.balance(org_id)  # an organization that does not exist is 404, not an empty list
@@ -57,7 +58,7 @@ async def invoices(org_id: str, key: Caller, svc: Svc) -> InvoicesOut:
 
 
 @router.get("/invoices/{number}", response_model=InvoiceDocumentOut, responses=problems(*MANAGE, "NotFound"))
-async def invoice(org_id: str, number: str, key: Caller, svc: Svc) -> InvoiceDocumentOut:
+async def invoice(org_id: OrgId, number: str, key: Caller, svc: Svc) -> InvoiceDocumentOut:
     """One invoice with its rendered HTML document."""
     managing(key, org_id)
     await svc.billing.balance(org_id)

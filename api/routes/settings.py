@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from api.idempotency import IdempotencyKeyHeader, IdempotentPost
 from api.openapi import problems
-from api.routes.common import MANAGE, managing
+from api.routes.common import MANAGE, Action, OrgId, managing
 from api.routes.ledger_reads import user_limit
 from api.schemas import (
     AutoRechargeIn,
@@ -33,13 +33,14 @@ from models.errors import Forbidden
 
 router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["settings"])
 
-UserId = Annotated[str, Path(description="a user id, or '*': the organization's default limit for every user")]
+UserId = Annotated[str, Path(description="a user id, or '*': the organization's default limit for every user",
+                                examples=["u1"])]
 
 
 # -- auto-recharge ---------------------------------------------------------------------------------------------
 
 @router.get("/auto-recharge", response_model=AutoRechargeOut, responses=problems(*MANAGE))
-async def auto_recharge(org_id: str, key: Caller, svc: Svc) -> AutoRechargeOut:
+async def auto_recharge(org_id: OrgId, key: Caller, svc: Svc) -> AutoRechargeOut:
     """The auto-recharge settings (`configured: false` when never set)."""
     managing(key, org_id)
     await svc.billing.balance(org_id)  # an organization that does not exist is 404
@@ -47,7 +48,7 @@ async def auto_recharge(org_id: str, key: Caller, svc: Svc) -> AutoRechargeOut:
 
 
 @router.put("/auto-recharge", response_model=AutoRechargeOut, responses=problems(*MANAGE))
-async def set_auto_recharge(org_id: str, body: AutoRechargeIn, key: Caller, svc: Svc) -> AutoRechargeOut:
+async def set_auto_recharge(org_id: OrgId, body: AutoRechargeIn, key: Caller, svc: Svc) -> AutoRechargeOut:
     """When a debit leaves the balance under `threshold`, buy `pack`s (as many as bring it back above, in one
     charge), spending at most `spending_limit_cents` per billing period; `enabled: false` turns it off."""
     managing(key, org_id)
@@ -71,7 +72,7 @@ async def _auto_recharge(svc: Service, org_id: str) -> AutoRechargeOut:
 # -- per-user limits --------------------------------------------------------------------------------------------
 
 @router.get("/users/{user_id}/limit", response_model=UserLimitOut, responses=problems(*MANAGE))
-async def get_user_limit(org_id: str, user_id: UserId, key: Caller, svc: Svc) -> UserLimitOut:
+async def get_user_limit(org_id: OrgId, user_id: UserId, key: Caller, svc: Svc) -> UserLimitOut:
     """A user's limit per period, what the user spent this period and what remains. A member key reads its own
     user's only."""
     key.reach(org_id)
@@ -81,7 +82,7 @@ async def get_user_limit(org_id: str, user_id: UserId, key: Caller, svc: Svc) ->
 
 
 @router.put("/users/{user_id}/limit", response_model=UserLimitOut, responses=problems(*MANAGE))
-async def set_user_limit(org_id: str, user_id: UserId, body: UserLimitIn, key: Caller, svc: Svc) -> UserLimitOut:
+async def set_user_limit(org_id: OrgId, user_id: UserId, body: UserLimitIn, key: Caller, svc: Svc) -> UserLimitOut:
     """Credits the user may spend per period (user '*': the default of every user without a limit of their own);
     a debit past it is 403 UserLimitExceeded."""
     managing(key, org_id)
@@ -90,7 +91,7 @@ async def set_user_limit(org_id: str, user_id: UserId, body: UserLimitIn, key: C
 
 
 @router.delete("/users/{user_id}/limit", response_model=UserLimitOut, responses=problems(*MANAGE))
-async def delete_user_limit(org_id: str, user_id: UserId, key: Caller, svc: Svc) -> UserLimitOut:
+async def delete_user_limit(org_id: OrgId, user_id: UserId, key: Caller, svc: Svc) -> UserLimitOut:
     """Remove the user's own limit (the organization's default, if any, then applies)."""
     managing(key, org_id)
     await svc.billing.set_user_limit(org_id, user_id, None)
@@ -109,7 +110,7 @@ async def _user_limit(svc: Service, org_id: str, user_id: str) -> UserLimitOut:
 # -- usage guards -----------------------------------------------------------------------------------------------
 
 @router.put("/usage-guards/{action}", response_model=UsageGuardOut, responses=problems(*MANAGE))
-async def set_usage_guard(org_id: str, action: str, body: UsageGuardIn, key: Caller, svc: Svc) -> UsageGuardOut:
+async def set_usage_guard(org_id: OrgId, action: Action, body: UsageGuardIn, key: Caller, svc: Svc) -> UsageGuardOut:
     """More than `max_uses` uses of `action` within `window_seconds` pause it (429 UsageGuardPaused, and an email)
     until resumed."""
     managing(key, org_id)
@@ -119,7 +120,7 @@ async def set_usage_guard(org_id: str, action: str, body: UsageGuardIn, key: Cal
 
 
 @router.delete("/usage-guards/{action}", response_model=UsageGuardOut, responses=problems(*MANAGE))
-async def delete_usage_guard(org_id: str, action: str, key: Caller, svc: Svc) -> UsageGuardOut:
+async def delete_usage_guard(org_id: OrgId, action: Action, key: Caller, svc: Svc) -> UsageGuardOut:
     """Remove the action's guard (a pause goes with it)."""
     managing(key, org_id)
     await svc.billing.set_usage_guard(org_id, action, max_uses=None)
@@ -128,7 +129,7 @@ async def delete_usage_guard(org_id: str, action: str, key: Caller, svc: Svc) ->
 
 @router.post("/usage-guards/{action}/resume", response_model=ResumeOut,
              responses=problems(*MANAGE, "IdempotencyConflict"))
-async def resume_action(org_id: str, action: str, key: Caller, svc: Svc, once: IdempotentPost,
+async def resume_action(org_id: OrgId, action: Action, key: Caller, svc: Svc, once: IdempotentPost,
                         idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Lift the guard's pause of `action` (`was_paused` says whether it was paused)."""
     managing(key, org_id)
@@ -141,7 +142,7 @@ async def resume_action(org_id: str, action: str, key: Caller, svc: Svc, once: I
 # -- low-balance alert and the wallet --------------------------------------------------------------------------
 
 @router.put("/low-balance-alert", response_model=LowBalanceAlertOut, responses=problems(*MANAGE))
-async def set_low_balance_alert(org_id: str, body: LowBalanceAlertIn, key: Caller, svc: Svc) -> LowBalanceAlertOut:
+async def set_low_balance_alert(org_id: OrgId, body: LowBalanceAlertIn, key: Caller, svc: Svc) -> LowBalanceAlertOut:
     """Email once when the balance falls under `threshold` (re-armed when it rises above); null turns it off."""
     managing(key, org_id)
     await svc.billing.set_low_balance_alert(org_id, body.threshold)
@@ -149,7 +150,7 @@ async def set_low_balance_alert(org_id: str, body: LowBalanceAlertIn, key: Calle
 
 
 @router.post("/wallet", response_model=WalletOut, status_code=201, responses=problems(*MANAGE, "IdempotencyConflict"))
-async def open_wallet(org_id: str, key: Caller, svc: Svc, once: IdempotentPost, body: WalletIn | None = None,
+async def open_wallet(org_id: OrgId, key: Caller, svc: Svc, once: IdempotentPost, body: WalletIn | None = None,
                       idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Open a free organization's wallet (50 credits per UTC day) so it meters before it ever subscribes; a repeat
     answers `replayed: true`. Paid plans come with a subscription."""

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from api.idempotency import IdempotencyKeyHeader, IdempotentPost
 from api.openapi import problems
-from api.routes.common import MANAGE, managing
+from api.routes.common import MANAGE, OrgId, managing
 from api.schemas import PlanIn, SeatsIn, SubscribeIn, SubscriptionOut
 from api.service import Caller, Svc
 from models.errors import InvalidRequest
@@ -31,7 +31,7 @@ def _answer(call: Callable[[], Awaitable[Subscription]]) -> Callable[[], Awaitab
 
 
 @router.post("", response_model=SubscriptionOut, status_code=201, responses=problems(*_CHANGE))
-async def subscribe(org_id: str, body: SubscribeIn, key: Caller, svc: Svc, once: IdempotentPost,
+async def subscribe(org_id: OrgId, body: SubscribeIn, key: Caller, svc: Svc, once: IdempotentPost,
                     idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Start the subscription: charged now (402 PaymentDeclined leaves the organization on Free), or after
     `trial_days` of trial; it renews on its own."""
@@ -42,7 +42,7 @@ async def subscribe(org_id: str, body: SubscribeIn, key: Caller, svc: Svc, once:
 
 
 @router.get("", response_model=SubscriptionOut, responses=problems(*MANAGE))
-async def subscription(org_id: str, key: Caller, svc: Svc) -> SubscriptionOut:
+async def subscription(org_id: OrgId, key: Caller, svc: Svc) -> SubscriptionOut:
     """The subscription now (an organization that never subscribed: 422 InvalidRequest, subscribe first; one the
     engine has never seen: 404)."""
     managing(key, org_id)
@@ -54,7 +54,7 @@ async def subscription(org_id: str, key: Caller, svc: Svc) -> SubscriptionOut:
 
 
 @router.post("/upgrade", response_model=SubscriptionOut, responses=problems(*_CHANGE))
-async def upgrade(org_id: str, body: PlanIn, key: Caller, svc: Svc, once: IdempotentPost,
+async def upgrade(org_id: OrgId, body: PlanIn, key: Caller, svc: Svc, once: IdempotentPost,
                   idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Move to a higher plan now, charging the difference for the rest of the period."""
     managing(key, org_id)
@@ -62,7 +62,7 @@ async def upgrade(org_id: str, body: PlanIn, key: Caller, svc: Svc, once: Idempo
 
 
 @router.post("/downgrade", response_model=SubscriptionOut, responses=problems(*_CHANGE))
-async def downgrade(org_id: str, body: PlanIn, key: Caller, svc: Svc, once: IdempotentPost,
+async def downgrade(org_id: OrgId, body: PlanIn, key: Caller, svc: Svc, once: IdempotentPost,
                     idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Move to a lower plan at period end (the current plan withdraws a pending downgrade)."""
     managing(key, org_id)
@@ -70,7 +70,7 @@ async def downgrade(org_id: str, body: PlanIn, key: Caller, svc: Svc, once: Idem
 
 
 @router.post("/seats", response_model=SubscriptionOut, responses=problems(*_CHANGE))
-async def seats(org_id: str, body: SeatsIn, key: Caller, svc: Svc, once: IdempotentPost,
+async def seats(org_id: OrgId, body: SeatsIn, key: Caller, svc: Svc, once: IdempotentPost,
                 idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """More seats now (prorated charge); fewer from the next period."""
     managing(key, org_id)
@@ -78,7 +78,7 @@ async def seats(org_id: str, body: SeatsIn, key: Caller, svc: Svc, once: Idempot
 
 
 @router.post("/cancel", response_model=SubscriptionOut, responses=problems(*_CHANGE))
-async def cancel(org_id: str, key: Caller, svc: Svc, once: IdempotentPost,
+async def cancel(org_id: OrgId, key: Caller, svc: Svc, once: IdempotentPost,
                  idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Cancel to Free at period end; service continues until then, no refund."""
     managing(key, org_id)
@@ -86,7 +86,7 @@ async def cancel(org_id: str, key: Caller, svc: Svc, once: IdempotentPost,
 
 
 @router.post("/resume", response_model=SubscriptionOut, responses=problems(*_CHANGE))
-async def resume(org_id: str, key: Caller, svc: Svc, once: IdempotentPost,
+async def resume(org_id: OrgId, key: Caller, svc: Svc, once: IdempotentPost,
                  idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Undo a cancellation before the period ends."""
     managing(key, org_id)
@@ -94,7 +94,7 @@ async def resume(org_id: str, key: Caller, svc: Svc, once: IdempotentPost,
 
 
 @router.post("/retry", response_model=SubscriptionOut, responses=problems(*_CHANGE))
-async def retry(org_id: str, key: Caller, svc: Svc, once: IdempotentPost,
+async def retry(org_id: OrgId, key: Caller, svc: Svc, once: IdempotentPost,
                 idempotency_key: IdempotencyKeyHeader = None) -> Response:
     """Run the subscription's failed step again now instead of at its next backoff (`incident` says whether it
     failed again); at once when no step has failed."""
