@@ -194,14 +194,31 @@ def check_event_types(value: object) -> list[str]:
     return [t for t in EVENT_TYPES if t in value]
 
 
+def _printable(kind: str, value: object) -> object:
+    """Control characters (a NUL above all, which PostgreSQL refuses in text) are no part of a URL, an address
+    or a description."""
+    if isinstance(value, str) and any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidRequest(f"{kind} {shown(value)} contains control characters")
+    return value
+
+
 def check_endpoint(url: object, events: object, org_id: object, owner_email: object,
                    description: object) -> tuple[str, list[str], str | None, str | None, str]:
     """A new endpoint's fields, checked before anything is written."""
     checked_org = None if org_id is None else check_id("org_id", org_id)
-    email = None if owner_email is None else check_email("owner_email", owner_email)
+    email = None if owner_email is None else check_email("owner_email", _printable("owner_email", owner_email))
     if not isinstance(description, str) or len(description) > 200:
         raise InvalidRequest(f"description is at most 200 characters, got {shown(description)}")
-    return check_url(url), check_event_types(events), checked_org, email, description
+    _printable("description", description)
+    return check_url(_printable("url", url)), check_event_types(events), checked_org, email, description
+
+
+_ENDPOINT_ID = re.compile(ENDPOINT_ID_PREFIX + "[0-9a-f]{16}")
+
+
+def is_endpoint_id(value: object) -> bool:
+    """Whether `value` could name an endpoint (whe_ + 16 hex digits, as the store makes them)."""
+    return isinstance(value, str) and _ENDPOINT_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

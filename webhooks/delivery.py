@@ -156,7 +156,7 @@ class WebhookDeliveries:
         }
         try:
             answer = await self.http.post(url, content=body.encode(), headers=headers)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # a refused connection, a timeout, a URL httpx cannot use: the endpoint failed
             raise DeliveryFailed(f"{type(exc).__name__}: {exc}"[:ERROR_MAX_CHARS]) from exc
         if not 200 <= answer.status_code < 300:
             text = answer.text[:200].strip()

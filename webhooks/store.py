@@ -19,6 +19,7 @@ from models.webhook_types import (
     UnknownWebhookEndpoint,
     WebhookEndpoint,
     check_endpoint,
+    is_endpoint_id,
 )
 
 _COLUMNS = ("id, org_id, url, event_types, description, enabled, created_at, delivered_seq, failing_since, "
@@ -76,8 +77,9 @@ class WebhookStore:
     async def get(self, endpoint_id: object, *, org_id: str | None = None) -> WebhookEndpoint:
         """A live endpoint; with `org_id`, only one of that organization (any other, or one that does not exist,
         is UnknownWebhookEndpoint: a key learns nothing of endpoints beyond its reach)."""
-        if not isinstance(endpoint_id, str) or not endpoint_id.startswith(ENDPOINT_ID_PREFIX) or len(endpoint_id) > 64:
+        if not is_endpoint_id(endpoint_id):
             raise UnknownWebhookEndpoint(shown(endpoint_id))
+        assert isinstance(endpoint_id, str)
         row = await self.pool.fetchone(
             f"SELECT {_COLUMNS} FROM webhook_endpoints WHERE id = %s AND deleted_at IS NULL", (endpoint_id,))
         if row is None or (org_id is not None and row[1] != org_id):
