@@ -3,6 +3,8 @@
     billing migrate                      # bring the schema up to date (tables, then the ledger's functions)
     billing subscribe acme --plan pro --email ops@acme.test
     billing balance acme
+    billing serve --port 8480            # the HTTP API alone (docs/api.md), beside workers running elsewhere
+    billing keys create --role admin --org acme
 
 With DATABASE_URL unset and BILLING_DEV_MODE=1, it uses the embedded development PostgreSQL under .data/
 (the one the main command, `python3 tasks.py run`, starts and migrates): the `embedded` extra. Outside
@@ -15,6 +17,7 @@ import asyncio
 import dataclasses
 import json
 import re
+import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -26,17 +29,24 @@ import uvloop
 from rich.console import Console
 from rich.table import Table
 
+from api.app import create_app
+from api.keys import ApiKeys, first_platform_key
+from api.server import serving
 from audit import DEFAULT_LIMIT, DEFAULT_PENDING_BOUND, AuditReport, run_audit
 from ledger.migrate import migrate as apply_migrations
+from models.api_types import ApiKey, NewKey
 from models.auto_recharge_types import AutoRechargeSettings
+from models.checks import utcnow
 from models.errors import BillingError, InvalidRequest, ServiceUnavailable
 from models.money import Money
 from models.subscription_types import Subscription
-from settings import Settings
+from settings import InvalidSetting, Settings
 from starter import BillingClient
 from temporal_client import connect_client
 
 cli = typer.Typer(help="Billing engine: subscriptions, metering, balances, invoices.", no_args_is_help=True)
+keys_cli = typer.Typer(help="API keys of the HTTP API (`billing serve`): create, list, revoke.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
 console = Console()
 
 
@@ -347,6 +357,86 @@ def audit_cmd(
                 typer.echo(f"         {c.name}: {len(c.findings)} of {c.broken + c.incidents} listed (--limit)")
         typer.echo("the books balance" if report.ok else "the books do NOT balance")
     raise typer.Exit(0 if report.ok else 1)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="default: BILLING_API_ADDRESS's host (127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="default: BILLING_API_ADDRESS's port (8480); 0: a free one")] = None,
+) -> None:
+    """Serve the HTTP API alone (docs/api.md) on the configured DATABASE_URL and TEMPORAL_ADDRESS, until Ctrl-C or
+    SIGTERM. Workers run elsewhere (`python3 tasks.py run` in development). Outside development mode both must be
+    set: nothing embedded starts because a variable is empty."""
+    async def go() -> None:
+        settings = await _settings()
+        if not settings.temporal_address and not settings.dev_mode:
+            raise ServiceUnavailable("TEMPORAL_ADDRESS is not set (BILLING_DEV_MODE=1 uses the development server "
+                                     "that `python3 tasks.py run` starts)")
+        default_host, default_port = settings.api_host_port()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with await BillingClient.connect(settings) as billing:
+            app = create_app(billing)
+            async with serving(app, host or default_host, default_port if port is None else port) as url:
+                typer.echo(f"HTTP API: {url}/v1 (spec {url}/v1/openapi.json); Ctrl-C stops it")
+                if settings.dev_mode:  # the development stack's platform key, as the main command prints it
+                    secret = await first_platform_key(app.state.service.keys, settings.data_dir / "platform-key",
+                                                      utcnow())
+                    typer.echo(f"platform API key (kept in {settings.data_dir / 'platform-key'}): {secret}")
+                await stop.wait()
+
+    try:
+        _answer(go())
+    except (InvalidSetting, OSError) as exc:  # a bad BILLING_API_ADDRESS, a port taken
+        console.print(f"[red]{type(exc).__name__}[/red]: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _keys(work: Callable[[ApiKeys], Coroutine[Any, Any, Any]]) -> Any:
+    return _run(lambda billing: work(ApiKeys(billing.ledger.pool)))
+
+
+def _key_line(key: ApiKey) -> str:
+    """One key on one line (ids are copied from it: never wrapped, unlike a table in a narrow terminal)."""
+    revoked = f"  revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else ""
+    reach = key.org_id or "every organization"
+    return (f"{key.id}  {key.role} of {reach}{' as ' + key.user_id if key.user_id else ''}  {key.prefix}...  "
+            f"created {key.created_at:%Y-%m-%d %H:%M}{revoked}{'  ' + repr(key.name) if key.name else ''}")
+
+
+@keys_cli.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="platform (every organization), admin (one) or member (one, one user)")],
+    org: Annotated[str | None, typer.Option(help="the organization of an admin or member key")] = None,
+    user: Annotated[str | None, typer.Option(help="the user of a member key")] = None,
+    name: Annotated[str, typer.Option(help="to recognise it in a list")] = "",
+) -> None:
+    """Create an API key and print its secret, this once: only its hash is stored."""
+    new: NewKey = _keys(lambda keys: keys.create(role=role, org_id=org, user_id=user, name=name, now=utcnow()))
+    typer.echo(_key_line(new.key))
+    typer.echo(f"secret (shown this once): {new.secret}")
+
+
+@keys_cli.command("list")
+def keys_list(
+    org: Annotated[str | None, typer.Option(help="only this organization's keys")] = None,
+    revoked: Annotated[bool, typer.Option("--revoked", help="revoked keys too")] = False,
+) -> None:
+    """List API keys, oldest first (never their secrets: only their first characters)."""
+    found: list[ApiKey] = _keys(lambda keys: keys.list(org_id=org, include_revoked=revoked))
+    for key in found:
+        typer.echo(_key_line(key))
+    if not found:
+        typer.echo("no API keys" + (f" of {org}" if org else ""))
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (key_...), as `billing keys list` shows")],
+                ) -> None:
+    """Revoke an API key: every server refuses it within its key cache's lifetime (api/keys.py, 10 s)."""
+    typer.echo(_key_line(_keys(lambda keys: keys.revoke(key_id, now=utcnow()))))
 
 
 def main() -> None:
