@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN.md section 9, docs/api.md): every BillingClient operation under `/v1`.
+"""The HTTP API (docs/api.md): every BillingClient operation under `/v1`.
 
 FastAPI, not Litestar: the engine already speaks pydantic v2 (Temporal's payload converter), so the request
 and response models that validate are the ones that generate the OpenAPI 3.1 spec (committed as

@@ -1,4 +1,4 @@
-"""The API's JSON shapes (DESIGN.md section 9, docs/api.md): credits as decimal strings, money as integer cents plus
+"""The API's JSON shapes (docs/api.md): credits as decimal strings, money as integer cents plus
 a currency, UTC RFC 3339 times. Requests forbid unknown members, so a misspelt field is a 422, not ignored.
 Answers are built from the engine's own result types (`from_attributes`): a field means what it means there."""
 

@@ -1,4 +1,4 @@
-"""API keys over HTTP (DESIGN.md section 9): create (the secret shown once), list (never secrets), revoke.
+"""API keys over HTTP (docs/api.md): create (the secret shown once), list (never secrets), revoke.
 Who may create what is models/api_types.py's rule, with the calling key as the creator: a platform key any key, an
 admin key admin and member keys of its organization, a member key none (403)."""
 

@@ -1,4 +1,4 @@
-"""Metering: debits, holds and their settlement, balance (DESIGN.md section 9). Each calls the same path as the
+"""Metering: debits, holds and their settlement, balance (docs/api.md). Each calls the same path as the
 SDK: a debit through HTTP is still one database round trip (the key is authenticated from its cache). Their
 Idempotency-Key is the engine's own key (a debit's key, a hold's id): a repeat answers `replayed: true`."""
 

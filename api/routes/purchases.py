@@ -1,4 +1,4 @@
-"""Credit purchases (DESIGN.md section 9): a pack charged once, granted once. Its Idempotency-Key is the engine's
+"""Credit purchases (docs/api.md): a pack charged once, granted once. Its Idempotency-Key is the engine's
 own purchase key (BillingClient.buy_credits): a repeat answers the first purchase, another pack under it is 409.
 Without one, every request is a new purchase: send one to retry safely."""
 

@@ -1,4 +1,4 @@
-"""Reads: usage, the ledger's transactions, invoices (DESIGN.md section 9).
+"""Reads: usage, the ledger's transactions, invoices (docs/api.md).
 
 A member key reads only its own usage: grouped by user, the one row of its user (grouped by action or tier it is
 refused, 403: those totals are the whole organization's). Transactions and invoices are an admin's."""

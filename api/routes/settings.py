@@ -1,4 +1,4 @@
-"""An organization's controls (DESIGN.md section 9): auto-recharge, per-user limits, usage guards, the low-balance
+"""An organization's controls (docs/api.md): auto-recharge, per-user limits, usage guards, the low-balance
 alert, opening a free wallet. Platform and admin keys set them; a member key reads its own limit only.
 PUT and DELETE are idempotent as they are; the POSTs take an optional Idempotency-Key (api/idempotency.py)."""
 

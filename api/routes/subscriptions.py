@@ -1,4 +1,4 @@
-"""The subscription (one Temporal workflow per organization): start it, read it, change it (DESIGN.md section 9).
+"""The subscription (one Temporal workflow per organization): start it, read it, change it (docs/api.md).
 Platform and admin keys only. Each POST takes an optional Idempotency-Key (api/idempotency.py): the change runs
 once, a retry gets its first answer."""
 
