@@ -4,6 +4,7 @@ Idempotency-Key is the engine's own key (a debit's key, a hold's id): a repeat a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated
 
@@ -15,7 +16,8 @@ from api.problems import problem, status_of
 from api.routes.common import ORG, OrgId
 from api.routes.ledger_reads import hold_user
 from api.schemas import BalanceOut, DebitIn, DebitOut, HoldIn, HoldOut
-from api.service import Caller, Svc
+from api.service import Caller, Service, Svc
+from models.api_types import ApiKey
 from models.errors import Forbidden, HoldNotOpen
 from models.ledger_types import HoldResult
 
@@ -61,22 +63,14 @@ async def hold(org_id: OrgId, body: HoldIn, key: Caller, svc: Svc, idempotency_k
 @router.post("/holds/{hold_id}/commit", response_model=HoldOut, responses=problems(*ORG, "Forbidden", "HoldNotOpen"))
 async def commit(org_id: OrgId, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
     """Charge an open hold (a repeat answers `replayed`; a released or expired hold is 409 HoldNotOpen)."""
-    await _settling(key, svc, org_id, hold_id)
-    try:
-        return _hold(await svc.billing.ledger.commit(org_id, hold_id))
-    except HoldNotOpen as exc:
-        return _not_open(exc)
+    return await _settle(key, svc, org_id, hold_id, svc.billing.ledger.commit)
 
 
 @router.post("/holds/{hold_id}/release", response_model=HoldOut,
              responses=problems(*ORG, "Forbidden", "HoldNotOpen"))
 async def release(org_id: OrgId, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
     """Give an open hold's credits back (a repeat answers `replayed`; a committed hold is 409 HoldNotOpen)."""
-    await _settling(key, svc, org_id, hold_id)
-    try:
-        return _hold(await svc.billing.ledger.release(org_id, hold_id))
-    except HoldNotOpen as exc:
-        return _not_open(exc)
+    return await _settle(key, svc, org_id, hold_id, svc.billing.ledger.release)
 
 
 @router.get("/balance", response_model=BalanceOut, responses=problems(*ORG))
@@ -85,19 +79,21 @@ async def balance(org_id: OrgId, key: Caller, svc: Svc) -> BalanceOut:
     return BalanceOut.model_validate(await svc.billing.balance(org_id))
 
 
-async def _settling(key: Caller, svc: Svc, org_id: str, hold_id: str) -> None:
-    """A member settles only its own user's holds."""
+async def _settle(key: ApiKey, svc: Service, org_id: str, hold_id: str,
+                  settle: Callable[[str, str], Awaitable[HoldResult]]) -> HoldOut | JSONResponse:
+    """Commit or release; a member settles only its own user's holds."""
     key.reach(org_id)
     if key.role == "member":
         owner = await hold_user(svc.billing.ledger, org_id, hold_id)
         if owner is not None and owner != (key.user_id,):
             raise Forbidden(f"a member key settles only its own user's holds; hold {hold_id!r} is another's")
-
-
-def _not_open(exc: HoldNotOpen) -> JSONResponse:
-    """HoldNotOpen as its problem, its `status` field named `hold_status`: api/problems.py would pass it as the
-    problem's own `status` (a TypeError, a 500). To go once problems.py keeps members off the RFC 9457 names."""
-    return problem(status_of(exc), "HoldNotOpen", exc.message, org_id=exc.org_id, key=exc.key, hold_status=exc.status)
+    try:
+        return _hold(await settle(org_id, hold_id))
+    except HoldNotOpen as exc:
+        # Its `status` field named `hold_status`: api/problems.py would pass it as the problem's own `status` (a
+        # TypeError, a 500). To go once problems.py keeps members off the RFC 9457 names.
+        return problem(status_of(exc), "HoldNotOpen", exc.message, org_id=exc.org_id, key=exc.key,
+                       hold_status=exc.status)
 
 
 def _hold(h: HoldResult) -> HoldOut:
