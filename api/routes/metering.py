@@ -9,16 +9,14 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path
-from fastapi.responses import JSONResponse
 
 from api.openapi import problems
-from api.problems import problem, status_of
 from api.routes.common import ORG, OrgId
 from api.routes.ledger_reads import hold_user
 from api.schemas import BalanceOut, DebitIn, DebitOut, HoldIn, HoldOut
 from api.service import Caller, Service, Svc
 from models.api_types import ApiKey
-from models.errors import Forbidden, HoldNotOpen
+from models.errors import Forbidden
 from models.ledger_types import HoldResult
 
 router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["metering"])
@@ -52,25 +50,22 @@ async def hold(org_id: OrgId, body: HoldIn, key: Caller, svc: Svc, idempotency_k
     passing) charges nothing. Refused as a debit is, and past the plan's open holds (429)."""
     key.reach(org_id)
     ttl = None if body.ttl_seconds is None else timedelta(seconds=body.ttl_seconds)
-    held = await svc.billing.ledger.hold(org_id, body.action, idempotency_key=idempotency_key, tier=body.tier,
-                                         quantity=body.quantity, user_id=key.as_user(body.user_id),
-                                         country=body.country, ttl=ttl)
-    if held.recharge_triggered:  # as BillingClient.hold does: the reservation crossed the threshold
-        await svc.billing._trigger_recharge(org_id, idempotency_key)
-    return _hold(held)
+    return _hold(await svc.billing.open_hold(org_id, action=body.action, idempotency_key=idempotency_key,
+                                             tier=body.tier, quantity=body.quantity,
+                                             user_id=key.as_user(body.user_id), country=body.country, ttl=ttl))
 
 
 @router.post("/holds/{hold_id}/commit", response_model=HoldOut, responses=problems(*ORG, "Forbidden", "HoldNotOpen"))
-async def commit(org_id: OrgId, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
+async def commit(org_id: OrgId, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut:
     """Charge an open hold (a repeat answers `replayed`; a released or expired hold is 409 HoldNotOpen)."""
-    return await _settle(key, svc, org_id, hold_id, svc.billing.ledger.commit)
+    return await _settle(key, svc, org_id, hold_id, svc.billing.commit_hold)
 
 
 @router.post("/holds/{hold_id}/release", response_model=HoldOut,
              responses=problems(*ORG, "Forbidden", "HoldNotOpen"))
-async def release(org_id: OrgId, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut | JSONResponse:
+async def release(org_id: OrgId, hold_id: HoldId, key: Caller, svc: Svc) -> HoldOut:
     """Give an open hold's credits back (a repeat answers `replayed`; a committed hold is 409 HoldNotOpen)."""
-    return await _settle(key, svc, org_id, hold_id, svc.billing.ledger.release)
+    return await _settle(key, svc, org_id, hold_id, svc.billing.release_hold)
 
 
 @router.get("/balance", response_model=BalanceOut, responses=problems(*ORG))
@@ -80,20 +75,14 @@ async def balance(org_id: OrgId, key: Caller, svc: Svc) -> BalanceOut:
 
 
 async def _settle(key: ApiKey, svc: Service, org_id: str, hold_id: str,
-                  settle: Callable[[str, str], Awaitable[HoldResult]]) -> HoldOut | JSONResponse:
+                  settle: Callable[[str, str], Awaitable[HoldResult]]) -> HoldOut:
     """Commit or release; a member settles only its own user's holds."""
     key.reach(org_id)
     if key.role == "member":
         owner = await hold_user(svc.billing.ledger, org_id, hold_id)
         if owner is not None and owner != (key.user_id,):
             raise Forbidden(f"a member key settles only its own user's holds; hold {hold_id!r} is another's")
-    try:
-        return _hold(await settle(org_id, hold_id))
-    except HoldNotOpen as exc:
-        # Its `status` field named `hold_status`: api/problems.py would pass it as the problem's own `status` (a
-        # TypeError, a 500). To go once problems.py keeps members off the RFC 9457 names.
-        return problem(status_of(exc), "HoldNotOpen", exc.message, org_id=exc.org_id, key=exc.key,
-                       hold_status=exc.status)
+    return _hold(await settle(org_id, hold_id))
 
 
 def _hold(h: HoldResult) -> HoldOut:
