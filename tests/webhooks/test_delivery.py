@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
 
-from models.webhook_types import EVENT_TYPES
+from models.webhook_types import EVENT_TYPES, delivery_workflow_id
+from temporal_client import DATA_CONVERTER
 from testkit import TestKit
 from tests.webhooks.conftest import Register, db_events, endpoint_row
 from tests.webhooks.receiver import Receiver
+from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 
 async def test_a_subscriptions_events_reach_its_endpoint_signed_and_in_order(
@@ -115,3 +122,35 @@ async def test_an_endpoint_failing_for_days_is_disabled_its_owner_emailed_and_it
     assert [p["type"] for p in got] == ["invoice.issued", "subscription.created"]
     assert [p["id"] for p in got] == [i for _, i, t in db_events(kit, org) if t in ("invoice.issued",
                                                                                       "subscription.created")]
+
+
+RECORDED = Path(__file__).with_name("histories")
+
+
+async def test_delivery_histories_replay(kit: TestKit, org: str, receiver: Receiver, register: Register) -> None:
+    """Determinism: a delivery workflow's history made now (a failing call retried, pokes, a recovery) and the
+    ones recorded before (tests/webhooks/histories/) replay without a non-determinism error."""
+    await kit.billing.open_wallet(org)
+    endpoint = await register("replay", list(EVENT_TYPES), org_id=org)
+    receiver.status["replay"] = 500
+    await kit.billing.subscribe(org, plan="pro", seats=1, email="ops@acme.test")
+    await kit.settle()
+    await kit.billing.upgrade(org, plan="enterprise")
+    await kit.settle()
+    receiver.status["replay"] = 200
+    await kit.advance(timedelta(hours=1))
+    assert len(receiver.acked("replay")) == len(db_events(kit, org)) == 6
+    handle = kit.env.client.get_workflow_handle(delivery_workflow_id(endpoint["id"]))
+    with kit.env.auto_time_skipping_disabled():  # waiting on a result must not move the shared kit's clock
+        await handle.result()  # caught up: the run ended
+    fresh = await handle.fetch_history()
+    if os.environ.get("RECORD_HISTORIES"):  # refresh the recorded set: RECORD_HISTORIES=1 pytest -k replay
+        RECORDED.mkdir(exist_ok=True)
+        (RECORDED / "fail-then-recover.json").write_text(json.dumps(
+            {"workflow_id": "webhook:recorded", "history": fresh.to_json_dict()}, indent=1))
+    recorded = [json.loads(p.read_text()) for p in sorted(RECORDED.glob("*.json"))]
+    assert recorded, "no recorded histories under tests/webhooks/histories/"
+    histories = [fresh, *(WorkflowHistory.from_json(r["workflow_id"], r["history"]) for r in recorded)]
+    replayer = Replayer(workflows=[WebhookDeliveryWorkflow], data_converter=DATA_CONVERTER)
+    for history in histories:
+        await replayer.replay_workflow(history)
