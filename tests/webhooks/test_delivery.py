@@ -154,3 +154,37 @@ async def test_delivery_histories_replay(kit: TestKit, org: str, receiver: Recei
     replayer = Replayer(workflows=[WebhookDeliveryWorkflow], data_converter=DATA_CONVERTER)
     for history in histories:
         await replayer.replay_workflow(history)
+
+
+async def _drain_to(kit: TestKit, org: str, left: int, key: str) -> None:
+    available = (await kit.billing.balance(org)).available
+    await kit.billing.debit(org, action="ai_chat", tier="fast", quantity=available - left, idempotency_key=key)
+    await kit.settle()
+
+
+async def test_auto_recharges_events_reach_the_endpoint(
+    kit: TestKit, org: str, receiver: Receiver, register: Register
+) -> None:
+    await kit.billing.open_wallet(org)
+    await register("recharge", ["auto_recharge.succeeded", "auto_recharge.limit_reached", "auto_recharge.disabled",
+                                "payment.failed"], org_id=org)
+    card = await kit.payments.create_card("4242424242424242")
+    await kit.billing.buy_credits(org, pack="500", idempotency_key="first", email="ops@acme.test", payment_method=card)
+    await kit.billing.set_auto_recharge(org, threshold=Decimal(100), pack="500", spending_limit_cents=2500)
+    await _drain_to(kit, org, 20, "d1")   # one pack bought
+    await _drain_to(kit, org, 20, "d2")   # this month's 25.00 spent: the limit
+    got = receiver.acked("recharge")
+    assert [p["type"] for p in got] == ["auto_recharge.succeeded", "auto_recharge.limit_reached"]
+    assert {k: got[0]["data"][k] for k in ("pack", "packs", "amount_cents", "currency")} == \
+        {"pack": "500", "packs": 1, "amount_cents": 2500, "currency": "EUR"}
+    assert got[1]["data"] == {"spent_cents": 2500, "spending_limit_cents": 2500, "currency": "EUR"}
+
+    # A new card that declines, new settings (they lift the limit): three declines turn auto-recharge off.
+    await kit.use_card(org, "declined")
+    await kit.billing.set_auto_recharge(org, threshold=Decimal(100), pack="500", spending_limit_cents=10000)
+    await _drain_to(kit, org, 10, "d3")
+    await kit.advance(timedelta(hours=1))
+    await kit.advance(timedelta(hours=1))
+    types = [p["type"] for p in receiver.acked("recharge")][2:]
+    assert types == ["payment.failed"] * 3 + ["auto_recharge.disabled"], types
+    assert receiver.acked("recharge")[-1]["data"]["reason"] == "payment_failed"
