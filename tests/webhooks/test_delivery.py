@@ -188,3 +188,24 @@ async def test_auto_recharges_events_reach_the_endpoint(
     types = [p["type"] for p in receiver.acked("recharge")][2:]
     assert types == ["payment.failed"] * 3 + ["auto_recharge.disabled"], types
     assert receiver.acked("recharge")[-1]["data"]["reason"] == "payment_failed"
+
+
+async def test_renewals_dunning_and_the_revert_to_free_reach_the_endpoint(
+    kit: TestKit, org: str, receiver: Receiver, register: Register
+) -> None:
+    await kit.billing.open_wallet(org)
+    await register("dunning", ["subscription.renewed", "subscription.reverted_to_free", "payment.failed"],
+                   org_id=org)
+    sub = await kit.billing.subscribe(org, plan="starter", seats=1, email="ops@acme.test")
+    assert sub.period_end is not None
+    await kit.advance(sub.period_end - kit.now() + timedelta(minutes=1))
+    await kit.use_card(org, "declined")
+    sub = await kit.billing.subscription(org)
+    assert sub.period_end is not None
+    await kit.advance(sub.period_end - kit.now() + timedelta(days=6))  # the renewal and 3 retries declined
+    got = receiver.acked("dunning")
+    assert [p["type"] for p in got] == ["subscription.renewed"] + ["payment.failed"] * 4 + [
+        "subscription.reverted_to_free"], [p["type"] for p in got]
+    assert got[0]["data"]["after_failed_payment"] is False and got[0]["data"]["plan"] == "starter"
+    assert [p["data"]["purpose"] for p in got[1:5]] == ["renewal", "retry", "retry", "retry"]
+    assert got[-1]["data"]["previous_plan"] == "starter" and got[-1]["data"]["plan"] == "free"
