@@ -9,14 +9,18 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
+from models.errors import UsageGuardPaused
 from models.webhook_types import EVENT_TYPES, delivery_workflow_id
 from temporal_client import DATA_CONVERTER
-from testkit import TestKit
+from testkit import TASK_QUEUE, TestKit
 from tests.webhooks.conftest import Register, db_events, endpoint_row
 from tests.webhooks.receiver import Receiver
+from webhooks.dispatcher import WebhookDispatcher
 from workflows.webhook_delivery import WebhookDeliveryWorkflow
 
 
@@ -209,3 +213,39 @@ async def test_renewals_dunning_and_the_revert_to_free_reach_the_endpoint(
     assert got[0]["data"]["after_failed_payment"] is False and got[0]["data"]["plan"] == "starter"
     assert [p["data"]["purpose"] for p in got[1:5]] == ["renewal", "retry", "retry", "retry"]
     assert got[-1]["data"]["previous_plan"] == "starter" and got[-1]["data"]["plan"] == "free"
+
+
+async def test_the_dispatcher_pokes_a_busy_endpoint_only_for_new_events(
+    kit: TestKit, org: str, receiver: Receiver, register: Register
+) -> None:
+    """A failing endpoint's workflow backs off for days: polls that find nothing new must not signal it each
+    time (its history would grow with every poll)."""
+    await kit.billing.open_wallet(org)
+    endpoint = await register("busy", ["usage_guard.paused"], org_id=org)
+    receiver.status["busy"] = 500
+    await kit.billing.set_usage_guard(org, "ai_chat", max_uses=1, window=timedelta(hours=1))
+    await kit.billing.debit(org, action="ai_chat", tier="fast", idempotency_key="1")
+    with pytest.raises(UsageGuardPaused):
+        await kit.billing.debit(org, action="ai_chat", tier="fast", idempotency_key="2")
+    await kit.settle()  # its first attempt failed; the workflow waits on the retry
+    assert kit.webhooks is not None
+    dispatcher = WebhookDispatcher(kit.webhooks.pool, kit.env.client, TASK_QUEUE, recheck=timedelta(0))
+    handle = kit.env.client.get_workflow_handle(delivery_workflow_id(endpoint["id"]))
+
+    async def signals() -> int:
+        history = await handle.fetch_history()
+        return sum(e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED for e in history.events)
+
+    assert endpoint["id"] in await dispatcher.dispatch()      # a dispatcher new to it: one poke
+    before = await signals()
+    for _ in range(3):                                         # nothing new, its workflow running: no poke
+        assert endpoint["id"] not in await dispatcher.dispatch()
+    assert await signals() == before
+    await kit.billing.resume_action(org, "ai_chat")
+    with pytest.raises(UsageGuardPaused):  # still past its limit this hour: paused again, a new event
+        await kit.billing.debit(org, action="ai_chat", tier="fast", idempotency_key="3")
+    assert endpoint["id"] in await dispatcher.dispatch()      # a new event: poked once
+    assert await signals() == before + 1
+    receiver.status["busy"] = 200
+    await kit.advance(timedelta(hours=1))
+    assert [p["type"] for p in receiver.acked("busy")] == ["usage_guard.paused"] * 2
