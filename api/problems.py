@@ -27,6 +27,7 @@ from models.errors import (
     TierNotAvailable,
     UnknownApiKey,
     UnknownOrganization,
+    UnknownWebhookEndpoint,
     UsageGuardPaused,
     UserLimitExceeded,
     error_fields,
@@ -39,6 +40,7 @@ PROBLEM_JSON = "application/problem+json"
 STATUS: list[tuple[type[BillingError], int]] = [
     (UnknownOrganization, 404),
     (UnknownApiKey, 404),
+    (UnknownWebhookEndpoint, 404),
     (NotAuthenticated, 401),
     (Forbidden, 403),
     (InsufficientCredits, 403),   # seed 001's "403 Insufficient Credits"

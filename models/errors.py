@@ -49,6 +49,16 @@ class UnknownApiKey(InvalidRequest):
         self.key_id = key_id
 
 
+class UnknownWebhookEndpoint(InvalidRequest):
+    """A webhook endpoint id that does not exist, or is beyond the caller's reach (the same answer: 404)."""
+
+    endpoint_id: str
+
+    def __init__(self, endpoint_id: str) -> None:
+        super().__init__(f"no webhook endpoint {endpoint_id!r} within this key's reach")
+        self.endpoint_id = endpoint_id
+
+
 class InsufficientCredits(BillingError):
     org_id: str
     cost: Decimal
@@ -166,9 +176,9 @@ class PaymentDeclined(BillingError):
 # -- the registry and the Temporal boundary ------------------------------------------------------------
 
 ERRORS: dict[str, type[BillingError]] = {cls.__name__: cls for cls in (
-    BillingError, InvalidRequest, UnknownOrganization, UnknownApiKey, InsufficientCredits, TierNotAvailable,
-    UserLimitExceeded, UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen, PaymentDeclined,
-    PaymentProviderRefused, ServiceUnavailable, NotAuthenticated, Forbidden,
+    BillingError, InvalidRequest, UnknownOrganization, UnknownApiKey, UnknownWebhookEndpoint, InsufficientCredits,
+    TierNotAvailable, UserLimitExceeded, UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen,
+    PaymentDeclined, PaymentProviderRefused, ServiceUnavailable, NotAuthenticated, Forbidden,
 )}
 # Business answers: retrying cannot change them (Temporal's retry policies list these names).
 NON_RETRYABLE: list[str] = sorted(name for name, cls in ERRORS.items() if not cls.retryable)

@@ -8,10 +8,9 @@ endpoint is 404, as one that does not exist; a platform-wide endpoint is beyond 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi import Request as HttpRequest
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -21,15 +20,12 @@ from api.openapi import problems
 from api.schemas import Answer, Request, Time
 from api.service import Caller, Svc
 from models.api_types import ApiKey
-from models.webhook_types import EVENT_TYPES, UnknownWebhookEndpoint, WebhookEndpoint, check_endpoint, event_payload
+from models.webhook_types import EVENT_TYPES, WebhookEndpoint, check_endpoint, event_payload
 from webhooks.store import EVENTS_PAGE_MAX, WebhookStore
 
 router = APIRouter(tags=["webhooks"])
 T = TypeVar("T")
 
-# Until models/errors.py registers UnknownWebhookEndpoint (with its 404 in api/problems.py), an endpoint beyond
-# reach is answered as the router's own NotFound.
-_UNKNOWN = "NotFound"
 
 
 def _store(request: HttpRequest) -> WebhookStore:
@@ -104,13 +100,6 @@ def _out(endpoint: WebhookEndpoint) -> EndpointOut:
     return EndpointOut.model_validate(endpoint)
 
 
-async def _reached(call: Callable[[], Awaitable[T]]) -> T:
-    try:
-        return await call()
-    except UnknownWebhookEndpoint as exc:
-        raise HTTPException(404, exc.message) from None
-
-
 def _scope(key: ApiKey) -> str | None:
     """The organization a platform or admin key manages endpoints of (None: every one, a platform key)."""
     key.require("platform", "admin")
@@ -155,37 +144,37 @@ async def list_endpoints(key: Caller, store: Webhooks, org_id: OrgFilter = None)
 
 
 @router.get("/v1/webhook-endpoints/{endpoint_id}", response_model=EndpointOut,
-            responses=problems(_UNKNOWN, "Forbidden"))
+            responses=problems("UnknownWebhookEndpoint", "Forbidden"))
 async def get_endpoint(endpoint_id: str, key: Caller, store: Webhooks) -> EndpointOut:
     scope = _scope(key)
-    return _out(await _reached(lambda: store.get(endpoint_id, org_id=scope)))
+    return _out(await store.get(endpoint_id, org_id=scope))
 
 
 @router.get("/v1/webhook-endpoints/{endpoint_id}/secret", response_model=SecretOut,
-            responses=problems(_UNKNOWN, "Forbidden"))
+            responses=problems("UnknownWebhookEndpoint", "Forbidden"))
 async def get_secret(endpoint_id: str, key: Caller, store: Webhooks) -> SecretOut:
     """The endpoint's signing secret (whsec_...), for a receiver that lost it."""
     scope = _scope(key)
-    await _reached(lambda: store.get(endpoint_id, org_id=scope))
+    await store.get(endpoint_id, org_id=scope)
     return SecretOut(id=endpoint_id, secret=await store.secret(endpoint_id))
 
 
 @router.delete("/v1/webhook-endpoints/{endpoint_id}", status_code=204, response_class=Response,
-               responses=problems(_UNKNOWN, "Forbidden"))
+               responses=problems("UnknownWebhookEndpoint", "Forbidden"))
 async def delete_endpoint(endpoint_id: str, key: Caller, svc: Svc, store: Webhooks) -> Response:
     """Delete an endpoint: nothing more is delivered to it (a repeat is 404)."""
     scope = _scope(key)
-    await _reached(lambda: store.delete(endpoint_id, now=svc.now(), org_id=scope))
+    await store.delete(endpoint_id, now=svc.now(), org_id=scope)
     return Response(status_code=204)
 
 
 @router.post("/v1/webhook-endpoints/{endpoint_id}/enable", response_model=EndpointOut,
-             responses=problems(_UNKNOWN, "Forbidden"))
+             responses=problems("UnknownWebhookEndpoint", "Forbidden"))
 async def enable_endpoint(endpoint_id: str, key: Caller, svc: Svc, store: Webhooks) -> EndpointOut:
     """Enable an endpoint the engine disabled for failing: it then receives every event it missed, in order (a
     repeat, or an endpoint already enabled, answers it as it is)."""
     scope = _scope(key)
-    return _out(await _reached(lambda: store.enable(endpoint_id, now=svc.now(), org_id=scope)))
+    return _out(await store.enable(endpoint_id, now=svc.now(), org_id=scope))
 
 
 After = Annotated[int, Query(ge=0, description="the cursor: the last seq seen (0: from the start)")]

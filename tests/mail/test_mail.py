@@ -35,6 +35,9 @@ Context = dict[str, str | int | bool | None]
 
 # Each template's context keys (docs/product.md, "Emails"), with values as the workflows format them.
 CONTEXTS: dict[str, Context] = {
+    "webhook_disabled": {"endpoint_id": "whe_0123456789abcdef", "url": "https://example.com/hooks",
+                         "failing_since": "2026-01-15T12:00:00Z", "attempts": 84, "error": "HTTP 503",
+                         "disabled_at": "2026-01-18T12:30:00Z"},
     "trial_started": {"plan": "pro", "seats": 3, "trial_end": "2026-01-29"},
     "trial_ending": {"plan": "pro", "trial_end": "2026-01-29", "amount": str(Money(27000))},
     "receipt": {"plan": "pro", "seats": 3, "amount": str(Money(27000)), "invoice_number": "INV-2026-000042",
