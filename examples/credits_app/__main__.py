@@ -2,7 +2,7 @@
 
 With BILLING_API_URL and BILLING_API_KEY set it meters through the billing HTTP API (ApiMeter, an admin or
 platform key); otherwise in-process through the ledger (LedgerMeter over BillingClient.connect(), which reads
-BILLING_DATABASE_URL and the rest of the environment, as the SDK does).
+DATABASE_URL and the rest of the environment, as the SDK does).
 """
 
 from __future__ import annotations
