@@ -25,10 +25,8 @@ class InvalidSetting(ValueError):
     """A setting whose value cannot be right: the process refuses to start instead of guessing."""
 
 
-def check_stripe_max_rps(value: object) -> int | None:
-    """BILLING_STRIPE_MAX_RPS: None (no ceiling) or a positive whole number of Stripe requests per second."""
-    if value is None:
-        return None
+def _positive_int(variable: str, value: object, unit: str) -> int:
+    """A setting that is a positive whole number (a string from the environment, or an int), else InvalidSetting."""
     number: object = value
     if isinstance(value, str):
         try:
@@ -36,9 +34,15 @@ def check_stripe_max_rps(value: object) -> int | None:
         except ValueError:
             number = None
     if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-        raise InvalidSetting(f"BILLING_STRIPE_MAX_RPS must be a positive whole number of Stripe requests per "
-                             f"second (or unset: no ceiling), got {value!r}")
+        raise InvalidSetting(f"{variable} must be a positive whole number of {unit}, got {value!r}")
     return number
+
+
+def check_stripe_max_rps(value: object) -> int | None:
+    """BILLING_STRIPE_MAX_RPS: None (no ceiling) or a positive whole number of Stripe requests per second."""
+    if value is None:
+        return None
+    return _positive_int("BILLING_STRIPE_MAX_RPS", value, "Stripe requests per second (or unset: no ceiling)")
 
 
 @dataclass(frozen=True)
@@ -104,13 +108,4 @@ class Settings:
 
 def check_webhook_disable_after(value: object) -> int:
     """BILLING_WEBHOOK_DISABLE_AFTER_HOURS: a positive whole number of hours (default 72)."""
-    number: object = value
-    if isinstance(value, str):
-        try:
-            number = int(value.strip(), 10)
-        except ValueError:
-            number = None
-    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-        raise InvalidSetting(f"BILLING_WEBHOOK_DISABLE_AFTER_HOURS must be a positive whole number of hours, got "
-                             f"{value!r}")
-    return number
+    return _positive_int("BILLING_WEBHOOK_DISABLE_AFTER_HOURS", value, "hours")

@@ -68,6 +68,8 @@ QUERY_TIMEOUT = timedelta(seconds=15)
 class WorkerProcess:
     """The crash worker as a subprocess, its output in a log file per start (read when a check fails)."""
 
+    module = "tests.reliability.crash_worker"  # `python -m` this
+
     def __init__(self, env: dict[str, str], logs: Path) -> None:
         self.env = env
         self.logs = logs
@@ -84,7 +86,7 @@ class WorkerProcess:
         self.log = self.logs / f"worker-{self.starts}.log"
         self._out = self.log.open("wb")
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.reliability.crash_worker", cwd=ROOT, env=self.env,
+            sys.executable, "-m", self.module, cwd=ROOT, env=self.env,
             stdin=asyncio.subprocess.DEVNULL, stdout=self._out, stderr=asyncio.subprocess.STDOUT)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WORKER_START_SECONDS

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,12 +25,11 @@ import pytest
 
 from ledger import Ledger
 from ledger.migrate import migrate
-from settings import ROOT
 from stack.mail import SmtpSink
 from stack.stripe_server import start_localstripe
 from stack.temporal import start_time_skipping
 from temporal_client import DEV_PAYLOAD_KEY
-from tests.reliability.test_crashes import READY, WORKER_START_SECONDS, WorkerProcess, _drop_database, _own_database
+from tests.reliability.test_crashes import WorkerProcess, _drop_database, _own_database
 from tests.webhooks.receiver import Receiver
 from webhooks.store import WebhookStore
 
@@ -42,21 +40,7 @@ DELIVERED_SECONDS = 240.0
 class WebhookWorkerProcess(WorkerProcess):
     """The crash worker with the webhook seam: `python -m tests.webhooks.crash_worker`."""
 
-    async def start(self) -> None:
-        self.starts += 1
-        self.log = self.logs / f"worker-{self.starts}.log"
-        self._out = self.log.open("wb")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.webhooks.crash_worker", cwd=ROOT, env=self.env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=self._out, stderr=asyncio.subprocess.STDOUT)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + WORKER_START_SECONDS
-        while READY not in self.output():
-            if self.proc.returncode is not None:
-                raise AssertionError(f"the worker exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
-            if loop.time() > deadline:
-                raise AssertionError(f"the worker did not start in {WORKER_START_SECONDS}s:\n{self.output()[-3000:]}")
-            await asyncio.sleep(0.1)
+    module = "tests.webhooks.crash_worker"
 
 
 @dataclass
