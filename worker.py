@@ -26,7 +26,7 @@ from activities.auto_recharge import AutoRechargeActivities
 from activities.email import EmailActivities
 from activities.ledger import LedgerActivities
 from activities.payments import PaymentActivities
-from activities.webhooks import WebhookActivities
+from activities.webhooks import IncidentActivities, WebhookActivities
 from api.app import create_app
 from api.keys import first_platform_key
 from api.server import serving
@@ -115,7 +115,9 @@ async def build_worker(
     (bench/lifecycle.py --sandboxed)."""
     activities: list[object] = [
         *LedgerActivities(ledger).all(), *AutoRechargeActivities(AutoRecharges(ledger), payments).all(),
-        *PaymentActivities(payments).all(), *EmailActivities(mailer).all(), *extra_activities,
+        *PaymentActivities(payments).all(), *EmailActivities(mailer).all(),
+        *IncidentActivities(ledger.pool).all(),  # local activities of the billing workflows: this worker's
+        *extra_activities,
     ]
     if not sandboxed:
         tuning["workflow_runner"] = UnsandboxedWorkflowRunner()

@@ -2,9 +2,11 @@
 types of endpoints and deliveries. Pure: no I/O (workflows import it too).
 
 An event is written in the transaction of its cause (migrations/versions/0007_webhooks.sql): by a trigger
-where the cause is a row (an alert, a payment's outcome, an invoice, auto-recharge turned off), and by the
+where the cause is a row (an alert, a payment's outcome, an invoice, auto-recharge turned off), by the
 mailer where the cause is a workflow step whose durable record is its email (mail/mailer.py, with
-`email_event` below). Event data holds no personal data: no email address, no name.
+`email_event` below), and by a workflow's own activity where the cause lives only in workflow state (an
+incident opened or resolved, with `incident_event` below). Event data holds no personal data: no email
+address, no name.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit
 
 from models.checks import check_email, check_id, shown
 from models.errors import InvalidRequest, UnknownWebhookEndpoint
+from models.keys import period_key, stamp, step_key
 
 # -- the event types ------------------------------------------------------------------------------------
 
@@ -35,12 +38,14 @@ AUTO_RECHARGE_SUCCEEDED: Final = "auto_recharge.succeeded"
 AUTO_RECHARGE_LIMIT_REACHED: Final = "auto_recharge.limit_reached"
 AUTO_RECHARGE_DISABLED: Final = "auto_recharge.disabled"
 USAGE_GUARD_PAUSED: Final = "usage_guard.paused"
+INCIDENT_OPENED: Final = "incident.opened"                  # a workflow step failed for good: retried until done
+INCIDENT_RESOLVED: Final = "incident.resolved"              # that step went through (or got a certain answer)
 
 EVENT_TYPES: Final[tuple[str, ...]] = (
     SUBSCRIPTION_CREATED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_RENEWED, SUBSCRIPTION_CANCELLED,
     SUBSCRIPTION_REVERTED_TO_FREE, PAYMENT_SUCCEEDED, PAYMENT_FAILED, INVOICE_ISSUED, CREDITS_USAGE_80,
     CREDITS_USAGE_100, CREDITS_LOW_BALANCE, AUTO_RECHARGE_SUCCEEDED, AUTO_RECHARGE_LIMIT_REACHED,
-    AUTO_RECHARGE_DISABLED, USAGE_GUARD_PAUSED,
+    AUTO_RECHARGE_DISABLED, USAGE_GUARD_PAUSED, INCIDENT_OPENED, INCIDENT_RESOLVED,
 )
 
 # The alerts table's kinds (0001) and the type each becomes (the trigger in 0007 says the same).
@@ -142,6 +147,60 @@ def email_event(template: str, context: dict[str, Any],
     if template == "auto_recharge_receipt":
         return AUTO_RECHARGE_SUCCEEDED, data
     return AUTO_RECHARGE_LIMIT_REACHED, data  # auto_recharge_limit
+
+
+# -- events whose cause is an incident (failure model rule 3) ---------------------------------------------
+
+# The workflow an incident is in, by its Temporal workflow type.
+INCIDENT_WORKFLOWS: Final[dict[str, str]] = {
+    "Subscription": "subscription", "PackPurchase": "pack", "AutoRecharge": "auto_recharge"}
+ERROR_MESSAGE_MAX_CHARS: Final = 500
+# An address in an error's text (a driver's "Key (email)=(ada@x.test)", an SMTP reply): never in an event.
+_EMAIL_IN_TEXT = re.compile(r"[^\s@<>()\[\]\"',;:=]+@[^\s@<>()\[\]\"',;:=]+")
+
+
+def redact_error(message: str) -> str:
+    """An error's message as an event carries it: email addresses replaced, at most 500 characters."""
+    return _EMAIL_IN_TEXT.sub("[redacted]", message)[:ERROR_MESSAGE_MAX_CHARS]
+
+
+@dataclass(frozen=True)
+class IncidentChange:
+    """An incident opened (`error_type` set) or resolved (`resolved_at` set): the argument of the activity
+    that writes its event (activities/webhooks.py). `subject`: the failing effect's own business key, where
+    one organization may have several incidents of one step at once (two packs' charges in doubt)."""
+
+    org_id: str
+    workflow: str                       # subscription | pack | auto_recharge (INCIDENT_WORKFLOWS)
+    step: str                           # what failed: renewal, dunning retry, upgrade, pack charge, paid grant...
+    since: datetime                     # the first failure: with the org, the step and the subject, its key
+    subject: str | None = None
+    error_type: str | None = None       # opened: the error's type (PaymentProviderRefused, SimulatedLoss...)
+    error_message: str | None = None    # opened: its message, redacted (redact_error)
+    resolved_at: datetime | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self.resolved_at is None
+
+
+def incident_key(org_id: str, step: str, since: datetime, subject: str | None = None) -> str:
+    """An incident's business key: {org}:{since}:incident:{step}[:{subject}]. The opened and the resolved
+    event share it (an event's id hashes its type with its key), and a retry or a replay of either writes
+    nothing more."""
+    key = period_key(org_id, since, f"incident:{step}")
+    return key if subject is None else step_key(key, subject)
+
+
+def incident_event(change: IncidentChange) -> tuple[str, str, dict[str, Any], datetime]:
+    """The event of an incident's change, as (type, business key, data, business time)."""
+    key = incident_key(change.org_id, change.step, change.since, change.subject)
+    data: dict[str, Any] = {"workflow": change.workflow, "step": change.step, "since": stamp(change.since)}
+    if change.resolved_at is None:
+        data |= {"error_type": change.error_type,
+                 "error_message": redact_error(change.error_message or "")}
+        return INCIDENT_OPENED, key, data, change.since
+    return INCIDENT_RESOLVED, key, data | {"resolved_at": stamp(change.resolved_at)}, change.resolved_at
 
 
 # -- endpoints ------------------------------------------------------------------------------------------

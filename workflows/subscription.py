@@ -23,7 +23,19 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.activity_defs import CHANGE_PLAN, CHARGE, ENSURE_CUSTOMER, START_PERIOD
-from workflows.common import INCIDENT, ORG_ID, PERIOD_END, PLAN, STATUS, declined, failure_text, notify, reject
+from workflows.common import (
+    INCIDENT,
+    ORG_ID,
+    PERIOD_END,
+    PLAN,
+    STATUS,
+    IncidentEvents,
+    declined,
+    failure_parts,
+    failure_text,
+    notify,
+    reject,
+)
 
 with workflow.unsafe.imports_passed_through():
     from models.billing_types import (
@@ -87,6 +99,7 @@ class SubscriptionWorkflow:
         self.changed = False
         self.deadline: timedelta | None = None  # of each activity, while an update or a step runs
         self.effects_started = False            # an update reached a charge, grant or plan change
+        self.incident_events: IncidentEvents | None = None  # the open incident's webhook events
 
     # -- the main loop: wait for the next due moment, act, continue as new at each renewal --------------
 
@@ -151,13 +164,20 @@ class SubscriptionWorkflow:
         except ActivityError as err:
             self.s = before
             self._record_incident(now, err)
+            await self._incident_opened(err)
             return False
         finally:
             self.deadline = None
         if self.s.incident is not None:
-            workflow.logger.info("incident of %s resolved: %s", self.s.org_id, self.s.incident.step)
+            incident = self.s.incident
+            workflow.logger.info("incident of %s resolved: %s", self.s.org_id, incident.step)
             self.s.incident = None
             self._publish()
+            kind, _, message = incident.error.partition(": ")  # its events if this run had no opening
+            events = self.incident_events or IncidentEvents(self.s.org_id, incident.step, incident.since, None,
+                                                            (kind, message) if message else ("Error", kind))
+            self.incident_events = None
+            await events.resolved(workflow.now())
         return renewed
 
     def _record_incident(self, now: datetime, err: ActivityError) -> None:
@@ -175,6 +195,15 @@ class SubscriptionWorkflow:
         workflow.metric_meter().create_counter("billing_incidents", "main-loop steps that failed for good").add(
             1, {"step": step})
         self._publish()
+
+    async def _incident_opened(self, err: ActivityError) -> None:
+        """The webhook event of the incident `_record_incident` just recorded: written when it opens, and at
+        each failed retry until it is (workflows/common.py IncidentEvents; a repeat writes nothing more)."""
+        i = self.s.incident
+        assert i is not None
+        if self.incident_events is None or i.attempts == 1:
+            self.incident_events = IncidentEvents(self.s.org_id, i.step, i.since, None, failure_parts(err))
+        await self.incident_events.opened()
 
     @workflow.update
     async def retry_now(self) -> Subscription:
@@ -350,6 +379,7 @@ class SubscriptionWorkflow:
                 raise self._refusal(err) from None
             self.s.unfinished = change
             self._record_incident(workflow.now(), err)
+            await self._incident_opened(err)
             self.changed = True
             raise reject(ServiceUnavailable(
                 f"{self.s.org_id}: the {change.kind} did not complete within {UPDATE_DEADLINE} "
