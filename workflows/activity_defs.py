@@ -109,12 +109,10 @@ ENSURE_CUSTOMER = ActivityDef[EnsureCustomer, CustomerResult]("stripe.ensure_cus
                                                               CustomerResult, local=False)
 CHARGE = ActivityDef[ChargeRequest, ChargeResult]("stripe.charge", ChargeRequest, ChargeResult, local=False)
 # An incident's webhook event (activities/webhooks.py IncidentActivities, registered on the workflows' worker:
-# a local activity, as the other small database writes). Its declaration-against-implementation check is in
-# tests/webhooks/test_incidents.py until tests/workflows/test_activity_defs.py lists IncidentActivities; then
-# it joins ALL.
+# a local activity, as the other small database writes).
 INCIDENT_EVENT = ActivityDef[IncidentChange, str]("webhooks.incident_event", IncidentChange, str, local=True)
 
 ALL: tuple[ActivityDef[Any, Any], ...] = (
     START_PERIOD, CHANGE_PLAN, GRANT_PACK, PLAN_RECHARGE, SETTLE_RECHARGE, DISABLE_RECHARGE, BILLING_PROFILE,
-    SEND_EMAIL, ENSURE_CUSTOMER, CHARGE,
+    SEND_EMAIL, ENSURE_CUSTOMER, CHARGE, INCIDENT_EVENT,
 )

@@ -8,9 +8,7 @@ a 400, for good) and `lose_after_stripe` (Stripe charged, the answer was lost: i
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import typing
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,12 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.webhooks import IncidentActivities
 from models.errors import PaymentProviderRefused
 from models.keys import pack_workflow_id
 from models.webhook_types import (
@@ -40,7 +36,6 @@ from tests.support.histories import run_histories
 from tests.support.keys import stamp
 from tests.webhooks.conftest import Register, db_events
 from tests.webhooks.receiver import Receiver
-from workflows.activity_defs import INCIDENT_EVENT
 from workflows.common import INCIDENT, INCIDENT_EVENTS_PATCH
 
 EMAIL = "ops@acme.test"
@@ -270,13 +265,3 @@ def test_the_event_is_keyed_by_org_step_start_and_subject_and_carries_no_address
     assert incident_key("acme:eu", "pack charge", since, "acme%3Aeu:pack:p2") != key
     assert incident_key("acme", "renewal", since) == "acme:2026-03-01T12:00:05Z:incident:renewal"
     assert len(redact_error("x" * 2000)) == 500
-
-
-def test_the_activity_is_declared_as_implemented() -> None:
-    """workflows/activity_defs.py INCIDENT_EVENT against activities/webhooks.py (as tests/workflows/
-    test_activity_defs.py checks the activities in ALL)."""
-    impl = IncidentActivities.record
-    assert activity._Definition.must_from_callable(impl).name == INCIDENT_EVENT.name
-    hints = typing.get_type_hints(inspect.unwrap(impl))
-    assert [h for name, h in hints.items() if name != "return"] == [INCIDENT_EVENT.arg]
-    assert hints["return"] == INCIDENT_EVENT.result and INCIDENT_EVENT.local

@@ -13,11 +13,12 @@ from activities.auto_recharge import AutoRechargeActivities
 from activities.email import EmailActivities
 from activities.ledger import LedgerActivities
 from activities.payments import PaymentActivities
+from activities.webhooks import IncidentActivities
 from workflows.activity_defs import ALL
 
 
 def _implementations() -> list[Any]:
-    classes = (LedgerActivities, AutoRechargeActivities, PaymentActivities, EmailActivities)
+    classes = (LedgerActivities, AutoRechargeActivities, PaymentActivities, EmailActivities, IncidentActivities)
     return [fn for cls in classes for _, fn in inspect.getmembers(cls, inspect.isfunction)
             if activity._Definition.from_callable(fn) is not None]
 
