@@ -45,6 +45,7 @@ from models.ledger_types import (
     Transaction,
     UsageGrouping,
     UsageRow,
+    UserLimit,
 )
 from models.pricing import unit_cost_milli, units_cost_milli, validate_quantity
 
@@ -513,6 +514,30 @@ class Ledger:
             await conn.execute(
                 "UPDATE wallets SET has_user_limits = EXISTS (SELECT 1 FROM user_limits WHERE org_id = %s) "
                 "WHERE org_id = %s", (org_id, org_id))
+
+    async def hold_owner(self, org_id: str, key: str) -> tuple[str | None] | None:
+        """(the user a hold was made for,), or None when the organization has no hold under `key`."""
+        row = await self.pool.fetchone("SELECT user_id FROM holds WHERE org_id = %s AND idem_key = %s",
+                                       (check_id("org_id", org_id), check_id("hold_id", key)))
+        return None if row is None else (row[0],)
+
+    async def user_limit(self, org_id: str, user_id: str, period_start: datetime) -> UserLimit:
+        """The user's limit as ledger_check.sql applies it (the user's own, else the organization's default
+        '*') and what the user spent in the period starting `period_start`. One statement."""
+        check_id("org_id", org_id)  # user_id may be '*', the default (set_user_limit's rule)
+        row = await self.pool.fetchone(
+            "SELECT (SELECT limit_milli FROM user_limits WHERE org_id = %s AND user_id IN (%s, '*') "
+            "        ORDER BY user_id = '*' LIMIT 1), "
+            "       (SELECT user_id = '*' FROM user_limits WHERE org_id = %s AND user_id IN (%s, '*') "
+            "        ORDER BY user_id = '*' LIMIT 1), "
+            "       (SELECT coalesce(max(consumed), 0) FROM user_usage "
+            "        WHERE org_id = %s AND user_id = %s AND period_start = %s)",
+            (org_id, user_id, org_id, user_id, org_id, user_id, period_start))
+        assert row is not None
+        limit_milli, is_default, used_milli = row
+        if limit_milli is None:
+            return UserLimit(None, None, from_milli(used_milli))
+        return UserLimit(from_milli(limit_milli), "default" if is_default else "user", from_milli(used_milli))
 
     async def set_usage_guard(
         self, org_id: str, action: str, *, max_uses: int | None, window: timedelta = timedelta(hours=1)

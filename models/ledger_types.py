@@ -118,3 +118,13 @@ class Alert:
     period_key: str
     detail: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class UserLimit:
+    """A user's credit limit as a debit applies it, and what the user spent this period (counted while the
+    organization has any limit: what the limit is checked against)."""
+
+    limit: Decimal | None
+    source: Literal["user", "default"] | None   # the user's own limit, or the organization's default; None: none
+    used: Decimal

@@ -12,7 +12,6 @@ from fastapi import APIRouter, Header, Path, Response
 
 from api.openapi import problems
 from api.routes.common import ORG, OrgId
-from api.routes.ledger_reads import hold_user
 from api.schemas import BalanceOut, DebitIn, DebitOut, HoldIn, HoldOut
 from api.service import Caller, Service, Svc
 from models.api_types import ApiKey
@@ -82,7 +81,7 @@ async def _settle(key: ApiKey, svc: Service, org_id: str, hold_id: str,
     """Commit or release; a member settles only its own user's holds."""
     key.reach(org_id)
     if key.role == "member":
-        owner = await hold_user(svc.billing.ledger, org_id, hold_id)
+        owner = await svc.billing.ledger.hold_owner(org_id, hold_id)
         if owner is not None and owner != (key.user_id,):
             raise Forbidden(f"a member key settles only its own user's holds; hold {hold_id!r} is another's")
     return _hold(await settle(org_id, hold_id))

@@ -14,7 +14,6 @@ from fastapi.responses import Response
 from api.idempotency import IdempotencyKeyHeader, IdempotentPost
 from api.openapi import problems
 from api.routes.common import MANAGE, Action, OrgId, managing
-from api.routes.ledger_reads import user_limit
 from api.schemas import (
     AutoRechargeIn,
     AutoRechargeOut,
@@ -100,7 +99,7 @@ async def delete_user_limit(org_id: OrgId, user_id: UserId, key: Caller, svc: Sv
 
 async def _user_limit(svc: Service, org_id: str, user_id: str) -> UserLimitOut:
     balance = await svc.billing.balance(org_id)  # the period, and 404 for an organization that does not exist
-    found = await user_limit(svc.billing.ledger, org_id, user_id, balance.period_start)
+    found = await svc.billing.ledger.user_limit(org_id, user_id, balance.period_start)
     remaining = None if found.limit is None else max(found.limit - found.used, Decimal(0))
     return UserLimitOut(org_id=org_id, user_id=user_id, limit=found.limit, source=found.source,
                         used=found.used, remaining=remaining, period_start=balance.period_start,
