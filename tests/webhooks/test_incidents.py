@@ -18,7 +18,6 @@ import pytest
 from psycopg import sql
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
-from temporalio.service import RPCError, RPCStatusCode
 
 from models.errors import PaymentProviderRefused
 from models.keys import pack_workflow_id
@@ -33,6 +32,7 @@ from models.webhook_types import (
 )
 from testkit import TestKit
 from tests.support.histories import run_histories
+from tests.support.incidents import incident_of
 from tests.support.keys import stamp
 from tests.webhooks.conftest import Register, db_events
 from tests.webhooks.receiver import Receiver
@@ -68,18 +68,6 @@ def history_has_patch(history: WorkflowHistory) -> bool:
     return False
 
 
-async def incident_of(kit: TestKit, workflow_id: str, step: str, *, polls: int = 500) -> None:
-    """Wait until the workflow shows the incident `step` (search attribute BillingIncident)."""
-    handle = kit.env.client.get_workflow_handle(workflow_id)
-    for _ in range(polls):
-        try:
-            if (await handle.describe()).typed_search_attributes.get(INCIDENT) == step:
-                return
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:  # not started yet
-                raise
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{workflow_id} never showed the incident {step!r}")
 
 
 async def test_a_renewal_incident_is_opened_once_then_resolved_once(
@@ -135,7 +123,7 @@ async def test_a_pack_charge_in_doubt_is_an_incident_of_the_pack_workflow(
     kit.payments.lose_after_stripe.add(key)  # Stripe charged; the answer never comes back: in doubt
     try:
         buying = asyncio.create_task(kit.billing.buy_credits(org, pack="500", idempotency_key="p1"))
-        await incident_of(kit, pack_workflow_id(org, "p1"), "pack charge")
+        await incident_of(kit.env.client, pack_workflow_id(org, "p1"), "pack charge")
         await kit.advance(timedelta(minutes=1, seconds=30))  # the retry: lost again
         assert incident_events(kit, org) == [INCIDENT_OPENED]
     finally:
@@ -169,7 +157,7 @@ async def test_a_charge_in_doubt_then_refused_for_good_resolves_its_incident(
     kit.payments.lose_after_stripe.add(key)
     try:
         buying = asyncio.create_task(kit.billing.buy_credits(org, pack="500", idempotency_key="p1"))
-        await incident_of(kit, pack_workflow_id(org, "p1"), "pack charge")
+        await incident_of(kit.env.client, pack_workflow_id(org, "p1"), "pack charge")
         kit.payments.refuse_charges.add(key)
         await kit.advance(timedelta(minutes=1, seconds=30))
         with pytest.raises(PaymentProviderRefused):

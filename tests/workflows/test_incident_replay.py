@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHistory
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from models.errors import ServiceUnavailable
@@ -29,9 +28,9 @@ from models.keys import pack_workflow_id, recharge_workflow_id
 from temporal_client import DATA_CONVERTER
 from testkit import TestKit
 from tests.support.histories import run_histories
+from tests.support.incidents import incident_of
 from tests.support.keys import stamp
 from workflows.auto_recharge import AutoRechargeWorkflow
-from workflows.common import INCIDENT
 from workflows.pack_purchase import PackPurchaseWorkflow
 from workflows.subscription import SubscriptionWorkflow
 
@@ -39,18 +38,6 @@ EMAIL = "billing@acme.test"
 RECORDED = Path(__file__).with_name("histories") / "incidents"
 
 
-async def incident_of(client: Client, workflow_id: str, step: str, *, polls: int = 500) -> None:
-    """Wait until the workflow shows the incident `step` (search attribute BillingIncident)."""
-    handle = client.get_workflow_handle(workflow_id)
-    for _ in range(polls):
-        try:
-            if (await handle.describe()).typed_search_attributes.get(INCIDENT) == step:
-                return
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:  # not started yet
-                raise
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{workflow_id} never showed the incident {step!r}")
 
 
 def upserts_incident(history: WorkflowHistory, step: str) -> bool:
