@@ -134,7 +134,7 @@ def _conflict(scope: str, key: str, why: str) -> JSONResponse:
                    org_id=scope or None, key=key)
 
 
-def once(request: Request) -> Once:
+async def once(request: Request) -> Once:  # async: no thread-pool hop (api/service.py)
     return Once(request.app.state.service.billing.ledger.pool, request)
 
 

@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 
 
-def _store(request: HttpRequest) -> WebhookStore:
+async def _store(request: HttpRequest) -> WebhookStore:  # async: no thread-pool hop (api/service.py)
     store: WebhookStore | None = getattr(request.app.state, "webhooks", None)
     if store is None:
         store = WebhookStore(request.app.state.service.billing.ledger.pool)
