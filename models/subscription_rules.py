@@ -18,10 +18,13 @@ CHANGEABLE: tuple[Status, ...] = ("trialing", "active")
 
 
 def seat_price_cents(catalog: Catalog, plan: Plan, interval: Interval) -> int:
-    """One seat for one period: the monthly price, or 12 months less the annual discount."""
+    """One seat for one period: the monthly price, or 12 months less the plan's annual discount (catalog
+    data per plan: 20% on the default catalog's paid plans). `plan` is one of `catalog`'s plans (the
+    catalog resolved its discount: its own, else the catalog's default)."""
     if interval == "month":
         return plan.price_cents_per_seat
-    return round_cents(Decimal(plan.price_cents_per_seat * 12) * (100 - catalog.annual_discount_percent) / 100)
+    discount = catalog.annual_discount_percent if plan.annual_discount_percent is None else plan.annual_discount_percent
+    return round_cents(Decimal(plan.price_cents_per_seat * 12) * (100 - discount) / 100)
 
 
 # A ceiling on any plan's seats, the catalog's own max_seats aside (enterprise has none): a typo must not
@@ -117,3 +120,8 @@ def incident_backoff(attempts: int) -> timedelta:
     """How long after its `attempts`-th failure a failed step runs again: 1 min, doubling, at most 1 h."""
     doublings: int = min(max(attempts - 1, 0), 10)
     return min(INCIDENT_FIRST_RETRY * (1 << doublings), INCIDENT_MAX_RETRY)
+
+
+def check_changeable(status: Status | None, what: str) -> None:
+    """A change other than those above (a contract, a catalog migration) needs a paid subscription too."""
+    _check_changeable(status, what)
