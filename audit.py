@@ -4,7 +4,8 @@ the end of every reliability test (tests/reliability/conftest.py `assert_books_b
 What it checks, each under its check name:
 
 * the invariants that hold after every commit (`INVARIANTS`, stated at the top of the migration scripts; the
-  test suite also checks them after every test through tests/support/invariants.py): the ledger's I0-I6,
+  test suite also checks them after every test through tests/support/invariants.py): the ledger's I0-I6 and
+  overage's O1-O2,
   `invoice` and `invoice_paid` (B1, from each side), B2 (gapless invoice numbers), R1 and R2;
 * `pack_paid`: every pack bucket was paid: a succeeded pack or auto-recharge payment of its organization
   under its grant key (R2 the other way round; the ledger's own tests grant packs without payments, so it is
@@ -199,26 +200,46 @@ INVARIANT_CHECKS: tuple[SqlCheck, ...] = (
             SELECT coalesce(sum(remaining), 0) AS topup FROM buckets WHERE org_id = w.org_id AND kind = 'pack') s
             ON true
         WHERE w.topup_remaining <> s.topup OR (w.plan_bucket_id IS NULL AND w.plan_remaining <> 0)"""),
-    SqlCheck("I3", "wallet.held = -sum(reservation entries) = sum(open holds)", """
-        SELECT w.org_id, w.held, w.open_holds, r.entries, h.open_cost, h.n
+    # Open holds reserve of the balance (held) and, past it, in overage (overage_held; 0009_overage.sql).
+    SqlCheck("I3", "wallet.held + wallet.overage_held = -sum(reservation entries); held = sum(cost - overage) and "
+                   "overage_held = sum(overage) of open holds", """
+        SELECT w.org_id, w.held, w.overage_held, w.open_holds, r.entries, h.open_cost, h.open_overage, h.n
         FROM wallets w
         LEFT JOIN LATERAL (SELECT coalesce(-sum(amount), 0) AS entries FROM ledger_entries
-                           WHERE org_id = w.org_id AND bucket_id IS NULL) r ON true
-        LEFT JOIN LATERAL (SELECT coalesce(sum(cost), 0) AS open_cost, count(*) AS n FROM holds
+                           WHERE org_id = w.org_id AND kind IN ('hold', 'release')) r ON true
+        LEFT JOIN LATERAL (SELECT coalesce(sum(cost - overage), 0) AS open_cost,
+                                  coalesce(sum(overage), 0) AS open_overage, count(*) AS n FROM holds
                            WHERE org_id = w.org_id AND status = 'open') h ON true
-        WHERE w.held <> r.entries OR w.held <> h.open_cost OR w.open_holds <> h.n"""),
+        WHERE w.held + w.overage_held <> r.entries OR w.held <> h.open_cost OR w.overage_held <> h.open_overage
+           OR w.open_holds <> h.n"""),
     SqlCheck("I4", "a plan bucket that is not live is closed (remaining 0)", """
         SELECT b.org_id, b.grant_key, b.remaining FROM buckets b JOIN wallets w ON w.org_id = b.org_id
         WHERE b.kind = 'plan' AND b.id IS DISTINCT FROM w.plan_bucket_id AND b.remaining <> 0"""),
     SqlCheck("I5", "never overdrawn: the live balance covers what is held", """
         SELECT org_id, plan_remaining, topup_remaining, held FROM wallets
         WHERE plan_remaining + topup_remaining < 0"""),
-    SqlCheck("I6", "usage events cost what their entries drew", """
+    SqlCheck("I6", "usage events cost what their entries drew, and recorded as overage past the balance", """
         SELECT u.org_id, u.idem_key, u.cost, -coalesce(sum(e.amount), 0) AS drawn
         FROM usage_events u LEFT JOIN ledger_entries e
-            ON e.org_id = u.org_id AND e.kind = 'debit'
+            ON e.org_id = u.org_id AND e.kind IN ('debit', 'overage')
            AND e.ref = u.idem_key
         GROUP BY u.org_id, u.idem_key, u.cost HAVING u.cost <> -coalesce(sum(e.amount), 0)"""),
+    SqlCheck("O1", "wallet.overage (recorded, not yet closed) = -sum of its overage and overage_closed entries", """
+        SELECT w.org_id, w.overage, o.entries
+        FROM wallets w
+        LEFT JOIN LATERAL (SELECT coalesce(-sum(amount), 0) AS entries FROM ledger_entries
+                           WHERE org_id = w.org_id AND kind IN ('overage', 'overage_closed')) o ON true
+        WHERE w.overage <> o.entries"""),
+    SqlCheck("O2", "an overage close is entered once, for its credits (none for 0), and every overage_closed entry "
+                   "has its close", """
+        SELECT coalesce(c.org_id, e.org_id) AS org_id, coalesce(c.close_key, e.ref) AS close_key, c.credits,
+               e.entries, e.amount
+        FROM overage_closes c
+        FULL JOIN (SELECT org_id, ref, count(*) AS entries, sum(amount) AS amount FROM ledger_entries
+                   WHERE kind = 'overage_closed' GROUP BY org_id, ref) e
+            ON e.org_id = c.org_id AND e.ref = c.close_key
+        WHERE c.org_id IS NULL OR (c.credits = 0) <> (e.org_id IS NULL)
+           OR (c.credits > 0 AND (e.entries <> 1 OR e.amount <> c.credits))"""),
     SqlCheck("invoice", "B1: a succeeded payment has exactly one invoice, of its organization and for its amount", """
         SELECT p.org_id, p.key, p.amount_cents, count(i.number) AS invoices, min(i.total_cents) AS invoiced_cents,
                min(i.org_id) AS invoice_org

@@ -7,8 +7,16 @@ from temporalio import activity
 
 from activities.errors import typed_errors
 from ledger import Ledger
-from models.ledger_types import ChangePlan, GrantPack, LedgerWriteResult, StartPeriod
-from workflows.activity_defs import CHANGE_PLAN, GRANT_PACK, START_PERIOD
+from models.ledger_types import (
+    ChangePlan,
+    CloseOverage,
+    GrantPack,
+    LedgerWriteResult,
+    OverageClosed,
+    SetTerms,
+    StartPeriod,
+)
+from workflows.activity_defs import CHANGE_PLAN, CLOSE_OVERAGE, GRANT_PACK, SET_TERMS, START_PERIOD
 
 
 class LedgerActivities:
@@ -30,5 +38,15 @@ class LedgerActivities:
     async def grant_pack(self, req: GrantPack) -> LedgerWriteResult:
         return await self.ledger.grant_pack(req)
 
+    @activity.defn(name=SET_TERMS.name)
+    @typed_errors
+    async def set_terms(self, req: SetTerms) -> bool:
+        return await self.ledger.set_terms(req.org_id, req.terms)
+
+    @activity.defn(name=CLOSE_OVERAGE.name)
+    @typed_errors
+    async def close_overage(self, req: CloseOverage) -> OverageClosed:
+        return await self.ledger.close_overage(req)
+
     def all(self) -> list[object]:
-        return [self.start_period, self.change_plan, self.grant_pack]
+        return [self.start_period, self.change_plan, self.grant_pack, self.set_terms, self.close_overage]

@@ -37,15 +37,18 @@ from models.ledger_types import (
     Alert,
     Balance,
     ChangePlan,
+    CloseOverage,
     DebitResult,
     GrantPack,
     HoldResult,
     LedgerWriteResult,
+    OverageClosed,
     StartPeriod,
     Transaction,
     UsageGrouping,
     UsageRow,
     UserLimit,
+    WalletTerms,
 )
 from models.pricing import unit_cost_milli, units_cost_milli, validate_quantity
 
@@ -77,6 +80,10 @@ _BALANCE = "SELECT * FROM ledger_balance(%s, %s)"
 _START = "SELECT * FROM ledger_start_period(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _GRANT = "SELECT * FROM ledger_grant_pack(%s, %s, %s, %s)"
 _CHANGE = "SELECT * FROM ledger_change_plan(%s, %s, %s, %s, %s, %s, %s)"
+_SET_TERMS = "SELECT * FROM ledger_set_terms(%s, %s, %s, %s, %s)"
+_CLOSE_OVERAGE = "SELECT * FROM ledger_close_overage(%s, %s, %s)"
+# A wallet terms' open-hold limit: wallets.concurrency_limit is an integer; 1e6 open holds is far past any plan.
+MAX_CONCURRENCY_LIMIT = 1_000_000
 
 
 def _credits(name: str, value: object) -> int:
@@ -379,10 +386,13 @@ class Ledger:
         row = await self.pool.fetchone(_BALANCE, (org_id, self._now(now)))
         if row is None or row[0] is None:
             raise UnknownOrganization(org_id)
-        plan_name, plan, topup, held, allocation, consumed, start, end, limit, open_holds = row
+        (plan_name, plan, topup, held, allocation, consumed, start, end, limit, open_holds, overage, overage_held,
+         overage_allowed, cap) = row
         return Balance(org_id, plan_name, from_milli(plan + topup - held), from_milli(plan),
                        from_milli(topup), from_milli(held), from_milli(allocation), from_milli(consumed),
-                       start, end, limit, open_holds)
+                       start, end, limit, open_holds, from_milli(overage),
+                       from_milli(cap) if overage_allowed and cap is not None else None, overage_allowed,
+                       from_milli(overage_held))
 
     async def usage(
         self, org_id: str, *, by: UsageGrouping = "action", since: datetime | None = None,
@@ -445,9 +455,10 @@ class Ledger:
         if not daily:
             if req.period_end is None or check_time("period_end", req.period_end) <= req.period_start:
                 raise InvalidRequest("a monthly plan's period needs an end after its start")
+        allocation = self._allocation(req.credits, plan.credits_milli, daily)
         row = await self.pool.fetchone(_START, (
             req.org_id, req.key, plan.name, list(plan.tiers), plan.max_concurrent_holds,
-            plan.credits_milli if daily else 0, plan.credits_milli if req.grant else 0, req.period_start,
+            plan.credits_milli if daily else 0, allocation if req.grant else 0, req.period_start,
             None if daily else req.period_end, check_time("now", req.now),
         ))
         return self._written(row, req.org_id, req.key)
@@ -459,12 +470,24 @@ class Ledger:
         if plan.credits_per == "day":
             raise InvalidRequest("a move to the free plan starts a period (start_period), it is not a change")
         row = await self.pool.fetchone(_CHANGE, (
-            req.org_id, req.key, plan.name, list(plan.tiers), plan.max_concurrent_holds, plan.credits_milli,
-            check_time("now", req.now),
+            req.org_id, req.key, plan.name, list(plan.tiers), plan.max_concurrent_holds,
+            self._allocation(req.credits, plan.credits_milli, False), check_time("now", req.now),
         ))
         if row is not None and row[0] == "no_period":
             raise InvalidRequest(f"{req.org_id} has no paid period running to change the plan of")
         return self._written(row, req.org_id, req.key)
+
+    @staticmethod
+    def _allocation(credits: Decimal | None, plan_milli: int, daily: bool) -> int:
+        """A period's allocation in milli-credits: the plan's catalog credits, or `credits` (a contract's)."""
+        if credits is None:
+            return plan_milli
+        if daily:
+            raise InvalidRequest("the free plan's credits are per day, from the catalog: no allocation override")
+        milli = _credits("credits", credits)
+        if milli < 0:
+            raise InvalidRequest(f"a period's allocation cannot be negative, got {credits}")
+        return milli
 
     async def grant_pack(self, req: GrantPack) -> LedgerWriteResult:
         check_id("org_id", req.org_id)
@@ -487,6 +510,43 @@ class Ledger:
         return LedgerWriteResult(org_id, from_milli(available_milli), replayed)
 
     # -- organization settings (cold path; serialised by the wallet lock) ---------------------------
+
+    async def set_terms(self, org_id: str, terms: WalletTerms) -> bool:
+        """What the ledger enforces of a contract (models/ledger_types.py WalletTerms); True when it changed
+        something (the same terms again change nothing). Refused whole, nothing stored: a negative cap or one
+        finer than a milli-credit, a limit below 1, an unknown organization."""
+        check_id("org_id", org_id)
+        if not isinstance(terms, WalletTerms):
+            raise InvalidRequest(f"terms must be WalletTerms, got {type(terms).__name__}")
+        if not isinstance(terms.overage_allowed, bool):
+            raise InvalidRequest(f"overage_allowed must be true or false, got {shown(terms.overage_allowed)}")
+        cap = None if terms.overage_cap is None else _credits("overage_cap", terms.overage_cap)
+        if cap is not None and cap < 0:
+            raise InvalidRequest(f"an overage cap cannot be negative, got {terms.overage_cap}")
+        limit = terms.concurrency_limit
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or not 1 <= limit <= MAX_CONCURRENCY_LIMIT):
+            raise InvalidRequest(f"a concurrency limit is a whole number of holds from 1 to {MAX_CONCURRENCY_LIMIT:,}, "
+                                 f"got {shown(limit)}")
+        row = await self.pool.fetchone(_SET_TERMS, (org_id, terms.overage_allowed, cap, limit, self.clock()))
+        assert row is not None
+        status, changed = row
+        if status == "unknown_org":
+            raise UnknownOrganization(org_id)
+        return bool(changed)
+
+    async def close_overage(self, req: CloseOverage) -> OverageClosed:
+        """Take the wallet's recorded overage to an invoice under `req.key`, exactly once: one statement (one
+        transaction) records the figure under the key, writes its entry and zeroes the overage; the same key again
+        answers the same figure, replayed, and changes nothing, whatever was recorded since."""
+        check_id("org_id", req.org_id)
+        check_key("key", req.key)
+        row = await self.pool.fetchone(_CLOSE_OVERAGE, (req.org_id, req.key, check_time("now", req.now)))
+        assert row is not None
+        status, credits_milli, replayed = row
+        if status == "unknown_org":
+            raise UnknownOrganization(req.org_id)
+        return OverageClosed(req.org_id, req.key, from_milli(credits_milli), replayed)
 
     @asynccontextmanager
     async def wallet_locked(self, org_id: str) -> AsyncIterator[AsyncConnection[Any]]:

@@ -49,8 +49,12 @@ class Balance:
     consumed_this_period: Decimal
     period_start: datetime
     period_end: datetime | None
-    concurrency_limit: int = 0  # the plan's maximum of open holds
+    concurrency_limit: int = 0  # the maximum of open holds: the wallet terms' limit, else the plan's
     concurrency_open: int = 0   # live (unexpired) holds open now
+    overage: Decimal = Decimal("0.000")   # recorded overage not yet closed (invoiced): this period's
+    overage_cap: Decimal | None = None    # the most overage the terms allow (None: no cap, or no overage)
+    overage_allowed: bool = False         # the wallet terms allow debits and holds past the balance
+    overage_held: Decimal = Decimal("0.000")  # reserved in overage by open holds (recorded on commit)
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,10 @@ class UsageRow:
 class Transaction:
     id: int
     at: datetime
-    kind: Literal["grant", "debit", "expire", "adjust", "hold", "release"]
-    credits: Decimal        # signed: grants positive, debits and expiries negative
+    kind: Literal["grant", "debit", "expire", "adjust", "hold", "release", "overage", "overage_closed"]
+    # signed: grants positive, debits and expiries negative; overage negative (used past the balance, owed),
+    # overage_closed positive (the owed overage taken to an invoice by close_overage)
+    credits: Decimal
     bucket: str | None      # the bucket's grant key (None for hold reservations)
     ref: str                # the business key that caused it
 
@@ -82,6 +88,9 @@ class StartPeriod:
     period_end: datetime | None  # None for the free plan (its credits are per UTC day)
     now: datetime
     grant: bool = True           # False: close the plan bucket and grant nothing (a renewal not yet paid)
+    # This period's allocation (a contract's, e.g. 48,000 on enterprise); None: the plan's catalog credits.
+    # Defaulted: payloads recorded before the field existed decode to today's behaviour.
+    credits: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class ChangePlan:
     key: str
     plan: str
     now: datetime
+    credits: Decimal | None = None   # the new allocation (a contract's); None: the plan's catalog credits
 
 
 @dataclass(frozen=True)
@@ -128,3 +138,42 @@ class UserLimit:
     limit: Decimal | None
     source: Literal["user", "default"] | None   # the user's own limit, or the organization's default; None: none
     used: Decimal
+
+
+@dataclass(frozen=True)
+class WalletTerms:
+    """What the ledger enforces of an organization's contract. The default: no overage, the plan's limit.
+
+    `overage_allowed`: past the available balance, debits and holds succeed up to `overage_cap` credits of
+    overage not yet closed (None: no cap); the rest of a cost the balance does not cover is recorded as overage.
+    `concurrency_limit`: the most open holds (None: the plan's max_concurrent_holds); it survives new periods
+    and plan changes until terms are set again."""
+
+    overage_allowed: bool = False
+    overage_cap: Decimal | None = None
+    concurrency_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class SetTerms:
+    """Set an organization's wallet terms (idempotent: the same terms again change nothing)."""
+
+    org_id: str
+    terms: WalletTerms
+
+
+@dataclass(frozen=True)
+class CloseOverage:
+    """Take the wallet's recorded overage, not yet closed, to an invoice under `key` (once per key)."""
+
+    org_id: str
+    key: str
+    now: datetime
+
+
+@dataclass(frozen=True)
+class OverageClosed:
+    org_id: str
+    key: str
+    credits: Decimal   # the overage closed under `key`: on a repeat, the first call's figure
+    replayed: bool

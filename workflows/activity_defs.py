@@ -27,7 +27,15 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.billing_types import ChargeRequest, ChargeResult, CustomerResult, EmailResult, EnsureCustomer, SendEmail
     from models.errors import NON_RETRYABLE
-    from models.ledger_types import ChangePlan, GrantPack, LedgerWriteResult, StartPeriod
+    from models.ledger_types import (
+        ChangePlan,
+        CloseOverage,
+        GrantPack,
+        LedgerWriteResult,
+        OverageClosed,
+        SetTerms,
+        StartPeriod,
+    )
     from models.webhook_types import IncidentChange
 
 A = TypeVar("A")
@@ -98,6 +106,12 @@ START_PERIOD = ActivityDef[StartPeriod, LedgerWriteResult]("ledger.start_period"
 CHANGE_PLAN = ActivityDef[ChangePlan, LedgerWriteResult]("ledger.change_plan", ChangePlan, LedgerWriteResult,
                                                          local=True)
 GRANT_PACK = ActivityDef[GrantPack, LedgerWriteResult]("ledger.grant_pack", GrantPack, LedgerWriteResult, local=True)
+# The wallet terms a contract gives (overage, its cap, the open-hold limit); True when they changed.
+SET_TERMS = ActivityDef[SetTerms, bool]("ledger.set_terms", SetTerms, bool, local=True)
+# A period's overage taken to its invoice, once per key. A regular activity: the renewal's charge depends on its
+# figure, and its attempts show in the UI.
+CLOSE_OVERAGE = ActivityDef[CloseOverage, OverageClosed]("ledger.close_overage", CloseOverage, OverageClosed,
+                                                         local=False)
 PLAN_RECHARGE = ActivityDef[PlanRecharge, RechargeContext]("auto_recharge.plan", PlanRecharge, RechargeContext,
                                                            local=True)
 SETTLE_RECHARGE = ActivityDef[SettleRecharge, SettleResult]("auto_recharge.settle", SettleRecharge, SettleResult,
@@ -113,6 +127,7 @@ CHARGE = ActivityDef[ChargeRequest, ChargeResult]("stripe.charge", ChargeRequest
 INCIDENT_EVENT = ActivityDef[IncidentChange, str]("webhooks.incident_event", IncidentChange, str, local=True)
 
 ALL: tuple[ActivityDef[Any, Any], ...] = (
-    START_PERIOD, CHANGE_PLAN, GRANT_PACK, PLAN_RECHARGE, SETTLE_RECHARGE, DISABLE_RECHARGE, BILLING_PROFILE,
+    START_PERIOD, CHANGE_PLAN, GRANT_PACK, SET_TERMS, CLOSE_OVERAGE, PLAN_RECHARGE, SETTLE_RECHARGE, DISABLE_RECHARGE,
+    BILLING_PROFILE,
     SEND_EMAIL, ENSURE_CUSTOMER, CHARGE, INCIDENT_EVENT,
 )

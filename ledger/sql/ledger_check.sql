@@ -1,6 +1,7 @@
 -- The rules a debit or a hold must pass under the wallet lock, in order: the plan's model tiers, (for a
--- hold) the plan's concurrency, the usage guard, the per-user limit, the available balance. Returns
--- NULL when allowed, else (status, detail_a, detail_b).
+-- hold) the concurrency limit (ledger_max_holds), the usage guard, the per-user limit, the available balance
+-- and, past it, the overage the terms leave (ledger_overage_room). Returns NULL when allowed, else (status,
+-- detail_a, detail_b).
 CREATE OR REPLACE FUNCTION ledger_check(w wallets, p_action text, p_tier text, p_user text, p_cost bigint,
                                         p_is_hold boolean, p_ref text, p_now timestamptz,
                                         OUT status text, OUT detail_a bigint, OUT detail_b bigint)
@@ -14,8 +15,8 @@ BEGIN
     IF p_tier IS NOT NULL AND NOT (p_tier = ANY (w.tiers)) THEN
         status := 'tier'; RETURN;
     END IF;
-    IF p_is_hold AND w.open_holds >= w.max_holds THEN
-        status := 'concurrency'; detail_a := w.max_holds; RETURN;
+    IF p_is_hold AND w.open_holds >= ledger_max_holds(w) THEN
+        status := 'concurrency'; detail_a := ledger_max_holds(w); RETURN;
     END IF;
     IF w.has_guards THEN
         SELECT * INTO g FROM usage_guards WHERE org_id = w.org_id AND action = p_action;
@@ -46,7 +47,10 @@ BEGIN
             END IF;
         END IF;
     END IF;
-    IF p_cost > ledger_available(w) THEN
+    -- Past the balance, overage up to the cap: the balance's part is what it covers (never a negative balance,
+    -- left by buckets expired under open holds), the rest is overage.
+    IF p_cost > ledger_available(w)
+       AND (NOT w.overage_allowed OR p_cost > greatest(ledger_available(w), 0) + ledger_overage_room(w)) THEN
         status := 'insufficient';
     END IF;
 END $$;

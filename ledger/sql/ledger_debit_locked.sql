@@ -1,6 +1,6 @@
 -- One debit decided under the wallet lock the caller holds: catch up with time, check every rule,
--- claim the idempotency key, draw, record alerts, take the auto-recharge lease when the debit crosses its
--- threshold. Returns the wallet as changed (the caller saves it when dirty) and the debit's result.
+-- claim the idempotency key, draw (past the balance, record the rest as overage when the terms allow it),
+-- record alerts, take the auto-recharge lease when the debit crosses its threshold. Returns the wallet as changed (the caller saves it when dirty) and the debit's result.
 CREATE OR REPLACE FUNCTION ledger_debit_locked(w wallets, p_key text, p_action text, p_tier text, p_qty numeric,
                                                p_country text, p_user text, p_cost bigint, p_now timestamptz)
 RETURNS ledger_step LANGUAGE plpgsql AS $$
@@ -8,6 +8,7 @@ DECLARE
     r ledger_step;
     u usage_events%ROWTYPE;
     v_before bigint;
+    v_draw bigint;
 BEGIN
     r.replayed := false; r.cost := p_cost; r.dirty := false; r.recharge := false;
     IF w.open_holds > 0 OR w.plan_expires_at <= p_now OR (w.plan_expires_at IS NULL AND w.daily_grant > 0) THEN
@@ -51,8 +52,15 @@ BEGIN
         RETURN r;
     END IF;
     v_before := w.consumed;
-    w := ledger_draw(w, p_cost, p_key, p_now);
-    r.available := r.available - p_cost;
+    -- What the balance covers is drawn; the rest (ledger_check allowed it within the overage room) is overage.
+    v_draw := least(p_cost, greatest(r.available, 0));
+    IF v_draw > 0 THEN
+        w := ledger_draw(w, v_draw, p_key, p_now);
+    END IF;
+    IF v_draw < p_cost THEN
+        w := ledger_overage(w, p_cost - v_draw, p_key, p_now);
+    END IF;
+    r.available := r.available - v_draw;
     IF w.low_balance_armed AND r.available < w.low_balance_threshold
        OR ledger_crossed(v_before, w.consumed, w.allocation, 80)
        OR ledger_crossed(v_before, w.consumed, w.allocation, 100) THEN

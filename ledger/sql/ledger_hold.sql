@@ -1,8 +1,11 @@
 -- Reserve p_cost for a later settle (ledger_settle), under the same rules as a debit plus the plan's
 -- concurrency. A reservation can cross the auto-recharge threshold too: `recharge` as in ledger_debit.
--- concurrency_limit / concurrency_open: the plan's maximum of open holds and the live ones after this call
--- (expired ones released by ledger_refresh first), for the answer's concurrency headers in the same trip.
--- The drop names the signature before those OUT columns (CREATE OR REPLACE cannot add OUT columns).
+-- concurrency_limit / concurrency_open: the maximum of open holds (ledger_max_holds: the terms' limit, else the
+-- plan's) and the live ones after this call (expired ones released by ledger_refresh first), for the answer's
+-- concurrency headers in the same trip. Past the balance, with overage allowed, the part of the cost the
+-- balance does not cover is reserved in overage (holds.overage, wallets.overage_held) within the cap; the hold
+-- entry is of the whole cost. The drop names the signature before those OUT columns (CREATE OR REPLACE cannot
+-- add OUT columns).
 DROP FUNCTION IF EXISTS ledger_hold(text, text, text, text, numeric, text, text, bigint, timestamptz, timestamptz);
 CREATE OR REPLACE FUNCTION ledger_hold(p_org text, p_key text, p_action text, p_tier text, p_qty numeric,
                                        p_country text, p_user text, p_cost bigint, p_expires_at timestamptz,
@@ -14,6 +17,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     w wallets%ROWTYPE;
     h holds%ROWTYPE;
+    v_over bigint;
 BEGIN
     replayed := false; cost := p_cost; recharge := false;
     SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
@@ -31,21 +35,24 @@ BEGIN
         ELSE
             status := 'hold_' || h.status;
         END IF;
-        concurrency_limit := w.max_holds; concurrency_open := w.open_holds;
+        concurrency_limit := ledger_max_holds(w); concurrency_open := w.open_holds;
         PERFORM ledger_save(w, p_now);
         RETURN;
     END IF;
     SELECT * INTO status, detail_a, detail_b
         FROM ledger_check(w, p_action, p_tier, p_user, p_cost, true, p_key, p_now);
     IF status IS NULL THEN
-        INSERT INTO holds (org_id, idem_key, action, tier, quantity, country, user_id, cost, status,
+        v_over := p_cost - least(p_cost, greatest(available, 0));  -- 0 unless past the balance (overage)
+        INSERT INTO holds (org_id, idem_key, action, tier, quantity, country, user_id, cost, overage, status,
                            expires_at, created_at)
-            VALUES (p_org, p_key, p_action, p_tier, p_qty, p_country, p_user, p_cost, 'open', p_expires_at, p_now);
+            VALUES (p_org, p_key, p_action, p_tier, p_qty, p_country, p_user, p_cost, v_over, 'open', p_expires_at,
+                    p_now);
         INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
             VALUES (p_org, NULL, 'hold', -p_cost, 'hold:' || p_key, p_now);
-        w.held := w.held + p_cost;
+        w.held := w.held + p_cost - v_over;
+        w.overage_held := w.overage_held + v_over;
         w.open_holds := w.open_holds + 1;
-        available := available - p_cost;
+        available := available - (p_cost - v_over);
         status := 'ok';
         -- A reservation lowers the available balance as a debit does: same auto-recharge trigger.
         IF ledger_recharge_due(w, available, p_now) THEN
@@ -53,6 +60,6 @@ BEGIN
             recharge := true;
         END IF;
     END IF;
-    concurrency_limit := w.max_holds; concurrency_open := w.open_holds;
+    concurrency_limit := ledger_max_holds(w); concurrency_open := w.open_holds;
     PERFORM ledger_save(w, p_now);
 END $$;

@@ -1,4 +1,4 @@
--- Catch the wallet up with time: release holds past their TTL, expire a plan bucket past its end, and
+-- Catch the wallet up with time: release holds past their TTL (and what they reserved in overage), expire a plan bucket past its end, and
 -- grant the free plan's credits for the current UTC day (lazily: no timer per free organization).
 CREATE OR REPLACE FUNCTION ledger_refresh(w wallets, p_now timestamptz) RETURNS wallets
 LANGUAGE plpgsql AS $$
@@ -10,10 +10,11 @@ BEGIN
     IF w.open_holds > 0 THEN
         FOR r IN UPDATE holds SET status = 'expired', settled_at = p_now
                  WHERE org_id = w.org_id AND status = 'open' AND expires_at <= p_now
-                 RETURNING idem_key, cost LOOP
+                 RETURNING idem_key, cost, overage LOOP
             INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
                 VALUES (w.org_id, NULL, 'release', r.cost, 'hold:' || r.idem_key, p_now);
-            w.held := w.held - r.cost;
+            w.held := w.held - (r.cost - r.overage);
+            w.overage_held := w.overage_held - r.overage;
             w.open_holds := w.open_holds - 1;
         END LOOP;
     END IF;
