@@ -219,20 +219,36 @@ def debit(
 
 @cli.command()
 def buy(
-    org_id: str, pack: Annotated[str, typer.Argument(help="500, 1000, 2500 or 5000")],
+    org_id: str,
+    pack: Annotated[str | None, typer.Argument(help="500, 1000, 2500 or 5000 (or --credits)")] = None,
+    credits: Annotated[str | None, typer.Option(help="any amount of credits at the catalog's per-credit price "
+                                                     "(default catalog: 0.20 each, at least 100)")] = None,
     key: Annotated[str | None, typer.Option(help="idempotency key (default: a new purchase)")] = None,
 ) -> None:
-    """Buy a credit pack (the worker must be running: `python3 tasks.py run`)."""
-    p = _run(lambda b: b.buy_credits(org_id, pack=pack, idempotency_key=key))
-    console.print(f"{org_id}: pack {p.pack} ({p.credits} credits) for {Money(p.amount_cents, p.currency)}, "
+    """Buy a credit pack, or any amount of credits with --credits (the worker must be running:
+    `python3 tasks.py run`)."""
+    p = _run(lambda b: b.buy_credits(org_id, pack=pack, credits=_credits(credits), idempotency_key=key))
+    what = f"pack {p.pack} ({p.credits} credits)" if p.pack is not None else f"{p.credits} credits"
+    console.print(f"{org_id}: {what} for {Money(p.amount_cents, p.currency)}, "
                   f"invoice {p.invoice_number}; {p.available} credits available")
+
+
+def _credits(text: str | None) -> Decimal | None:
+    """--credits as exact credits; text that is no number is the engine's own refusal (InvalidRequest)."""
+    if text is None:
+        return None
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        raise InvalidRequest(f"--credits must be a number of credits, got {text!r}") from None
 
 
 @cli.command("auto-recharge")
 def auto_recharge_cmd(
     org_id: str,
     threshold: Annotated[str | None, typer.Option(help="credits; omit every option to show the settings")] = None,
-    pack: Annotated[str, typer.Option()] = "500",
+    pack: Annotated[str | None, typer.Option(help="the pack to buy (default 500, unless --credits)")] = None,
+    credits: Annotated[str | None, typer.Option(help="buy this amount of credits instead of a pack")] = None,
     limit_cents: Annotated[int, typer.Option(help="spending limit per billing period")] = 5000,
     off: Annotated[bool, typer.Option("--off", help="turn auto-recharge off")] = False,
 ) -> None:
@@ -242,15 +258,17 @@ def auto_recharge_cmd(
             return await b.auto_recharge(org_id)
         current = await b.auto_recharge(org_id)
         value = Decimal(threshold) if threshold is not None else (current.threshold if current else Decimal(0))
-        return await b.set_auto_recharge(org_id, threshold=value, pack=pack, spending_limit_cents=limit_cents,
-                                         enabled=not off)
+        amount = _credits(credits)
+        return await b.set_auto_recharge(org_id, threshold=value, pack=pack if pack or amount else "500",
+                                         credits=amount, spending_limit_cents=limit_cents, enabled=not off)
 
     st = _run(go)
     if st is None:
         console.print(f"{org_id}: auto-recharge was never set")
         return
     state = "on" if st.enabled else f"off ({st.disabled_reason})" if st.disabled_reason else "off"
-    console.print(f"{org_id}: auto-recharge {state}: under {st.threshold} credits buy pack {st.pack}, "
+    buys = f"pack {st.pack}" if st.pack is not None else f"{st.credits} credits"
+    console.print(f"{org_id}: auto-recharge {state}: under {st.threshold} credits buy {buys}, "
                   f"at most {Money(st.spending_limit_cents)} per billing period")
 
 

@@ -48,8 +48,8 @@ from models.auto_recharge_types import (
     RechargeTrigger,
 )
 from models.billing_types import EnsureCustomer, Interval, Invoice
-from models.catalog import CATALOG
-from models.checks import check_id, check_name, utcnow
+from models.catalog import CATALOG, CATALOGS
+from models.checks import check_id, check_name, shown, utcnow
 from models.errors import BillingError, IdempotencyConflict, InvalidRequest, ServiceUnavailable, from_failure
 from models.keys import open_wallet_key, pack_key, pack_workflow_id, recharge_workflow_id, subscription_workflow_id
 from models.ledger_types import (
@@ -341,16 +341,27 @@ class BillingClient:
     # -- credit packs and auto-recharge ----------------------------------------------------------------
 
     async def buy_credits(
-        self, org_id: str, *, pack: str, idempotency_key: str | None = None, email: str | None = None,
-        payment_method: str | None = None,
+        self, org_id: str, *, pack: str | None = None, credits: Decimal | None = None,
+        idempotency_key: str | None = None, email: str | None = None, payment_method: str | None = None,
     ) -> PackPurchase:
-        """Buy a credit pack ("500", "1000", "2500", "5000"): charged once, its credits granted once (they
-        never expire), invoice and receipt email. The same `idempotency_key` again returns the first
-        purchase (another pack under it is IdempotencyConflict). Raises PaymentDeclined when the card is
-        declined: nothing is granted. An organization that has never subscribed passes `email` and
-        `payment_method` (its billing contact and card)."""
+        """Buy a credit pack ("500", "1000", "2500", "5000"), or any amount of `credits` at the catalog's
+        per-credit price (default catalog: 0.20 each, at least 100; the total rounded half-up to the cent):
+        exactly one of `pack` and `credits`. Charged once, its credits granted once (they never expire),
+        invoice and receipt email. The same `idempotency_key` again returns the first purchase (another
+        pack or amount under it is IdempotencyConflict). Raises PaymentDeclined when the card is declined:
+        nothing is granted. An organization that has never subscribed passes `email` and `payment_method`
+        (its billing contact and card). Priced on the current catalog version."""
         check_id("org_id", org_id)
-        CATALOG.pack(check_name("pack", pack))
+        catalog = CATALOGS.current
+        if (pack is None) == (credits is None):
+            raise InvalidRequest("buy a pack or an amount of credits: pass exactly one of pack and credits "
+                                 f"(got pack={shown(pack)}, credits={shown(credits)})")
+        if credits is not None:
+            credits = catalog.check_credits(credits)  # a number, at least the minimum: before anything starts
+            what = f"{credits} credits"
+        else:
+            catalog.pack(check_name("pack", pack))
+            what = f"pack {pack}"
         key = check_id("idempotency_key", idempotency_key) if idempotency_key is not None else uuid.uuid4().hex
         if payment_method is not None:
             check_id("payment_method", payment_method)
@@ -359,23 +370,24 @@ class BillingClient:
             await self._ensure_customer(org_id, email, payment_method)  # PaymentDeclined at attach, say
         client = await self.temporal()
         wf_id = pack_workflow_id(org_id, key)
-        async with _answered_within(self.deadline, f"buying pack {pack} for {org_id}"):
+        async with _answered_within(self.deadline, f"buying {what} for {org_id}"):
             try:
                 handle = await client.start_workflow(
-                    PackPurchaseWorkflow.run, BuyPack(org_id, pack, pack_key(org_id, key)), id=wf_id,
+                    PackPurchaseWorkflow.run,
+                    BuyPack(org_id, pack, pack_key(org_id, key), credits, catalog.version), id=wf_id,
                     task_queue=self.settings.task_queue,
                     # A run that failed (Stripe refused the request: nothing charged) may be asked again.
                     id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                     search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
-                    static_summary=f"Pack {pack} for organization {org_id}")
+                    static_summary=f"{what.capitalize()} for organization {org_id}")
             except WorkflowAlreadyStartedError:  # bought before: the first answer stands
                 handle = client.get_workflow_handle(wf_id, result_type=PackPurchase)
             try:
                 result: PackPurchase = await handle.result()
             except WorkflowFailureError as err:
                 raise _billing_error(err) from None
-        if result.pack != pack:
+        if result.pack != pack or (credits is not None and result.credits != credits):
             raise IdempotencyConflict(org_id, key)
         return result
 
@@ -389,14 +401,17 @@ class BillingClient:
             profile.vat_rate if profile else Decimal(0), profile.currency if profile else "EUR"))
 
     async def set_auto_recharge(
-        self, org_id: str, *, threshold: Decimal, pack: str,
+        self, org_id: str, *, threshold: Decimal, pack: str | None = None,
         spending_limit_cents: int = DEFAULT_SPENDING_LIMIT_CENTS, enabled: bool = True,
+        credits: Decimal | None = None,
     ) -> AutoRechargeSettings:
-        """When a debit leaves the balance under `threshold` credits, buy `pack`s (as many as bring it back
-        above, in one charge), spending at most `spending_limit_cents` (tax included) per billing period
-        (free organizations: per calendar month). Takes effect at once; `enabled=False` turns it off."""
+        """When a debit leaves the balance under `threshold` credits, buy `pack`s, or amounts of `credits` at
+        the catalog's per-credit price (exactly one of the two; as many as bring it back above, in one
+        charge), spending at most `spending_limit_cents` (tax included) per billing period (free
+        organizations: per calendar month). Takes effect at once; `enabled=False` turns it off."""
         return await self.auto_recharges.set(org_id, threshold=threshold, pack=pack,
-                                              spending_limit_cents=spending_limit_cents, enabled=enabled)
+                                              spending_limit_cents=spending_limit_cents, enabled=enabled,
+                                              credits=credits)
 
     async def auto_recharge(self, org_id: str) -> AutoRechargeSettings | None:
         """The organization's auto-recharge settings (None: never set). `disabled_reason` says why the

@@ -211,14 +211,18 @@ class SubscriptionOut(Answer):
 
 class PurchaseIn(Request):
     model_config = _example(pack="500")
-    pack: str = Field(description="a pack of the catalog, named by its credits: \"500\", \"1000\", \"2500\", \"5000\"")
+    pack: str | None = Field(default=None, description="a pack of the catalog, named by its credits: \"500\", "
+                             "\"1000\", \"2500\", \"5000\" (or `credits`, not both)")
+    credits: CreditsIn | None = Field(default=None, description="any amount of credits at the catalog's per-credit "
+                                      "price (default catalog: 0.20 each, at least 100), as a decimal string (or "
+                                      "`pack`, not both)")
     email: str | None = Field(default=None, description="the billing contact, for an organization that has none")
     payment_method: str | None = Field(default=None, description="a Stripe PaymentMethod id to attach first")
 
 
 class PurchaseOut(Answer):
     org_id: str
-    pack: str
+    pack: str | None = Field(description="the pack bought; null: an amount of credits")
     credits: Credits
     amount_cents: int
     currency: Currency
@@ -232,7 +236,9 @@ class PurchaseOut(Answer):
 class AutoRechargeIn(Request):
     model_config = _example(threshold="100", pack="500", spending_limit_cents=5000)
     threshold: CreditsIn
-    pack: str
+    pack: str | None = Field(default=None, description="the pack a recharge buys (or `credits`, not both)")
+    credits: CreditsIn | None = Field(default=None, description="the amount of credits a recharge buys at the "
+                                      "catalog's per-credit price (or `pack`, not both)")
     spending_limit_cents: int = Field(default=5000, description="at most this much per billing period, tax included")
     enabled: bool = True
 
@@ -243,6 +249,7 @@ class AutoRechargeOut(BaseModel):
     enabled: bool
     threshold: Credits | None
     pack: str | None
+    credits: Credits | None = Field(default=None, description="the amount a recharge buys (null: a pack)")
     spending_limit_cents: int | None
     currency: Currency
     disabled_reason: str | None = Field(description="why the engine turned it off (\"payment_failed\")")

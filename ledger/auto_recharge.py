@@ -2,7 +2,10 @@
 
 Settings live in `auto_recharge`; the one setting the debit needs (the threshold, while enabled) is
 mirrored on the wallet row in the same transaction, under the wallet lock, with the lease
-`recharge_resume_at` that collapses concurrent triggers (ledger/sql/).
+`recharge_resume_at` that collapses concurrent triggers (ledger/sql/). What a recharge buys, a pack or an
+amount of credits, is its `pack` column (models/auto_recharge.py encode_buys, migration 0008). Settings
+are checked against the current catalog version; a round prices on the version current when it reads them
+(RechargeContext.catalog_version).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from ledger.gateway import Ledger
-from models.auto_recharge import check_settings, spending_window
+from models.auto_recharge import check_settings, decode_buys, encode_buys, spending_window
 from models.auto_recharge_types import (
     DEFAULT_SPENDING_LIMIT_CENTS,
     AutoRechargeSettings,
@@ -21,7 +24,7 @@ from models.auto_recharge_types import (
     SettleRecharge,
     SettleResult,
 )
-from models.catalog import CATALOG
+from models.catalog import CATALOGS
 from models.checks import check_id, check_time
 from models.credits import from_milli, to_milli
 from models.errors import UnknownOrganization
@@ -35,15 +38,16 @@ class AutoRecharges:
     # -- settings (BillingClient) ---------------------------------------------------------------------
 
     async def set(
-        self, org_id: str, *, threshold: Decimal, pack: str,
+        self, org_id: str, *, threshold: Decimal, pack: str | None = None,
         spending_limit_cents: int = DEFAULT_SPENDING_LIMIT_CENTS, enabled: bool = True,
-        now: datetime | None = None,
+        now: datetime | None = None, credits: Decimal | None = None,
     ) -> AutoRechargeSettings:
         check_id("org_id", org_id)
-        value = check_settings(CATALOG, threshold=threshold, pack=pack,
-                               spending_limit_cents=spending_limit_cents, enabled=enabled)
+        value = check_settings(CATALOGS.current, threshold=threshold, pack=pack,
+                               spending_limit_cents=spending_limit_cents, enabled=enabled, credits=credits)
         at = check_time("now", now) if now is not None else self.ledger.clock()
         threshold_milli = to_milli(value)
+        buys = encode_buys(pack, None if credits is None else Decimal(credits))
         async with self.ledger.wallet_locked(org_id) as conn:
             await conn.execute(
                 "INSERT INTO auto_recharge (org_id, enabled, threshold, pack, spending_limit_cents, updated_at) "
@@ -51,12 +55,14 @@ class AutoRecharges:
                 "threshold = EXCLUDED.threshold, pack = EXCLUDED.pack, "
                 "spending_limit_cents = EXCLUDED.spending_limit_cents, disabled_reason = NULL, "
                 "version = auto_recharge.version + 1, updated_at = EXCLUDED.updated_at",
-                (org_id, enabled, threshold_milli, pack, spending_limit_cents, at))
+                (org_id, enabled, threshold_milli, buys, spending_limit_cents, at))
             # New settings re-arm: the next debit under the threshold asks for a recharge at once.
             await conn.execute(
                 "UPDATE wallets SET recharge_threshold = %s, recharge_resume_at = NULL WHERE org_id = %s",
                 (threshold_milli if enabled else None, org_id))
-        return AutoRechargeSettings(org_id, enabled, from_milli(threshold_milli), pack, spending_limit_cents)
+        pack, amount = decode_buys(buys)
+        return AutoRechargeSettings(org_id, enabled, from_milli(threshold_milli), pack, spending_limit_cents,
+                                    credits=amount)
 
     async def get(self, org_id: str) -> AutoRechargeSettings | None:
         check_id("org_id", org_id)
@@ -67,7 +73,8 @@ class AutoRecharges:
             raise UnknownOrganization(org_id)
         if row[1] is None:
             return None
-        return AutoRechargeSettings(org_id, row[1], from_milli(row[2]), row[3], row[4], row[5])
+        pack, credits = decode_buys(row[3])
+        return AutoRechargeSettings(org_id, row[1], from_milli(row[2]), pack, row[4], row[5], credits)
 
     # -- the workflow's steps -------------------------------------------------------------------------
 
@@ -94,10 +101,11 @@ class AutoRecharges:
                 "FROM payments WHERE org_id = %s AND purpose = 'auto_recharge'", (start, end, req.org_id))
             counted = await cur.fetchone()
         assert counted is not None
+        pack_name, credits = decode_buys(pack or "")
         return RechargeContext(
-            req.org_id, bool(enabled), from_milli(threshold_milli or 0), pack or "", limit_cents or 0,
+            req.org_id, bool(enabled), from_milli(threshold_milli or 0), pack_name or "", limit_cents or 0,
             from_milli(available_milli), int(counted[1]), start, end, int(counted[0]), email, currency, Decimal(vat),
-            version or 0)
+            version or 0, credits, CATALOGS.current.version)
 
     async def settle(self, req: SettleRecharge) -> SettleResult:
         now = check_time("now", req.now)

@@ -15,30 +15,36 @@ RechargeStatus = Literal["recharged", "not_needed", "limit_reached", "disabled",
 
 @dataclass(frozen=True)
 class AutoRechargeSettings:
-    """An organization's auto-recharge: when a debit leaves the balance under `threshold`, buy `pack`s,
-    spending at most `spending_limit_cents` (tax included) per billing period."""
+    """An organization's auto-recharge: when a debit leaves the balance under `threshold`, buy `pack`s, or
+    amounts of `credits` (exactly one of the two is set), spending at most `spending_limit_cents` (tax
+    included) per billing period."""
 
     org_id: str
     enabled: bool
     threshold: Decimal
-    pack: str
+    pack: str | None                      # None: it buys an amount of credits
     spending_limit_cents: int
     disabled_reason: str | None = None   # "payment_failed" when the engine turned it off
+    credits: Decimal | None = None        # the amount it buys at the catalog's per-credit price (None: a pack)
 
 
 @dataclass(frozen=True)
 class BuyPack:
-    """The pack purchase workflow's input: charge `pack` once per `key`, grant it once."""
+    """The pack purchase workflow's input: charge `pack`, or an amount of `credits` (exactly one), once per
+    `key`, grant it once, priced on catalog `catalog_version` (None: a payload from before catalog versions,
+    priced on version 1, the only one then)."""
 
     org_id: str
-    pack: str
+    pack: str | None
     key: str                              # {org}:pack:{idempotency key}: payment key, grant key, email key
+    credits: Decimal | None = None
+    catalog_version: int | None = None
 
 
 @dataclass(frozen=True)
 class PackPurchase:
     org_id: str
-    pack: str
+    pack: str | None                      # None: an amount of credits was bought
     credits: Decimal
     amount_cents: int                     # charged, tax included
     currency: str
@@ -98,6 +104,10 @@ class RechargeContext:
     currency: str
     vat_rate: Decimal
     settings_version: int                 # the settings' version (0: none): a round acts on this one
+    # An amount of credits bought instead of a pack (`pack` is then ""), and the catalog version the round
+    # prices on (None in payloads from before both: a pack, catalog version 1).
+    credits: Decimal | None = None
+    catalog_version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,12 @@ nothing, emails once per period and blocks triggers until the period ends. A dec
 after an hour; the third disables auto-recharge and says so. The run ends when the balance is back
 above the threshold (or nothing more can be done); the next crossing starts a new one.
 
+It buys packs, or amounts of credits at the catalog's per-credit price (seed 004): an amount is bought as a
+pack of that many credits (models/auto_recharge.py recharge_unit), so the same rules decide how many.
+
 Deterministic: no I/O here; every effect is an activity keyed by `{org}:{window_start}:auto_recharge:{n}`.
+Prices come from the immutable catalog version the round's read names (RechargeContext.catalog_version;
+version 1 in histories from before versions), never from whatever catalog is current at replay.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from workflows.activity_defs import DISABLE_RECHARGE, PLAN_RECHARGE, SETTLE_RECH
 from workflows.common import ORG_ID, PERIOD_END, STATUS, charge_until_answered, declined, grant_paid_pack, notify
 
 with workflow.unsafe.imports_passed_through():
-    from models.auto_recharge import LEASE, decide, pack_lines
+    from models.auto_recharge import LEASE, decide, recharge_lines, recharge_unit
     from models.auto_recharge_types import (
         DisableRecharge,
         PlanRecharge,
@@ -39,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
         SettleResult,
     )
     from models.billing_types import ChargeRequest, SendEmail
-    from models.catalog import CATALOG
+    from models.catalog import CATALOGS
     from models.invoicing import charge_summary
     from models.keys import day, period_key, recharge_key, stamp, step_key
     from models.ledger_types import GrantPack
@@ -48,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
 RETRY_AFTER = timedelta(hours=1)   # a declined recharge is tried again after an hour...
 MAX_ATTEMPTS = 3                   # ...three tries in all, then auto-recharge is turned off
 ROUNDS_PER_RUN = 25                # then continue as new: history stays bounded
+FIRST_CATALOG = 1                  # the catalog version of rounds read before catalogs had versions
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,8 @@ class AutoRechargeWorkflow:
         now = workflow.now()
         ctx = await PLAN_RECHARGE.run(PlanRecharge(self.org_id, now),
                                       summary="Read settings, balance and this period's auto-recharge spending")
-        pack = CATALOG.packs.get(ctx.pack)
+        catalog = CATALOGS.get(ctx.catalog_version or FIRST_CATALOG)
+        pack = recharge_unit(catalog, ctx.pack, ctx.credits)
         if not ctx.enabled or pack is None:
             self._publish("off", "auto-recharge is off", ctx)
             return _Round("off")
@@ -117,9 +124,9 @@ class AutoRechargeWorkflow:
             return await self._done(ctx, now, "not_needed", 0, 0)
 
         key = recharge_key(self.org_id, ctx.window_start, ctx.payments_so_far + 1)
-        lines = pack_lines(ctx.pack, pack, decision.packs)
+        lines = recharge_lines(catalog, ctx.pack, ctx.credits, pack, decision.packs, ctx.currency)
         summary = charge_summary(lines, ctx.vat_rate, ctx.currency)
-        self._publish("recharging", f"charging {decision.packs} x pack {ctx.pack}", ctx)
+        self._publish("recharging", f"charging {decision.packs} x {self._unit(ctx)}", ctx)
         try:
             charged = await charge_until_answered(
                 ChargeRequest(self.org_id, key, "auto_recharge", lines, now, ctx.vat_rate, ctx.currency, summary),
@@ -134,7 +141,8 @@ class AutoRechargeWorkflow:
                               summary=f"Grant {credits} pack credits (never expire)")
         await self._email(ctx, step_key(key, "receipt"), "auto_recharge_receipt", now, packs=decision.packs,
                           credits=str(credits), amount=self._money(ctx, charged.amount_cents),
-                          invoice_number=charged.invoice_number, pack=ctx.pack)
+                          invoice_number=charged.invoice_number,
+                          pack=ctx.pack if ctx.credits is None else None)
         return await self._done(ctx, now, "recharged", decision.packs, charged.amount_cents)
 
     async def _done(self, ctx: RechargeContext, now: datetime, status: RechargeStatus, packs: int,
@@ -144,7 +152,8 @@ class AutoRechargeWorkflow:
         if settled.below_threshold:
             return _Round(None, packs, cents)
         after = replace(ctx, available=settled.available, spent_cents=ctx.spent_cents + cents)
-        self._publish(status, f"bought {packs} x pack {ctx.pack}" if packs else "balance above the threshold", after)
+        self._publish(status, f"bought {packs} x {self._unit(ctx)}" if packs else "balance above the threshold",
+                      after)
         return _Round(status, packs, cents)
 
     async def _declined(self, ctx: RechargeContext, now: datetime, key: str, total_cents: int) -> _Round:
@@ -184,6 +193,10 @@ class AutoRechargeWorkflow:
                              summary=f"Email {template} to the billing contact")
 
     @staticmethod
+    def _unit(ctx: RechargeContext) -> str:
+        return f"pack {ctx.pack}" if ctx.credits is None else f"{ctx.credits} credits"
+
+    @staticmethod
     def _money(ctx: RechargeContext, cents: int) -> str:
         return str(Money(cents, ctx.currency))
 
@@ -199,7 +212,7 @@ class AutoRechargeWorkflow:
         details = f"auto-recharge **{status}**: {what}"
         if ctx is not None:
             details += (
-                f"\n\nthreshold {ctx.threshold} credits, pack {ctx.pack}, balance {ctx.available} credits"
+                f"\n\nthreshold {ctx.threshold} credits, {self._unit(ctx)}, balance {ctx.available} credits"
                 f"\n\nspent {self._money(ctx, ctx.spent_cents)} of {self._money(ctx, ctx.spending_limit_cents)}"
                 f" this period ({day(ctx.window_start)} to {day(ctx.window_end)})")
         if self.failed:

@@ -1,5 +1,6 @@
-"""Credit purchases (docs/api.md): a pack charged once, granted once. Its Idempotency-Key is the engine's
-own purchase key (BillingClient.buy_credits): a repeat answers the first purchase, another pack under it is 409.
+"""Credit purchases (docs/api.md): a pack, or any amount of credits, charged once, granted once. Its
+Idempotency-Key is the engine's own purchase key (BillingClient.buy_credits): a repeat answers the first
+purchase, another pack or amount under it is 409.
 Without one, every request is a new purchase: send one to retry safely."""
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ PurchaseKey = Annotated[str | None, Header(
              responses=problems(*MANAGE, "PaymentDeclined", "PaymentProviderRefused", "IdempotencyConflict"))
 async def buy_credits(org_id: OrgId, body: PurchaseIn, key: Caller, svc: Svc,
                       idempotency_key: PurchaseKey = None) -> PurchaseOut:
-    """Buy a credit pack: charged to the organization's card (402 PaymentDeclined: nothing granted), invoiced,
-    its credits granted (they never expire). An organization that never subscribed passes `email` and
-    `payment_method`."""
+    """Buy a credit pack (`pack`), or any amount of credits (`credits`, at the catalog's per-credit price, at
+    least its minimum; exactly one of the two, else 422): charged to the organization's card (402
+    PaymentDeclined: nothing granted), invoiced, its credits granted (they never expire). An organization
+    that never subscribed passes `email` and `payment_method`."""
     managing(key, org_id)
     return PurchaseOut.model_validate(await svc.billing.buy_credits(
-        org_id, pack=body.pack, idempotency_key=idempotency_key, email=body.email,
+        org_id, pack=body.pack, credits=body.credits, idempotency_key=idempotency_key, email=body.email,
         payment_method=body.payment_method))

@@ -48,10 +48,11 @@ async def auto_recharge(org_id: OrgId, key: Caller, svc: Svc) -> AutoRechargeOut
 
 @router.put("/auto-recharge", response_model=AutoRechargeOut, responses=problems(*MANAGE))
 async def set_auto_recharge(org_id: OrgId, body: AutoRechargeIn, key: Caller, svc: Svc) -> AutoRechargeOut:
-    """When a debit leaves the balance under `threshold`, buy `pack`s (as many as bring it back above, in one
-    charge), spending at most `spending_limit_cents` per billing period; `enabled: false` turns it off."""
+    """When a debit leaves the balance under `threshold`, buy `pack`s, or amounts of `credits` at the catalog's
+    per-credit price (exactly one of the two, else 422), as many as bring it back above, in one charge,
+    spending at most `spending_limit_cents` per billing period; `enabled: false` turns it off."""
     managing(key, org_id)
-    await svc.billing.set_auto_recharge(org_id, threshold=body.threshold, pack=body.pack,
+    await svc.billing.set_auto_recharge(org_id, threshold=body.threshold, pack=body.pack, credits=body.credits,
                                         spending_limit_cents=body.spending_limit_cents, enabled=body.enabled)
     return await _auto_recharge(svc, org_id)
 
@@ -64,7 +65,8 @@ async def _auto_recharge(svc: Service, org_id: str) -> AutoRechargeOut:
         return AutoRechargeOut(org_id=org_id, configured=False, enabled=False, threshold=None, pack=None,
                                spending_limit_cents=None, currency=currency, disabled_reason=None)
     return AutoRechargeOut(org_id=org_id, configured=True, enabled=settings.enabled, threshold=settings.threshold,
-                           pack=settings.pack, spending_limit_cents=settings.spending_limit_cents, currency=currency,
+                           pack=settings.pack, credits=settings.credits,
+                           spending_limit_cents=settings.spending_limit_cents, currency=currency,
                            disabled_reason=settings.disabled_reason)
 
 

@@ -17,12 +17,12 @@ async def test_auto_recharge_settings(kit: TestKit, org: str, client: Client) ->
     http = await client("admin", org_id=org)
     url = f"/v1/orgs/{org}/auto-recharge"
     assert (await http.get(url)).json() == {"org_id": org, "configured": False, "enabled": False, "threshold": None,
-                                            "pack": None, "spending_limit_cents": None, "currency": "EUR",
-                                            "disabled_reason": None}
+                                            "pack": None, "credits": None, "spending_limit_cents": None,
+                                            "currency": "EUR", "disabled_reason": None}
     r = await http.put(url, json={"threshold": "100", "pack": "500", "spending_limit_cents": 10000})
     assert r.status_code == 200, r.text
     expected = {"org_id": org, "configured": True, "enabled": True, "threshold": "100.000", "pack": "500",
-                "spending_limit_cents": 10000, "currency": "EUR", "disabled_reason": None}
+                "credits": None, "spending_limit_cents": 10000, "currency": "EUR", "disabled_reason": None}
     assert r.json() == expected and (await http.get(url)).json() == expected
     off = await http.put(url, json={"threshold": "100", "pack": "500", "enabled": False})
     assert off.json()["enabled"] is False and off.json()["spending_limit_cents"] == 5000
