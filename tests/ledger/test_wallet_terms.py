@@ -12,10 +12,13 @@ import psycopg
 import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import default as default_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.ledger import LedgerActivities
 from ledger import Ledger
 from models.errors import ConcurrencyLimitExceeded, IdempotencyConflict, InvalidRequest, UnknownOrganization
-from models.ledger_types import ChangePlan, StartPeriod, WalletTerms
+from models.ledger_types import ChangePlan, CloseOverage, SetTerms, StartPeriod, WalletTerms
 from tests.conftest import T0, OrgFactory
 
 D = Decimal
@@ -194,3 +197,22 @@ def test_payloads_recorded_before_the_credits_field_decode_to_the_plans_credits(
         payload = Payload(metadata={"encoding": b"json/plain"}, data=json.dumps(data).encode())
         decoded = converter.from_payloads([payload], [cls])[0]
         assert isinstance(decoded, cls) and decoded.credits is None and decoded.plan == "pro"
+
+
+async def test_the_ledger_activities_set_terms_and_close_overage(ledger: Ledger, new_org: OrgFactory) -> None:
+    """What the subscription workflow runs (ledger.set_terms, ledger.close_overage), through the activities: the
+    results, and a bad request as a non-retryable typed failure."""
+    org = await new_org("pro")
+    env = ActivityEnvironment()
+    acts = LedgerActivities(ledger)
+    assert await env.run(acts.set_terms, SetTerms(org, WalletTerms(True, D("50")))) is True
+    assert await env.run(acts.set_terms, SetTerms(org, WalletTerms(True, D("50")))) is False
+    await ledger.debit(org, "lead_enrichment", quantity=2010, idempotency_key="d1", now=T0)  # 50 past 10,000
+    closed = await env.run(acts.close_overage, CloseOverage(org, f"{org}:overage", T0))
+    assert (closed.credits, closed.replayed) == (D("50"), False)
+    with pytest.raises(ApplicationError) as failed:
+        await env.run(acts.set_terms, SetTerms(org, WalletTerms(True, D("-1"))))
+    assert (failed.value.type, failed.value.non_retryable) == ("InvalidRequest", True)
+    with pytest.raises(ApplicationError) as failed:
+        await env.run(acts.close_overage, CloseOverage("no-such-org-activity", "k", T0))
+    assert failed.value.non_retryable
