@@ -10,13 +10,17 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+from temporalio.worker import Replayer
 
 from models.catalog import CATALOG, CATALOGS
 from models.errors import IdempotencyConflict, InvalidRequest, PaymentDeclined
-from models.keys import pack_workflow_id
+from models.keys import pack_workflow_id, recharge_workflow_id
+from temporal_client import DATA_CONVERTER
 from testkit import TestKit, start_testkit
 from testkit.faults import StripeFaultProxy
 from tests.support.keys import stamp
+from workflows.auto_recharge import AutoRechargeWorkflow
+from workflows.pack_purchase import PackPurchaseWorkflow
 
 EMAIL = "billing@acme.test"
 PI_PATH = "/v1/payment_intents"
@@ -243,3 +247,23 @@ async def test_bad_amount_settings_are_refused_and_change_nothing(
     with pytest.raises(InvalidRequest, match=message):
         await kit.billing.set_auto_recharge(org, threshold=D(100), **kwargs)  # type: ignore[arg-type]
     assert await kit.billing.auto_recharge(org) == before
+
+
+async def test_amount_purchases_and_recharges_replay(kit: TestKit, org: str) -> None:
+    """Determinism: a purchase of an amount, one priced on a version published for the test, and an
+    auto-recharge by an amount replay without a non-determinism error (each prices from the catalog version
+    its input or its read names, not from the catalog current at replay)."""
+    sub = await kit.billing.subscribe(org, plan="pro", seats=1, email=EMAIL)
+    await kit.billing.buy_credits(org, credits=D(100), idempotency_key="r1")
+    with CATALOGS.published_for_test(CATALOG.revised(version=2, credits={"price_cents": "0.4"})):
+        assert (await kit.billing.buy_credits(org, credits=D(5000), idempotency_key="r2")).amount_cents == 2000
+        await kit.billing.set_auto_recharge(org, threshold=D(100), credits=D(250))
+        assert await drain_to(kit, org, 50, "d1")
+        assert purchases(kit, org, "auto_recharge") == [(f"{org}:{stamp(sub.period_start)}:auto_recharge:1", 100,
+                                                         "succeeded")]  # 250 x 0.4 cents on version 2
+        histories = [await kit.env.client.get_workflow_handle(pack_workflow_id(org, key)).fetch_history()
+                     for key in ("r1", "r2")]
+        histories.append(await kit.env.client.get_workflow_handle(recharge_workflow_id(org)).fetch_history())
+        replayer = Replayer(workflows=[AutoRechargeWorkflow, PackPurchaseWorkflow], data_converter=DATA_CONVERTER)
+        for history in histories:
+            await replayer.replay_workflow(history)
