@@ -50,6 +50,7 @@ from models.auto_recharge_types import (
 from models.billing_types import EnsureCustomer, Interval, Invoice
 from models.catalog import CATALOG, CATALOGS
 from models.checks import check_id, check_name, shown, utcnow
+from models.contract_types import ContractTerms, check_contract
 from models.errors import BillingError, IdempotencyConflict, InvalidRequest, ServiceUnavailable, from_failure
 from models.keys import open_wallet_key, pack_key, pack_workflow_id, recharge_workflow_id, subscription_workflow_id
 from models.ledger_types import (
@@ -63,7 +64,15 @@ from models.ledger_types import (
     UsageRow,
 )
 from models.subscription_rules import check_seat_count, check_subscribe
-from models.subscription_types import PlanRequest, SeatsRequest, SubscribeRequest, Subscription, SubscriptionState
+from models.subscription_types import (
+    ContractRequest,
+    MigrateRequest,
+    PlanRequest,
+    SeatsRequest,
+    SubscribeRequest,
+    Subscription,
+    SubscriptionState,
+)
 from payments import Payments, close_stripe_client, stripe_client_from_settings
 from settings import DEV_STRIPE_URL, Settings
 from temporal_client import connect_client
@@ -166,7 +175,8 @@ class BillingClient:
         its own. Raises PaymentDeclined when the first charge fails (the organization stays on Free)."""
         check_id("org_id", org_id)
         check_name("plan", plan)
-        check_subscribe(CATALOG, None, plan, seats, interval, trial_days, email, vat_rate)  # before any start
+        catalog = CATALOGS.current  # a new subscription is priced on the current version, and keeps it
+        check_subscribe(catalog, None, plan, seats, interval, trial_days, email, vat_rate)  # before any start
         if payment_method is not None:  # an id, before it reaches a workflow and Stripe
             check_id("payment_method", payment_method)
             if self.payments.has_stripe:  # one Stripe read: an unknown card starts nothing
@@ -178,7 +188,7 @@ class BillingClient:
             search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
             static_summary=f"Subscription of organization {org_id}",
         )
-        req = SubscribeRequest(plan, seats, email, interval, trial_days, payment_method, vat_rate)
+        req = SubscribeRequest(plan, seats, email, interval, trial_days, payment_method, vat_rate, catalog.version)
         try:
             async with _answered_within(self.deadline, f"subscribing {org_id}"):
                 result: Subscription = await client.execute_update_with_start_workflow(
@@ -189,12 +199,14 @@ class BillingClient:
 
     async def upgrade(self, org_id: str, *, plan: str) -> Subscription:
         """Move to a higher plan now, charging the price difference for the rest of the period."""
-        return await self._update(org_id, SubscriptionWorkflow.upgrade, PlanRequest(check_name("plan", plan)))
+        return await self._update(org_id, SubscriptionWorkflow.upgrade,
+                                  PlanRequest(check_name("plan", plan), CATALOGS.current.version))
 
     async def downgrade(self, org_id: str, *, plan: str) -> Subscription:
         """Move to a lower plan at period end (no refund). Downgrading to the current plan withdraws a
         pending downgrade; a second downgrade replaces the first."""
-        return await self._update(org_id, SubscriptionWorkflow.downgrade, PlanRequest(check_name("plan", plan)))
+        return await self._update(org_id, SubscriptionWorkflow.downgrade,
+                                  PlanRequest(check_name("plan", plan), CATALOGS.current.version))
 
     async def change_seats(self, org_id: str, *, seats: int) -> Subscription:
         """More seats now (prorated charge); fewer seats from the next period."""
@@ -213,6 +225,24 @@ class BillingClient:
         """Run the subscription's failed step again now instead of at its next backoff, and answer once it
         went through or failed again (`.incident` says what failed). At once when no incident is open."""
         return await self._update(org_id, SubscriptionWorkflow.retry_now, None)
+
+    async def set_contract(self, org_id: str, terms: ContractTerms | None) -> Subscription:
+        """Set the organization's contract terms over its plan (models/contract_types.py), or end them with None:
+        overage, the open-hold limit and this period's allocation at once, seat prices from the next charge.
+        The same terms again change nothing."""
+        if terms is not None:
+            check_contract(terms)  # here too: refused before any workflow is reached
+        return await self._update(org_id, SubscriptionWorkflow.set_contract, ContractRequest(terms))
+
+    async def contract(self, org_id: str) -> ContractTerms | None:
+        """The organization's contract terms (None: its plan's own apply)."""
+        return (await self.subscription(org_id)).contract
+
+    async def migrate_catalog(self, org_id: str, *, version: int | None = None) -> Subscription:
+        """Move a grandfathered subscription to catalog `version` (the current one by default): its next charge
+        is priced on it. Refused while a contract locks its prices."""
+        target = CATALOGS.get(CATALOGS.current.version if version is None else version)
+        return await self._update(org_id, SubscriptionWorkflow.migrate_catalog, MigrateRequest(target.version))
 
     async def subscription(self, org_id: str) -> Subscription:
         handle = await self._handle(org_id)

@@ -14,13 +14,13 @@ from fastapi import APIRouter, FastAPI
 from api import openapi, problems
 from api.keys import ApiKeys
 from api.openapi import problems as problem_responses
-from api.routes import keys, metering, purchases, reads, settings, subscriptions, webhooks
+from api.routes import contracts, keys, metering, purchases, reads, settings, subscriptions, webhooks
 from api.schemas import Whoami
 from api.service import Caller, Service
 from starter import BillingClient
 
-ROUTERS: list[APIRouter] = [metering.router, reads.router, subscriptions.router, purchases.router, settings.router,
-                            keys.router, webhooks.router]
+ROUTERS: list[APIRouter] = [metering.router, reads.router, subscriptions.router, contracts.router, purchases.router,
+                            settings.router, keys.router, webhooks.router]
 
 _meta = APIRouter(tags=["meta"])
 

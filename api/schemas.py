@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, Pl
 
 from ledger.gateway import MAX_GUARD_USES, MAX_GUARD_WINDOW, MAX_HOLD_TTL
 from models.billing_types import Interval, Status
+from models.contract_types import ContractTerms
 from models.ledger_types import UsageGrouping
 
 # Credits travel as decimal strings ("12.5"): JSON numbers are floats to most parsers.
@@ -105,6 +106,10 @@ class BalanceOut(Answer):
     period_end: Time | None
     concurrency_limit: int
     concurrency_open: int
+    overage: Credits = Field(description="overage recorded this period, invoiced at the next renewal (contracts)")
+    overage_cap: Credits | None = Field(description="the most overage allowed (none: no cap, or no overage)")
+    overage_allowed: bool
+    overage_held: Credits = Field(description="reserved in overage by open holds")
 
 
 # -- reads ---------------------------------------------------------------------------------------------------
@@ -127,7 +132,7 @@ class UsageOut(BaseModel):
 class TransactionOut(Answer):
     id: int
     at: Time
-    kind: Literal["grant", "debit", "expire", "adjust", "hold", "release"]
+    kind: Literal["grant", "debit", "expire", "adjust", "hold", "release", "overage", "overage_closed"]
     credits: Credits = Field(description="signed: grants positive, debits and expiries negative")
     bucket: str | None
     ref: str
@@ -191,6 +196,61 @@ class SeatsIn(Request):
     seats: int
 
 
+# -- contracts (api/routes/contracts.py) ------------------------------------------------------------------
+
+Multiplier = Decimal
+Rate = Decimal
+
+
+class ContractIn(Request):
+    """Contract terms: unset fields leave the plan's own (models/contract_types.py says what each means)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "term_start": "2026-01-01T00:00:00Z", "term_end": "2027-01-01T00:00:00Z", "allowance_multiplier": "1.2",
+        "concurrency_multiplier": "1.3", "overage_allowed": True, "overage_rate_cents": "0.4"}]})
+    term_start: Time
+    term_end: Time
+    allowance_multiplier: Multiplier | None = Field(
+        default=None, description="the plan's credits times this, as a decimal string (\"1.2\": 20% more)")
+    allowance_credits: CreditsIn | None = Field(default=None, description="an absolute allocation per period")
+    concurrency_multiplier: Multiplier = Field(default=Decimal(1), description="the plan's open-hold limit times this")
+    seat_price_cents: int | None = Field(default=None, description="a seat's price per period, in cents")
+    overage_allowed: bool = False
+    overage_cap: CreditsIn | None = Field(default=None, description="overage credits allowed a period (none: no cap)")
+    overage_rate_cents: Rate | None = Field(
+        default=None, description="cents per overage credit, fractional cents allowed (\"0.4\")")
+    payment_terms: Literal["card", "invoice"] = "card"
+    net_days: int = 0
+
+    def terms(self) -> ContractTerms:
+        return ContractTerms(**self.model_dump())
+
+
+class ContractOut(Answer):
+    term_start: Time
+    term_end: Time
+    allowance_multiplier: Credits | None
+    allowance_credits: Credits | None
+    concurrency_multiplier: Credits
+    seat_price_cents: int | None
+    overage_allowed: bool
+    overage_cap: Credits | None
+    overage_rate_cents: Credits | None
+    payment_terms: Literal["card", "invoice"]
+    net_days: int
+
+
+class ContractAnswer(Answer):
+    org_id: str
+    contract: ContractOut | None = Field(description="none: the plan's own terms apply")
+
+
+class MigrateIn(Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"version": 1}]})
+    version: int | None = Field(default=None, description="a catalog version (none: the current one)")
+
+
+
 class SubscriptionOut(Answer):
     org_id: str
     plan: str
@@ -205,6 +265,9 @@ class SubscriptionOut(Answer):
     cancel_at_period_end: bool
     renewals: int
     incident: str | None = Field(description="the failed step retried on a backoff, if any")
+    catalog_version: int = Field(description="the catalog version its prices come from (kept until it changes plan "
+                                             "or an operator migrates it)")
+    contract: ContractOut | None = Field(description="its contract terms, if any (docs/contracts.md)")
 
 
 # -- purchases -----------------------------------------------------------------------------------------------

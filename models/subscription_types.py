@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import ClassVar
 
 from models.billing_types import Interval, Status
+from models.contract_types import ContractTerms
 
 
 @dataclass
@@ -32,9 +33,10 @@ class UnfinishedChange:
 
     kind: str                  # "subscribe", "trial", "upgrade", "seats"
     at: datetime               # the update's time: amounts and keys come out the same on every run
-    seq: int = 0               # its change_seq (upgrade, seats)
+    seq: int = 0               # its change_seq (upgrade, seats, contract)
     plan: str | None = None    # upgrade: the new plan
     seats: int | None = None   # seats: the new count
+    version: int | None = None  # upgrade: the catalog version the new plan is priced on
 
 
 @dataclass
@@ -65,6 +67,11 @@ class SubscriptionState:
     renewals: int = 0
     incident: Incident | None = None       # the due step failed for good: retried on a backoff
     unfinished: UnfinishedChange | None = None  # an update's change the main loop completes
+    # Fields added after histories were recorded keep defaults that mean "as before" (old payloads decode).
+    catalog_version: int = 1               # the catalog version the subscription is priced on (grandfathering)
+    pending_version: int | None = None     # the version a scheduled downgrade moves to
+    contract: ContractTerms | None = None  # negotiated terms over the plan (models/contract_types.py)
+    overage_rate_cents: Decimal | None = None  # the rate the uninvoiced overage is invoiced at, next renewal
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class Subscription:
     cancel_at_period_end: bool
     renewals: int
     incident: str | None = None   # "renewal failed (attempt 2, next 2026-02-15T10:04:00Z): PaymentProviderRefused: ..."
+    catalog_version: int = 1
+    contract: ContractTerms | None = None
 
 
 @dataclass(frozen=True)
@@ -96,11 +105,25 @@ class SubscribeRequest:
     trial_days: int = 0
     payment_method: str | None = None
     vat_rate: Decimal = Decimal(0)
+    catalog_version: int = 1   # the client sends the current one; 1 in payloads from before versions
 
 
 @dataclass(frozen=True)
 class PlanRequest:
     plan: str
+    catalog_version: int = 1
+
+
+@dataclass(frozen=True)
+class ContractRequest:
+    """Set (or, with None, end) the organization's contract terms."""
+    terms: ContractTerms | None
+
+
+@dataclass(frozen=True)
+class MigrateRequest:
+    """An operator moves the subscription to catalog `version`: its next charge is priced on it."""
+    version: int
 
 
 @dataclass(frozen=True)

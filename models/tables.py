@@ -51,6 +51,11 @@ wallets = Table(
     Column("updated_at", TS, nullable=False),
     Column("recharge_threshold", BigInteger),   # auto-recharge's threshold while enabled (0003)
     Column("recharge_resume_at", TS),           # auto-recharge's lease: no new trigger before it
+    Column("overage_allowed", Boolean, nullable=False),  # wallet terms (0009): debits past the balance allowed
+    Column("overage_cap", BigInteger),                   # the most overage not yet closed; NULL: no cap
+    Column("concurrency_limit", Integer),                # open holds at most; NULL: the plan's max_holds
+    Column("overage", BigInteger, nullable=False),       # recorded overage not yet closed (invoiced)
+    Column("overage_held", BigInteger, nullable=False),  # reserved in overage by open holds
 )
 
 buckets = Table(
@@ -105,6 +110,15 @@ holds = Table(
     Column("expires_at", TS, nullable=False),
     Column("created_at", TS, nullable=False),
     Column("settled_at", TS),
+    Column("overage", BigInteger, nullable=False),  # of cost: reserved (open) or recorded (committed) as overage
+)
+
+overage_closes = Table(
+    "overage_closes", metadata,
+    Column("org_id", Text, ForeignKey("wallets.org_id"), primary_key=True),
+    Column("close_key", Text, primary_key=True),
+    Column("credits", BigInteger, nullable=False),
+    Column("created_at", TS, nullable=False),
 )
 
 user_limits = Table(

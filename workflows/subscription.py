@@ -17,12 +17,13 @@ from __future__ import annotations
 import asyncio
 import copy
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.activity_defs import CHANGE_PLAN, CHARGE, ENSURE_CUSTOMER, START_PERIOD
+from workflows.activity_defs import CHANGE_PLAN, CHARGE, CLOSE_OVERAGE, ENSURE_CUSTOMER, SET_TERMS, START_PERIOD
 from workflows.common import (
     INCIDENT,
     ORG_ID,
@@ -46,7 +47,16 @@ with workflow.unsafe.imports_passed_through():
         Purpose,
         SendEmail,
     )
-    from models.catalog import CATALOG
+    from models.catalog import CATALOGS, Catalog
+    from models.contract_types import (
+        ContractTerms,
+        allowance,
+        check_contract,
+        concurrency_limit,
+        contract_seat_cents,
+        in_term,
+        overage_cents,
+    )
     from models.errors import (
         BillingError,
         InvalidRequest,
@@ -57,12 +67,13 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.invoicing import charge_summary, totals
     from models.keys import day, period_key, stamp, step_key
-    from models.ledger_types import ChangePlan, StartPeriod
+    from models.ledger_types import ChangePlan, CloseOverage, SetTerms, StartPeriod, WalletTerms
     from models.money import Money
     from models.periods import credit_month_bounds, period_bounds, remaining_fraction
     from models.proration import added_seats_cents, upgrade_cents
     from models.subscription_rules import (
         check_change_seats,
+        check_changeable,
         check_downgrade,
         check_subscribe,
         check_upgrade,
@@ -70,7 +81,9 @@ with workflow.unsafe.imports_passed_through():
         seat_price_cents,
     )
     from models.subscription_types import (
+        ContractRequest,
         Incident,
+        MigrateRequest,
         PlanRequest,
         SeatsRequest,
         SubscribeRequest,
@@ -268,8 +281,10 @@ class SubscriptionWorkflow:
         if s.cancel_at_period_end:
             await self._to_free(now, "your trial ended and the subscription was cancelled")
             return
-        s.plan, s.seats = s.pending_plan or s.plan, s.pending_seats or s.seats
-        s.pending_plan, s.pending_seats = None, None
+        if s.pending_plan is not None:
+            s.plan, s.catalog_version = s.pending_plan, s.pending_version or s.catalog_version
+        s.seats = s.pending_seats or s.seats
+        s.pending_plan, s.pending_seats, s.pending_version = None, None, None
         s.anchor, s.period_index, s.credit_month = s.trial_end, 0, 0
         await self._start_paid_period(now, "subscription", after_decline="free")
 
@@ -278,9 +293,10 @@ class SubscriptionWorkflow:
         if s.cancel_at_period_end:
             await self._to_free(now, "the subscription was cancelled at the end of its period")
             return
-        s.plan = s.pending_plan or s.plan
+        if s.pending_plan is not None:
+            s.plan, s.catalog_version = s.pending_plan, s.pending_version or s.catalog_version
         s.seats = s.pending_seats or s.seats
-        s.pending_plan, s.pending_seats = None, None
+        s.pending_plan, s.pending_seats, s.pending_version = None, None, None
         s.period_index += 1
         s.credit_month = s.period_index * (12 if s.interval == "year" else 1)
         s.renewals += 1
@@ -293,7 +309,7 @@ class SubscriptionWorkflow:
         assert s.anchor is not None
         s.period_start, s.period_end = period_bounds(s.anchor, s.interval, s.period_index)
         s.change_seq, s.failed_charges = 0, 0
-        lines = self._period_lines(s.plan, s.seats, s.period_start, s.period_end)
+        lines = self._period_lines(s.plan, s.seats, s.period_start, s.period_end) + await self._overage_lines(now)
         key = self._key(purpose)
         charged = await self._charge(key, purpose, lines, now)
         if charged is None:
@@ -309,12 +325,13 @@ class SubscriptionWorkflow:
             return
         s.status = "active"
         self._publish()
+        await self._terms_for_period(now)
         await self._paid(charged, now)
 
     async def _retry(self, now: datetime) -> None:
         s = self.s
         assert s.period_start is not None and s.period_end is not None
-        lines = self._period_lines(s.plan, s.seats, s.period_start, s.period_end)
+        lines = self._period_lines(s.plan, s.seats, s.period_start, s.period_end) + await self._overage_lines(now)
         key = self._key(f"retry-{s.failed_charges}")
         charged = await self._charge(key, "retry", lines, now)
         if charged is None:
@@ -327,6 +344,7 @@ class SubscriptionWorkflow:
             return
         s.status, s.failed_charges = "active", 0  # the period anchor is unchanged
         self._publish()
+        await self._terms_for_period(now)
         await self._paid(charged, now)
 
     async def _paid(self, charged: ChargeResult, now: datetime) -> None:
@@ -354,8 +372,11 @@ class SubscriptionWorkflow:
         left = s.plan
         s.status, s.plan, s.seats = "free", "free", 1
         s.anchor = s.period_start = s.period_end = s.trial_end = None
-        s.pending_plan, s.pending_seats, s.cancel_at_period_end = None, None, False
+        s.pending_plan, s.pending_seats, s.pending_version, s.cancel_at_period_end = None, None, None, False
         s.failed_charges = s.change_seq = 0
+        if s.contract is not None:  # a contract is over its plan: on Free it ends
+            s.contract = None
+            await self._apply_terms(now)
         self._publish()
         await self._grant("free", now, None, now, "free")
         await self._email("reverted_to_free", period_key(s.org_id, now, "free"), now, plan=left, reason=reason)
@@ -401,15 +422,17 @@ class SubscriptionWorkflow:
                               plan=s.plan, seats=s.seats, trial_end=day(s.trial_end))
         elif change.kind == "upgrade":
             assert change.plan is not None
-            await self._upgrade(change.plan, change.at, change.seq)
+            await self._upgrade(change.plan, change.at, change.seq, change.version or s.catalog_version)
         elif change.kind == "seats":
             assert change.seats is not None
             await self._add_seats(change.seats, change.at, change.seq)
+        elif change.kind == "contract":
+            await self._apply_contract(change.at, change.seq)
         else:
             raise ValueError(f"unknown change {change.kind!r}")
         s.unfinished = None
 
-    async def _upgrade(self, plan: str, now: datetime, seq: int) -> None:
+    async def _upgrade(self, plan: str, now: datetime, seq: int, version: int) -> None:
         s = self.s
         assert s.period_start is not None and s.period_end is not None
         old = s.plan
@@ -418,8 +441,8 @@ class SubscriptionWorkflow:
         invoice = ""
         if s.status == "active":
             left, total = remaining_fraction(s.period_start, s.period_end, now)
-            cents = upgrade_cents(seat_price_cents(CATALOG, CATALOG.plan(old), s.interval),
-                                  seat_price_cents(CATALOG, CATALOG.plan(plan), s.interval), s.seats, left, total)
+            cents = upgrade_cents(self._seat_cents(old, s.catalog_version, now),
+                                  self._seat_cents(plan, version, now), s.seats, left, total)
             if cents > 0:
                 lines = [InvoiceLine(f"upgrade {old} to {plan} x {s.seats} seats, "
                                      f"{day(now)} to {day(s.period_end)} (prorated)", 1, cents, cents)]
@@ -427,10 +450,12 @@ class SubscriptionWorkflow:
                 assert charged is not None
                 amount_text, invoice = str(Money(charged.amount_cents, charged.currency)), charged.invoice_number
         self.effects_started = True
-        await CHANGE_PLAN.run(ChangePlan(s.org_id, key, plan, now), summary=f"Plan credits: {old} to {plan}",
-                              deadline=self.deadline)
-        s.plan = plan
-        s.pending_plan = None  # an upgrade replaces a pending downgrade
+        await CHANGE_PLAN.run(ChangePlan(s.org_id, key, plan, now, credits=self._allowance(plan, version, now)),
+                              summary=f"Plan credits: {old} to {plan}", deadline=self.deadline)
+        s.plan, s.catalog_version = plan, version
+        s.pending_plan, s.pending_version = None, None  # an upgrade replaces a pending downgrade
+        if s.contract is not None:
+            await self._apply_terms(now)  # the open-hold limit is the new plan's times the contract's
         self._publish()
         await self._email("upgrade_confirmed", step_key(key, "email"), now, old_plan=old, plan=s.plan,
                           seats=s.seats, amount=amount_text, invoice_number=invoice)
@@ -443,8 +468,7 @@ class SubscriptionWorkflow:
         amount: str | None = None
         if s.status == "active":
             left, total = remaining_fraction(s.period_start, s.period_end, now)
-            cents = added_seats_cents(seat_price_cents(CATALOG, CATALOG.plan(s.plan), s.interval),
-                                      seats - old, left, total)
+            cents = added_seats_cents(self._seat_cents(s.plan, s.catalog_version, now), seats - old, left, total)
             if cents > 0:
                 lines = [InvoiceLine(f"{s.plan} x {seats - old} more seats, {day(now)} to "
                                      f"{day(s.period_end)} (prorated)", 1, cents, cents)]
@@ -481,7 +505,7 @@ class SubscriptionWorkflow:
             if req.trial_days == 0 and customer.payment_method is None:
                 raise reject(PaymentDeclined("a payment method is required to subscribe without a trial",
                                              "no_payment_method"))
-            s.email, s.plan, s.seats = req.email, req.plan, req.seats
+            s.email, s.plan, s.seats, s.catalog_version = req.email, req.plan, req.seats, req.catalog_version
             s.interval, s.vat_rate = req.interval, req.vat_rate
             s.pending_plan, s.pending_seats, s.cancel_at_period_end = None, None, False
             if req.trial_days > 0:
@@ -502,7 +526,8 @@ class SubscriptionWorkflow:
     def _check_subscribe(self, req: SubscribeRequest) -> None:
         self._check_finished()
         try:
-            check_subscribe(CATALOG, self.s.status, req.plan, req.seats, req.interval, req.trial_days,
+            check_subscribe(CATALOGS.get(req.catalog_version), self.s.status, req.plan, req.seats, req.interval,
+                            req.trial_days,
                             req.email, req.vat_rate)
         except BillingError as exc:
             raise reject(exc) from None
@@ -511,25 +536,29 @@ class SubscriptionWorkflow:
     async def upgrade(self, req: PlanRequest) -> Subscription:
         async with self.lock:
             s = self.s
-            self._validated(lambda: check_upgrade(CATALOG, s.status, s.plan, req.plan))
+            self._validated(lambda: check_upgrade(CATALOGS.get(req.catalog_version), s.status, s.plan, req.plan))
             before = copy.deepcopy(s)
             s.change_seq += 1
-            await self._in_update(UnfinishedChange("upgrade", workflow.now(), s.change_seq, plan=req.plan), before)
+            await self._in_update(UnfinishedChange("upgrade", workflow.now(), s.change_seq, plan=req.plan,
+                                                   version=req.catalog_version), before)
             return self._view()
 
     @upgrade.validator
     def _check_upgrade(self, req: PlanRequest) -> None:
-        self._validated(lambda: check_upgrade(CATALOG, self.s.status, self.s.plan, req.plan))
+        self._validated(lambda: check_upgrade(CATALOGS.get(req.catalog_version), self.s.status, self.s.plan,
+                                              req.plan))
 
     @workflow.update
     async def downgrade(self, req: PlanRequest) -> Subscription:
         async with self.lock:
             s = self.s
             target = self._validated(
-                lambda: check_downgrade(CATALOG, s.status, s.plan, req.plan, s.pending_seats or s.seats))
+                lambda: check_downgrade(CATALOGS.get(req.catalog_version), s.status, s.plan, req.plan,
+                                        s.pending_seats or s.seats))
             if target is not None and target.name == s.pending_plan:
                 return self._view()  # already scheduled: a repeat changes nothing and emails nothing
             s.pending_plan = None if target is None else target.name
+            s.pending_version = None if target is None else req.catalog_version
             s.change_seq += 1
             self._publish()
             if target is not None:
@@ -542,14 +571,15 @@ class SubscriptionWorkflow:
     @downgrade.validator
     def _check_downgrade(self, req: PlanRequest) -> None:
         s = self.s
-        self._validated(lambda: check_downgrade(CATALOG, s.status, s.plan, req.plan, s.pending_seats or s.seats))
+        self._validated(lambda: check_downgrade(CATALOGS.get(req.catalog_version), s.status, s.plan, req.plan,
+                                                s.pending_seats or s.seats))
 
     @workflow.update
     async def change_seats(self, req: SeatsRequest) -> Subscription:
         async with self.lock:
             s = self.s
             seats = self._validated(
-                lambda: check_change_seats(CATALOG, s.status, s.plan, s.pending_plan, s.seats, req.seats))
+                lambda: check_change_seats(self._catalog(), s.status, s.plan, s.pending_plan, s.seats, req.seats))
             now = workflow.now()
             assert s.period_start is not None and s.period_end is not None
             if seats < s.seats and seats == s.pending_seats:
@@ -575,7 +605,8 @@ class SubscriptionWorkflow:
     @change_seats.validator
     def _check_change_seats(self, req: SeatsRequest) -> None:
         s = self.s
-        self._validated(lambda: check_change_seats(CATALOG, s.status, s.plan, s.pending_plan, s.seats, req.seats))
+        self._validated(lambda: check_change_seats(self._catalog(), s.status, s.plan, s.pending_plan, s.seats,
+                                                   req.seats))
 
     @workflow.update
     async def cancel(self) -> Subscription:
@@ -630,6 +661,63 @@ class SubscriptionWorkflow:
         if not self.s.cancel_at_period_end:
             raise reject(InvalidRequest("the subscription is not cancelled: nothing to resume"))
 
+    @workflow.update
+    async def set_contract(self, req: ContractRequest) -> Subscription:
+        """Set the organization's contract terms (or end them, with None): in force at once for what the ledger
+        enforces (overage, the open-hold limit) and for this period's allocation (the new allocation less what
+        was consumed, as an upgrade does); seat prices from the next charge."""
+        async with self.lock:
+            s = self.s
+            self._check_contract(req)
+            if req.terms == s.contract:
+                return self._view()  # a repeat changes nothing
+            before = copy.deepcopy(s)
+            s.contract = req.terms
+            if req.terms is not None and req.terms.overage_allowed:
+                s.overage_rate_cents = req.terms.overage_rate_cents
+            s.change_seq += 1
+            await self._in_update(UnfinishedChange("contract", workflow.now(), s.change_seq), before)
+            return self._view()
+
+    @set_contract.validator
+    def _check_contract(self, req: ContractRequest) -> None:
+        s = self.s
+        self._validated(lambda: check_changeable(s.status, "set a contract"))
+        if req.terms is not None:
+            terms = self._validated(lambda: check_contract(req.terms))
+            if terms.payment_terms == "invoice":
+                raise reject(InvalidRequest("payment_terms 'invoice' is not available yet: contracts are paid by card"))
+
+    async def _apply_contract(self, now: datetime, seq: int) -> None:
+        """A contract change's effects: the ledger's terms, then this period's allocation under them."""
+        s = self.s
+        await self._apply_terms(now)
+        credits = self._allowance(s.plan, s.catalog_version, now)
+        await CHANGE_PLAN.run(ChangePlan(s.org_id, self._key(f"contract-{seq}"), s.plan, now, credits=credits),
+                              summary=f"Plan credits under the contract: {credits}", deadline=self.deadline)
+        self._publish()
+
+    @workflow.update
+    async def migrate_catalog(self, req: MigrateRequest) -> Subscription:
+        """An operator moves a grandfathered subscription to catalog `req.version`: its next charge is priced
+        on it (the current period was paid at the old price). Refused while a contract locks prices."""
+        async with self.lock:
+            self._check_migrate(req)
+            self.s.catalog_version = req.version
+            self._publish()
+            self.changed = True
+            return self._view()
+
+    @migrate_catalog.validator
+    def _check_migrate(self, req: MigrateRequest) -> None:
+        s = self.s
+        self._validated(lambda: check_changeable(s.status, "migrate the catalog version"))
+        catalog = self._validated(lambda: CATALOGS.get(req.version))
+        self._validated(lambda: catalog.plan(s.plan))
+        if in_term(s.contract, workflow.now()):
+            assert s.contract is not None
+            raise reject(InvalidRequest(f"{s.org_id}: its contract locks prices until {day(s.contract.term_end)}"))
+
     @workflow.query
     def state(self) -> Subscription:
         return self._view()
@@ -664,14 +752,76 @@ class SubscriptionWorkflow:
         assert s.period_start is not None
         return period_key(s.org_id, s.period_start, purpose)
 
+    # -- prices, allowances and terms: the catalog version the subscription is on, under its contract ------
+
+    def _catalog(self, version: int | None = None) -> Catalog:
+        return CATALOGS.get(self.s.catalog_version if version is None else version)
+
+    def _terms(self, at: datetime) -> ContractTerms | None:
+        """The contract's terms if in force at `at`: outside its term the plan's own apply."""
+        return self.s.contract if in_term(self.s.contract, at) else None
+
+    def _seat_cents(self, plan: str, version: int, at: datetime) -> int:
+        """One seat for one period, priced on catalog `version`, or at the contract's price in its term."""
+        catalog = self._catalog(version)
+        return contract_seat_cents(self._terms(at), seat_price_cents(catalog, catalog.plan(plan), self.s.interval))
+
+    def _allowance(self, plan: str, version: int, at: datetime) -> Decimal:
+        """A period's plan credits: the plan's on catalog `version`, under the contract in its term."""
+        return allowance(self._terms(at), self._catalog(version).plan(plan).credits)
+
+    def _wallet_terms(self, at: datetime) -> WalletTerms:
+        terms = self._terms(at)
+        if terms is None:
+            return WalletTerms()
+        return WalletTerms(terms.overage_allowed, terms.overage_cap,
+                           concurrency_limit(terms, self._catalog().plan(self.s.plan).max_concurrent_holds))
+
+    async def _apply_terms(self, at: datetime) -> None:
+        """What the ledger enforces of the contract (overage and its cap, the open-hold limit), as in force at
+        `at`; the plan's own without one. Idempotent: setting the same terms again changes nothing."""
+        self.effects_started = True
+        await SET_TERMS.run(SetTerms(self.s.org_id, self._wallet_terms(at)),
+                            summary=f"Wallet terms of {self.s.org_id}", deadline=self.deadline)
+
+    async def _terms_for_period(self, now: datetime) -> None:
+        """At a paid period's start: a contract whose term is over ends (the plan's own terms apply again);
+        one in force is applied again (its limit follows the plan)."""
+        s = self.s
+        if s.contract is None:
+            return
+        assert s.period_start is not None
+        if s.period_start >= s.contract.term_end:
+            s.contract = None
+        if s.contract is None or not s.contract.overage_allowed:
+            s.overage_rate_cents = None  # this renewal invoiced what was left
+        await self._apply_terms(s.period_start)
+
+    async def _overage_lines(self, now: datetime) -> list[InvoiceLine]:
+        """The ended period's overage as its own invoice line at the contracted rate. The ledger closes it
+        under this renewal's key, once: a retried charge, a dunning retry or a re-run step reads the same
+        figure, so the charge's amount never changes between attempts."""
+        s = self.s
+        if s.overage_rate_cents is None:
+            return []
+        key = self._key("overage")
+        closed = await CLOSE_OVERAGE.run(CloseOverage(s.org_id, key, now), summary=f"Close the overage of {s.org_id}",
+                                         deadline=self.deadline)
+        self.effects_started = True
+        if closed.credits <= 0:
+            return []
+        cents = overage_cents(closed.credits, s.overage_rate_cents)
+        return [InvoiceLine(f"overage: {_number(closed.credits)} credits at {_number(s.overage_rate_cents)} cents "
+                            "per credit", 1, cents, cents)]
+
     def _view(self) -> Subscription:
         s = self.s
         return Subscription(s.org_id, s.plan, s.seats, s.interval, s.status or "free", s.period_start, s.period_end,
                             s.trial_end, s.pending_plan, s.pending_seats, s.cancel_at_period_end, s.renewals,
-                            self._incident_text())
+                            self._incident_text(), s.catalog_version, s.contract)
 
     def _period_lines(self, plan: str, seats: int, start: datetime, end: datetime) -> list[InvoiceLine]:
-        price = seat_price_cents(CATALOG, CATALOG.plan(plan), self.s.interval)
+        price = self._seat_cents(plan, self.s.catalog_version, start)
         label = "year" if self.s.interval == "year" else "month"
         return [InvoiceLine(f"{plan} x {seats} seats, {day(start)} to {day(end)} ({label})",
                             seats, price, price * seats)]
@@ -706,8 +856,29 @@ class SubscriptionWorkflow:
             + (f"\n\nat period end: {', '.join(pending)}" if pending else "")
             + (f"\n\nfailed charges: {s.failed_charges}" if s.failed_charges else "")
             + f"\n\nrenewals: {s.renewals}"
+            + (f" · catalog version {s.catalog_version}" if s.catalog_version != 1 else "")
+            + (f"\n\n**contract** {self._contract_text()}" if s.contract else "")
             + (f"\n\n**incident**: {self._incident_text()}" if s.incident else "")
         )
+
+    def _contract_text(self) -> str:
+        c = self.s.contract
+        assert c is not None
+        parts = [f"{day(c.term_start)} to {day(c.term_end)}"]
+        if c.allowance_credits is not None:
+            parts.append(f"{_number(c.allowance_credits)} credits a period")
+        elif c.allowance_multiplier is not None:
+            parts.append(f"{_number(c.allowance_multiplier)}x credits")
+        if c.concurrency_multiplier != 1:
+            parts.append(f"{_number(c.concurrency_multiplier)}x concurrency")
+        if c.seat_price_cents is not None:
+            parts.append(f"seat {Money(c.seat_price_cents, self.s.currency)}")
+        if c.overage_allowed:
+            cap = "no cap" if c.overage_cap is None else f"cap {_number(c.overage_cap)}"
+            parts.append(f"overage at {_number(c.overage_rate_cents or Decimal(0))} cents/credit ({cap})")
+        if c.payment_terms == "invoice":
+            parts.append(f"invoice, net {c.net_days}")
+        return ", ".join(parts)
 
     def _incident_text(self) -> str | None:
         i = self.s.incident
@@ -739,11 +910,11 @@ class SubscriptionWorkflow:
     async def _grant(self, plan: str, start: datetime, end: datetime | None, now: datetime, purpose: str,
                      *, grant: bool = True) -> None:
         s = self.s
-        credits = CATALOG.plan(plan).credits
+        credits = self._allowance(plan, s.catalog_version, start)
         what = f"Grant {credits} {plan} credits" if grant else "Expire plan credits (period unpaid)"
         key = period_key(s.org_id, start, purpose)
         self.effects_started = True
-        await START_PERIOD.run(StartPeriod(s.org_id, key, plan, start, end, now, grant),
+        await START_PERIOD.run(StartPeriod(s.org_id, key, plan, start, end, now, grant, credits=credits),
                                summary=f"{what}, {day(start)} to {day(end)}", deadline=self.deadline)
 
     async def _email(self, template: str, key: str, now: datetime, **context: str | int | bool | None) -> None:
@@ -751,3 +922,8 @@ class SubscriptionWorkflow:
         await notify(SendEmail(s.org_id, key, template, s.email, now, {"org_id": s.org_id, **context}),
                              summary=f"Email {template} to the billing contact")
 
+
+def _number(value: Decimal) -> str:
+    """A credit amount or rate as people write it: 5,000 and 0.4, not 5000.000 and 0.400."""
+    value = value.normalize() if value != value.to_integral_value() else value.quantize(Decimal(1))
+    return f"{value:,f}"
