@@ -3,8 +3,10 @@ the books of the kit's whole database.
 
 The session's database is shared with the suites of the layers below (tests/ledger, tests/payments, ...), which
 write part of the books on purpose: charges without a workflow, so without grant or receipt; wallets on a paid
-plan opened by hand; packs granted without payment. The organizations already in the database when the first
-reliability test starts are set aside (`books_set_aside`); every organization made afterwards is judged whole.
+plan opened by hand; packs granted without payment. And each test module runs on a kit of its own (a Temporal
+server of its own): the subscriptions of an earlier module have no workflow in this one's. So the organizations
+already in the database when a module starts are set aside (`books_set_aside`); every organization the module
+makes is judged whole.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ _ORG_TABLES = ("wallets", "buckets", "ledger_entries", "usage_events", "holds", 
 _set_aside: frozenset[str] = frozenset()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 async def books_set_aside(database_url: str) -> AsyncIterator[frozenset[str]]:
-    """The organizations in the session's database before the first reliability test (module docstring)."""
+    """The organizations in the session's database before the module's first test (module docstring)."""
     global _set_aside
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         cur = await conn.execute(" UNION ".join(f"SELECT org_id FROM {table}" for table in _ORG_TABLES))
