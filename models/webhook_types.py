@@ -2,7 +2,8 @@
 types of endpoints and deliveries. Pure: no I/O (workflows import it too).
 
 An event is written in the transaction of its cause (migrations/versions/0007_webhooks.sql): by a trigger
-where the cause is a row (an alert, a payment's outcome, an invoice, auto-recharge turned off), by the
+where the cause is a row (an alert, a payment's outcome, an invoice, auto-recharge turned off, an overage
+close: 0010_overage_event.sql), by the
 mailer where the cause is a workflow step whose durable record is its email (mail/mailer.py, with
 `email_event` below), and by a workflow's own activity where the cause lives only in workflow state (an
 incident opened or resolved, with `incident_event` below). Event data holds no personal data: no email
@@ -40,12 +41,13 @@ AUTO_RECHARGE_DISABLED: Final = "auto_recharge.disabled"
 USAGE_GUARD_PAUSED: Final = "usage_guard.paused"
 INCIDENT_OPENED: Final = "incident.opened"                  # a workflow step failed for good: retried until done
 INCIDENT_RESOLVED: Final = "incident.resolved"              # that step went through (or got a certain answer)
+OVERAGE_INVOICED: Final = "overage.invoiced"                # a renewal took the period's overage to its invoice
 
 EVENT_TYPES: Final[tuple[str, ...]] = (
     SUBSCRIPTION_CREATED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_RENEWED, SUBSCRIPTION_CANCELLED,
     SUBSCRIPTION_REVERTED_TO_FREE, PAYMENT_SUCCEEDED, PAYMENT_FAILED, INVOICE_ISSUED, CREDITS_USAGE_80,
     CREDITS_USAGE_100, CREDITS_LOW_BALANCE, AUTO_RECHARGE_SUCCEEDED, AUTO_RECHARGE_LIMIT_REACHED,
-    AUTO_RECHARGE_DISABLED, USAGE_GUARD_PAUSED, INCIDENT_OPENED, INCIDENT_RESOLVED,
+    AUTO_RECHARGE_DISABLED, USAGE_GUARD_PAUSED, INCIDENT_OPENED, INCIDENT_RESOLVED, OVERAGE_INVOICED,
 )
 
 # The alerts table's kinds (0001) and the type each becomes (the trigger in 0007 says the same).
