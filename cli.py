@@ -5,6 +5,9 @@
     billing balance acme
     billing serve --port 8480            # the HTTP API alone (docs/api.md), beside workers running elsewhere
     billing keys create --role admin --org acme
+    billing contract set cloro --term-start 2026-01-01 --term-end 2027-01-01 --allowance-multiplier 1.2 \
+        --concurrency-multiplier 1.3 --overage --overage-rate-cents 0.4
+    billing catalog show                 # the current catalog version's plans, packs and per-credit price
 
 With DATABASE_URL unset and BILLING_DEV_MODE=1, it uses the embedded development PostgreSQL under .data/
 (the one the main command, `python3 tasks.py run`, starts and migrates): the `embedded` extra. Outside
@@ -35,8 +38,11 @@ from api.server import serving
 from audit import DEFAULT_LIMIT, DEFAULT_PENDING_BOUND, AuditReport, run_audit
 from ledger.migrate import migrate as apply_migrations
 from models.api_types import ApiKey, NewKey
+from models.auto_recharge import per_credit
 from models.auto_recharge_types import AutoRechargeSettings
+from models.catalog import CATALOGS, Catalog
 from models.checks import utcnow
+from models.contract_types import ContractTerms
 from models.errors import BillingError, InvalidRequest, ServiceUnavailable
 from models.money import Money
 from models.subscription_types import Subscription
@@ -47,6 +53,11 @@ from temporal_client import connect_client
 cli = typer.Typer(help="Billing engine: subscriptions, metering, balances, invoices.", no_args_is_help=True)
 keys_cli = typer.Typer(help="API keys of the HTTP API (`billing serve`): create, list, revoke.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+contract_cli = typer.Typer(help="An organization's contract terms over its plan (docs/contracts.md): set, show, end.",
+                           no_args_is_help=True)
+cli.add_typer(contract_cli, name="contract")
+catalog_cli = typer.Typer(help="The catalog's versions: show one, migrate a subscription to one.", no_args_is_help=True)
+cli.add_typer(catalog_cli, name="catalog")
 console = Console()
 
 
@@ -93,7 +104,7 @@ def _answer(coro: Coroutine[Any, Any, Any]) -> Any:
 
 def _show(sub: Subscription) -> None:
     t = Table(title=f"{sub.org_id}: subscription")
-    for col in ("plan", "seats", "interval", "status", "period", "at period end"):
+    for col in ("plan", "seats", "interval", "status", "period", "at period end", "catalog"):
         t.add_column(col)
     pending = [p for p in (sub.pending_plan and f"downgrade to {sub.pending_plan}",
                            sub.pending_seats and f"{sub.pending_seats} seats",
@@ -101,8 +112,11 @@ def _show(sub: Subscription) -> None:
     period = "" if sub.period_start is None else f"{sub.period_start:%Y-%m-%d} to {sub.period_end:%Y-%m-%d}"
     if sub.status == "trialing":
         period += f" (trial ends {sub.trial_end:%Y-%m-%d})"
-    t.add_row(sub.plan, str(sub.seats), sub.interval, sub.status, period, ", ".join(pending))
+    t.add_row(sub.plan, str(sub.seats), sub.interval, sub.status, period, ", ".join(pending),
+              f"v{sub.catalog_version}")
     console.print(t)
+    console.print(f"contract: {_contract_text(sub.contract, _currency(sub.catalog_version))}" if sub.contract
+                  else "contract: none (the plan's own terms)")
     if sub.incident:
         console.print(f"[red]incident[/red]: {sub.incident}")
 
@@ -305,6 +319,170 @@ def transactions(org_id: str) -> None:
     for r in rows:
         t.add_row(r.at.isoformat(timespec="seconds"), r.kind, str(r.credits), r.bucket or "", r.ref)
     console.print(t)
+
+
+# -- contracts and catalog versions (docs/contracts.md) ---------------------------------------------------
+
+
+def _number(value: Decimal) -> str:
+    """A credit amount or rate as people write it: 5,000 and 0.4, not 5000.000 and 0.400."""
+    value = value.normalize() if value != value.to_integral_value() else value.quantize(Decimal(1))
+    return f"{value:,f}"
+
+
+def _currency(version: int) -> str:
+    """The currency a subscription on catalog `version` pays in (the current catalog's if this process does not
+    know the version: a worker may ship a newer one)."""
+    return (CATALOGS.get(version) if version in CATALOGS.versions else CATALOGS.current).currency
+
+
+def _contract_text(c: ContractTerms, currency: str) -> str:
+    """The terms on one line: what they change over the plan, and their term."""
+    parts = [f"{c.term_start:%Y-%m-%d %H:%M}Z to {c.term_end:%Y-%m-%d %H:%M}Z"]
+    if c.allowance_credits is not None:
+        parts.append(f"{_number(c.allowance_credits)} credits a period")
+    elif c.allowance_multiplier is not None:
+        parts.append(f"{_number(c.allowance_multiplier)}x credits")
+    if c.concurrency_multiplier != 1:
+        parts.append(f"{_number(c.concurrency_multiplier)}x concurrency")
+    if c.seat_price_cents is not None:
+        parts.append(f"seat {Money(c.seat_price_cents, currency)} a period")
+    if c.overage_allowed:
+        cap = "no cap" if c.overage_cap is None else f"cap {_number(c.overage_cap)} credits"
+        parts.append(f"overage at {_number(c.overage_rate_cents or Decimal(0))} cents/credit ({cap})")
+    parts.append(c.payment_terms if c.payment_terms == "card" else f"invoice, net {c.net_days} days")
+    return "; ".join(parts)
+
+
+def _decimal(option: str, text: str | None) -> Decimal | None:
+    """An option's number, exactly as written (never through a float): 1.2 is Decimal('1.2'). Text that is no
+    finite number is refused typed (InvalidRequest), naming the option."""
+    if text is None:
+        return None
+    try:
+        value = Decimal(text.strip())
+    except ArithmeticError:
+        value = Decimal("NaN")
+    if not value.is_finite() or not text.strip():
+        raise InvalidRequest(f"{option} must be a decimal number (e.g. 1.2), got {text!r}")
+    return value
+
+
+def _time(option: str, text: str) -> datetime:
+    """A day (2026-01-01: its midnight, UTC) or an ISO 8601 time with its offset (2026-01-01T09:00:00+01:00,
+    ...Z). A time without an offset is refused: the CLI does not guess a time zone."""
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"{option} must be a day (2026-01-01) or a time with its offset "
+                             f"(2026-01-01T09:00:00Z), got {text!r}") from None
+    if at.tzinfo is None:
+        raise InvalidRequest(f"{option} {text!r} has no time zone: add Z or an offset (2026-01-01T09:00:00Z), "
+                             "or give a day")
+    return at
+
+
+def _print_contract(org_id: str, sub: Subscription) -> None:
+    if sub.contract is None:
+        console.print(f"{org_id}: no contract (the plan's own terms), {sub.plan} on catalog v{sub.catalog_version}")
+    else:
+        console.print(f"{org_id}: contract {_contract_text(sub.contract, _currency(sub.catalog_version))}")
+
+
+@contract_cli.command("set")
+def contract_set(
+    org_id: str,
+    term_start: Annotated[str, typer.Option(help="a day (2026-01-01, midnight UTC) or a time with its offset")],
+    term_end: Annotated[str, typer.Option(help="the first moment past the term (2027-01-01)")],
+    allowance_multiplier: Annotated[str | None, typer.Option(
+        help="the plan's credits a period times this (1.2: 20% more); or --allowance-credits")] = None,
+    allowance_credits: Annotated[str | None, typer.Option(help="an absolute allocation of credits a period")] = None,
+    concurrency_multiplier: Annotated[str, typer.Option(help="the plan's open-hold limit times this")] = "1",
+    seat_price_cents: Annotated[int | None, typer.Option(
+        help="a negotiated price per seat and period (default: the catalog's)")] = None,
+    overage: Annotated[bool, typer.Option("--overage", help="serve past the balance, invoiced at the next "
+                                                            "renewal")] = False,
+    overage_rate_cents: Annotated[str | None, typer.Option(help="with --overage: cents per credit (0.4)")] = None,
+    overage_cap: Annotated[str | None, typer.Option(help="with --overage: at most this many credits of overage "
+                                                         "(default: no cap)")] = None,
+    payment_terms: Annotated[str, typer.Option(help="card (charged at once) or invoice")] = "card",
+    net_days: Annotated[int, typer.Option(help="with --payment-terms invoice: days to pay")] = 0,
+) -> None:
+    """Set an organization's contract terms over its plan (replacing any): allowance and concurrency at once, a
+    seat price from the next charge, overage at once. Refused whole, nothing changed, when a term is wrong."""
+    async def go(b: BillingClient) -> Subscription:
+        terms = ContractTerms(
+            term_start=_time("--term-start", term_start), term_end=_time("--term-end", term_end),
+            allowance_multiplier=_decimal("--allowance-multiplier", allowance_multiplier),
+            allowance_credits=_decimal("--allowance-credits", allowance_credits),
+            concurrency_multiplier=_decimal("--concurrency-multiplier", concurrency_multiplier) or Decimal(0),
+            seat_price_cents=seat_price_cents, overage_allowed=overage,
+            overage_cap=_decimal("--overage-cap", overage_cap),
+            overage_rate_cents=_decimal("--overage-rate-cents", overage_rate_cents),
+            payment_terms=payment_terms, net_days=net_days)  # type: ignore[arg-type]  # checked by the engine
+        return await b.set_contract(org_id, terms)
+
+    _print_contract(org_id, _run(go))
+
+
+@contract_cli.command("show")
+def contract_show(org_id: str) -> None:
+    """Show an organization's contract terms (or that its plan's own apply)."""
+    _print_contract(org_id, _run(lambda b: b.subscription(org_id)))
+
+
+@contract_cli.command("end")
+def contract_end(org_id: str) -> None:
+    """End an organization's contract now: its plan's own terms apply again (overage already recorded is still
+    invoiced at the next renewal, at the contract's rate)."""
+    _print_contract(org_id, _run(lambda b: b.set_contract(org_id, None)))
+
+
+@catalog_cli.command("migrate")
+def catalog_migrate(
+    org_id: str,
+    version: Annotated[int | None, typer.Option(help="the catalog version (default: the current one)")] = None,
+) -> None:
+    """Move a grandfathered subscription to a catalog version: its next charge is priced on it. Refused while a
+    contract locks its prices."""
+    _show(_run(lambda b: b.migrate_catalog(org_id, version=version)))
+
+
+@catalog_cli.command("show")
+def catalog_show(
+    version: Annotated[int | None, typer.Option(help="the catalog version (default: the current one)")] = None,
+) -> None:
+    """Show a catalog version: its plans (price per seat, annual discount, credits, concurrency), its packs and
+    its price per credit (no database needed: the versions ship with the code)."""
+    async def go() -> Catalog:
+        return CATALOGS.current if version is None else CATALOGS.get(version)
+
+    catalog: Catalog = _answer(go())
+    newest = CATALOGS.current.version
+    console.print(f"catalog v{catalog.version}" + (" (current)" if catalog.version == newest else
+                                                   f" (current: v{newest})")
+                  + f", prices in {catalog.currency}; versions known: "
+                  + ", ".join(f"v{v}" for v in CATALOGS.versions))
+    t = Table(title="plans")
+    t.add_column("plan")
+    for col in ("seat a month", "annual discount", "credits", "open holds"):
+        t.add_column(col, justify="right")
+    for plan in sorted(catalog.plans.values(), key=lambda p: p.rank):
+        t.add_row(plan.name, str(Money(plan.price_cents_per_seat, catalog.currency)),
+                  "" if plan.is_free else f"{plan.annual_discount_percent}%",
+                  f"{_number(plan.credits)}/{plan.credits_per}", str(plan.max_concurrent_holds))
+    console.print(t)
+    t = Table(title="packs")
+    for col in ("pack", "credits", "price"):
+        t.add_column(col, justify="right")
+    for name, pack in sorted(catalog.packs.items(), key=lambda kv: kv[1].credits):
+        t.add_row(name, _number(pack.credits), str(Money(pack.price_cents, catalog.currency)))
+    console.print(t)
+    console.print(f"any amount of credits: {per_credit(catalog.credits.price_cents, catalog.currency)} each, "
+                  f"at least {_number(catalog.credits.minimum)} per purchase")
 
 
 @cli.command("migrate")
