@@ -240,19 +240,23 @@ INVARIANT_CHECKS: tuple[SqlCheck, ...] = (
             ON e.org_id = c.org_id AND e.ref = c.close_key
         WHERE c.org_id IS NULL OR (c.credits = 0) <> (e.org_id IS NULL)
            OR (c.credits > 0 AND (e.entries <> 1 OR e.amount <> c.credits))"""),
-    SqlCheck("invoice", "B1: a succeeded payment has exactly one invoice, of its organization and for its amount", """
+    SqlCheck("invoice", "B1: a succeeded (or invoiced) payment has exactly one invoice, of its organization and for "
+                        "its amount", """
         SELECT p.org_id, p.key, p.amount_cents, count(i.number) AS invoices, min(i.total_cents) AS invoiced_cents,
                min(i.org_id) AS invoice_org
         FROM payments p LEFT JOIN invoices i ON i.payment_key = p.key
-        WHERE p.status = 'succeeded'
+        WHERE p.status IN ('succeeded', 'invoiced')
         GROUP BY p.key
         HAVING count(i.number) <> 1 OR min(i.total_cents) <> p.amount_cents OR bool_or(i.org_id <> p.org_id)"""),
     # The foreign key invoices.payment_key -> payments makes an invoice without any payment row impossible;
-    # this is the rest: an invoice of a pending or declined payment, or of another organization's.
-    SqlCheck("invoice_paid", "B1: an invoice belongs to a succeeded payment of its organization", """
-        SELECT i.org_id, i.number, i.payment_key, p.status AS payment_status, p.org_id AS payment_org
+    # this is the rest: an invoice of a pending or declined payment, or of another organization's. An open invoice
+    # (invoice terms, 0011) belongs to a payment invoiced and awaited; a paid one to a succeeded payment.
+    SqlCheck("invoice_paid", "B1: a paid invoice belongs to a succeeded payment of its organization, an open one "
+                             "to an invoiced one", """
+        SELECT i.org_id, i.number, i.payment_key, i.status, p.status AS payment_status, p.org_id AS payment_org
         FROM invoices i LEFT JOIN payments p ON p.key = i.payment_key
-        WHERE p.key IS NULL OR p.status <> 'succeeded' OR p.org_id <> i.org_id"""),
+        WHERE p.key IS NULL OR p.org_id <> i.org_id
+           OR p.status <> CASE i.status WHEN 'open' THEN 'invoiced' ELSE 'succeeded' END"""),
     SqlCheck("B2", "invoice numbers are gapless per year", """
         SELECT NULL::text AS org_id, c.year, c.last, count(i.number) AS invoices, min(i.seq) AS min_seq,
                max(i.seq) AS max_seq

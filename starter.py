@@ -260,6 +260,22 @@ class BillingClient:
         check_id("org_id", org_id)
         return await self.payments.invoices(org_id)
 
+    async def mark_invoice_paid(self, org_id: str, number: str, *, reference: str | None = None) -> Invoice:
+        """Record the payment of open invoice `number` (invoice payment terms: a bank transfer arrived): the invoice
+        is paid and its payment succeeded at once, then the subscription is told, so it stops following the
+        invoice (no more reminders) and sends the receipt. A repeat answers as the first; UnknownInvoice for a
+        number the organization does not have. Should the subscription not answer, the invoice stays paid and the
+        subscription finds it so at its next look (its due date or a reminder)."""
+        check_id("org_id", org_id)
+        await self.payments.mark_paid(org_id, number, now=self.ledger.clock(), reference=reference)
+        try:
+            await self._update(org_id, SubscriptionWorkflow.invoice_paid, number)
+        except (InvalidRequest, ServiceUnavailable) as err:
+            log.warning("invoice %s of %s paid; its subscription was not told (%s): it sees it at its next look",
+                        number, org_id, err)
+        [invoice] = [i for i in await self.payments.invoices(org_id) if i.number == number]
+        return invoice
+
     async def _handle(self, org_id: str) -> WorkflowHandle[Any, Any]:
         check_id("org_id", org_id)
         return (await self.temporal()).get_workflow_handle(subscription_workflow_id(org_id))

@@ -4,6 +4,7 @@ the workflow (and so the organization) they are about.
 Metrics: one endpoint (BILLING_METRICS_ADDRESS, host:port) serves the Temporal SDK's own metrics and the
 engine's counters, all on the SDK runtime's meter, so nothing else runs a server:
 - `billing_charges` by `purpose` and `outcome` (succeeded, replayed, declined);
+- `billing_invoices_open` by `purpose` and `outcome` (issued, replayed): invoices issued on invoice terms;
 - `billing_notifications_failed` by `template`: emails the SMTP server refused for good (recorded on
   their outbox row);
 - `billing_incidents` by `step`: a subscription's due step that failed for good (counted by the workflow,
@@ -20,6 +21,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 DESCRIPTIONS = {
     "billing_charges": "Stripe charges by purpose and outcome (succeeded, replayed, declined)",
+    "billing_invoices_open": "Invoices issued open on invoice payment terms, by purpose and outcome (issued, replayed)",
     "billing_notifications_failed": "Emails the SMTP server refused for good (recorded on their outbox row)",
     "billing_incidents": "Subscription steps that failed for good: recorded, shown, retried on a backoff",
 }

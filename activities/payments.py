@@ -8,13 +8,21 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import typed_errors
-from models.billing_types import ChargeRequest, ChargeResult, CustomerResult, EnsureCustomer
+from models.billing_types import (
+    ChargeRequest,
+    ChargeResult,
+    CustomerResult,
+    EnsureCustomer,
+    InvoiceState,
+    IssueInvoice,
+    MarkInvoice,
+)
 from models.errors import BillingError, PaymentDeclined
 from models.money import Money
 from payments import Payments
 from payments.stripe_errors import stripe_failure
 from telemetry import count
-from workflows.activity_defs import CHARGE, ENSURE_CUSTOMER
+from workflows.activity_defs import CHARGE, ENSURE_CUSTOMER, INVOICE_STEP, ISSUE_INVOICE
 
 
 class PaymentActivities:
@@ -52,5 +60,17 @@ class PaymentActivities:
                              result.invoice_number, " (replayed)" if result.replayed else "")
         return result
 
+    @activity.defn(name=ISSUE_INVOICE.name)
+    @typed_errors
+    async def issue_invoice(self, req: IssueInvoice) -> ChargeResult:
+        result = await self.payments.issue_invoice(req)
+        count("billing_invoices_open", purpose=req.charge.purpose, outcome="replayed" if result.replayed else "issued")
+        return result
+
+    @activity.defn(name=INVOICE_STEP.name)
+    @typed_errors
+    async def invoice_step(self, req: MarkInvoice) -> InvoiceState:
+        return await self.payments.mark_invoice(req)
+
     def all(self) -> list[object]:
-        return [self.ensure_customer, self.charge]
+        return [self.ensure_customer, self.charge, self.issue_invoice, self.invoice_step]

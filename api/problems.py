@@ -26,6 +26,7 @@ from models.errors import (
     ServiceUnavailable,
     TierNotAvailable,
     UnknownApiKey,
+    UnknownInvoice,
     UnknownOrganization,
     UnknownWebhookEndpoint,
     UsageGuardPaused,
@@ -41,6 +42,7 @@ STATUS: list[tuple[type[BillingError], int]] = [
     (UnknownOrganization, 404),
     (UnknownApiKey, 404),
     (UnknownWebhookEndpoint, 404),
+    (UnknownInvoice, 404),
     (NotAuthenticated, 401),
     (Forbidden, 403),
     (InsufficientCredits, 403),   # seed 001's "403 Insufficient Credits"

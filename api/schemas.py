@@ -161,7 +161,16 @@ class InvoiceOut(Answer):
     tax_rate: Credits = Field(description="a decimal fraction such as \"0.20\"")
     tax_cents: int
     total_cents: int
-    stripe_payment_id: str
+    stripe_payment_id: str = Field(description="the card payment's id (empty for an invoice paid by transfer or open)")
+    status: Literal["open", "paid"] = Field(description="open: issued on invoice terms and not yet paid")
+    due_at: Time | None = Field(description="an open invoice's due date (invoice payment terms)")
+    paid_at: Time | None = Field(description="when an invoice on terms was recorded paid")
+    overdue_at: Time | None = Field(description="when its dunning began (a day past due, unpaid)")
+
+
+class InvoicePaidIn(Request):
+    model_config = _example(reference="transfer 2026-03-02 ref 4411")
+    reference: str | None = Field(default=None, max_length=200, description="the payment's reference, for the books")
 
 
 class InvoiceDocumentOut(InvoiceOut):

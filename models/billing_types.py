@@ -71,6 +71,41 @@ class ChargeResult:
 
 
 @dataclass(frozen=True)
+class IssueInvoice:
+    """Issue, once per `charge.key`, an open invoice of `charge`'s lines payable by `due_at` (invoice payment
+    terms): no card is charged; its payment row waits as 'invoiced' until the invoice is paid."""
+
+    charge: ChargeRequest
+    due_at: datetime
+
+
+InvoiceStep = Literal["check", "due", "overdue"]
+
+
+@dataclass(frozen=True)
+class InvoiceState:
+    """An invoice as its subscription follows it."""
+
+    org_id: str
+    key: str                   # its payment's key
+    number: str
+    status: Literal["open", "paid"]
+    due_at: datetime | None
+    paid_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MarkInvoice:
+    """Read an invoice (`check`), or record that its due date came unpaid (`due`) or that dunning began
+    (`overdue`), each once."""
+
+    org_id: str
+    key: str
+    step: InvoiceStep
+    now: datetime
+
+
+@dataclass(frozen=True)
 class SendEmail:
     """Render `template` (templates/emails/{template}.*) with `context` and send it once per `key`."""
     personal_data: ClassVar[bool] = True  # holds the billing contact: sealed in Temporal history (temporal_client.py)
@@ -103,8 +138,12 @@ class Invoice:
     tax_rate: Decimal
     tax_cents: int
     total_cents: int
-    stripe_payment_id: str
+    stripe_payment_id: str     # "" for an invoice paid by transfer (or not yet paid)
     html: str
+    status: Literal["open", "paid"] = "paid"   # open: issued on invoice terms, payable by due_at
+    due_at: datetime | None = None
+    paid_at: datetime | None = None
+    overdue_at: datetime | None = None         # when dunning began (unpaid a day past due_at)
 
 
 @dataclass(frozen=True)
@@ -116,6 +155,6 @@ class Charge:
     amount_cents: int
     currency: str
     purpose: str
-    status: Literal["pending", "succeeded", "declined"]
+    status: Literal["pending", "succeeded", "declined", "invoiced"]   # invoiced: an open invoice awaits it
     payment_intent: str | None
     created_at: datetime

@@ -59,6 +59,18 @@ class UnknownWebhookEndpoint(InvalidRequest):
         self.endpoint_id = endpoint_id
 
 
+class UnknownInvoice(InvalidRequest):
+    """An invoice number the organization does not have (another organization's is the same answer: 404)."""
+
+    org_id: str
+    number: str
+
+    def __init__(self, org_id: str, number: str) -> None:
+        super().__init__(f"{org_id} has no invoice {number!r}")
+        self.org_id = org_id
+        self.number = number
+
+
 class InsufficientCredits(BillingError):
     org_id: str
     cost: Decimal
@@ -176,7 +188,8 @@ class PaymentDeclined(BillingError):
 # -- the registry and the Temporal boundary ------------------------------------------------------------
 
 ERRORS: dict[str, type[BillingError]] = {cls.__name__: cls for cls in (
-    BillingError, InvalidRequest, UnknownOrganization, UnknownApiKey, UnknownWebhookEndpoint, InsufficientCredits,
+    BillingError, InvalidRequest, UnknownOrganization, UnknownApiKey, UnknownWebhookEndpoint, UnknownInvoice,
+    InsufficientCredits,
     TierNotAvailable, UserLimitExceeded, UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen,
     PaymentDeclined, PaymentProviderRefused, ServiceUnavailable, NotAuthenticated, Forbidden,
 )}

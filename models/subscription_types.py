@@ -40,6 +40,18 @@ class UnfinishedChange:
 
 
 @dataclass
+class OpenInvoice:
+    """An invoice issued on invoice payment terms that the subscription waits to see paid: checked at its due
+    date, then dunning at INVOICE_DUNNING_DAYS after it (reminders, then the terms' consequence: Free)."""
+
+    key: str               # its payment's business key
+    number: str
+    due_at: datetime
+    amount: str            # "EUR 240.00": what the reminders say
+    stage: int = 0         # the next of INVOICE_DUNNING_DAYS to act at
+
+
+@dataclass
 class SubscriptionState:
     """Everything the subscription knows. Absolute timestamps only: timers do not survive continue-as-new."""
     personal_data: ClassVar[bool] = True  # holds the billing contact: sealed in Temporal history (temporal_client.py)
@@ -72,6 +84,7 @@ class SubscriptionState:
     pending_version: int | None = None     # the version a scheduled downgrade moves to
     contract: ContractTerms | None = None  # negotiated terms over the plan (models/contract_types.py)
     overage_rate_cents: Decimal | None = None  # the rate the uninvoiced overage is invoiced at, next renewal
+    open_invoice: OpenInvoice | None = None    # invoice terms: the period's invoice, until it is paid
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,7 @@ payments = Table(
     Column("decline_code", Text),
     Column("created_at", TS, nullable=False),
     Column("updated_at", TS, nullable=False),
+    Column("paid_by", Text),                    # invoice terms (0011): 'transfer' when an operator recorded it
 )
 
 invoice_counters = Table(
@@ -219,8 +220,14 @@ invoices = Table(
     Column("tax_rate", Numeric, nullable=False),
     Column("tax_cents", BigInteger, nullable=False),
     Column("total_cents", BigInteger, nullable=False),
-    Column("stripe_payment_id", Text, nullable=False),
+    Column("stripe_payment_id", Text),          # NULL: open, or paid by transfer (0011)
     Column("html", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="paid"),  # open: issued on invoice terms (0011)
+    Column("due_at", TS),
+    Column("due_noticed_at", TS),
+    Column("overdue_at", TS),
+    Column("paid_at", TS),
+    Column("paid_reference", Text),
     UniqueConstraint("year", "seq"),
 )
 

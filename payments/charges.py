@@ -41,12 +41,11 @@ from stripe.params import ChargeListParams
 from temporalio.exceptions import ApplicationError
 
 from models.billing_types import ChargeRequest, ChargeResult
-from models.checks import check_id, check_key, check_rate, check_time
-from models.errors import IdempotencyConflict, InvalidRequest, PaymentDeclined
-from models.invoicing import Totals, charge_summary, totals
+from models.errors import IdempotencyConflict, PaymentDeclined
+from models.invoicing import Totals
 from models.money import Money
 from payments.base import LOCK_PAYMENT, PaymentsBase
-from payments.checks import check_currency, check_lines, request_json
+from payments.checks import checked_charge
 from payments.invoices import insert_invoice
 from payments.stripe_client import decline_code_of, metadata_value, stripe_idempotency_key
 from payments.stripe_errors import stripe_failure
@@ -59,18 +58,8 @@ _PI_PREFERENCE = {"succeeded": 0, "processing": 1, "requires_capture": 2}
 
 class Charges(PaymentsBase):
     async def charge(self, req: ChargeRequest) -> ChargeResult:
-        check_id("org_id", req.org_id)
-        check_key("key", req.key)
-        now = check_time("now", req.now)
-        check_rate("vat_rate", req.vat_rate)
-        currency = check_currency(req.currency)
-        check_lines(req.lines)
-        t = totals(req.lines, req.vat_rate)
-        if t.total_cents <= 0:
-            raise InvalidRequest(
-                f"{req.org_id}: nothing to charge for {req.key!r} (total {Money(t.total_cents, currency)})")
-        request = request_json(req)
-        description = req.summary or charge_summary(req.lines, req.vat_rate, currency)
+        t, request, description = checked_charge(req)
+        now, currency = req.now, req.currency
         async with self._locked(LOCK_PAYMENT, req.key) as conn:
             prior = await self._existing(conn, req, request)
             if isinstance(prior, ChargeResult):

@@ -8,7 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 from models.billing_types import ChargeRequest, InvoiceLine
+from models.checks import check_id, check_key, check_rate, check_time
 from models.errors import InvalidRequest
+from models.invoicing import Totals, charge_summary, totals
+from models.money import Money
 from payments.invoices import line_json
 
 _CURRENCY = re.compile(r"[A-Z]{3}")
@@ -51,3 +54,19 @@ def request_json(req: ChargeRequest) -> dict[str, Any]:
     """What makes two charges with one key the same request (a repeat) or not (a conflict)."""
     return {"org_id": req.org_id, "purpose": req.purpose, "currency": req.currency,
             "vat_rate": fraction_text(req.vat_rate), "lines": [line_json(line) for line in req.lines]}
+
+
+def checked_charge(req: ChargeRequest) -> tuple[Totals, dict[str, Any], str]:
+    """A charge's (or an open invoice's) totals, the record that makes a repeat the same request, and its
+    description, once every check passed: nothing is written before."""
+    check_id("org_id", req.org_id)
+    check_key("key", req.key)
+    check_time("now", req.now)
+    check_rate("vat_rate", req.vat_rate)
+    currency = check_currency(req.currency)
+    check_lines(req.lines)
+    t = totals(req.lines, req.vat_rate)
+    if t.total_cents <= 0:
+        raise InvalidRequest(
+            f"{req.org_id}: nothing to charge for {req.key!r} (total {Money(t.total_cents, currency)})")
+    return t, request_json(req), req.summary or charge_summary(req.lines, req.vat_rate, currency)

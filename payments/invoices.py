@@ -35,7 +35,7 @@ def line_json(line: InvoiceLine) -> dict[str, Any]:
 
 
 def render_invoice(*, number: str, issued_at: datetime, org_id: str, email: str | None, currency: str,
-                   lines: list[InvoiceLine], t: Totals, stripe_payment_id: str) -> str:
+                   lines: list[InvoiceLine], t: Totals, stripe_payment_id: str, due_at: datetime | None = None) -> str:
     def money(cents: int) -> str:
         return str(Money(cents, currency))
 
@@ -45,15 +45,16 @@ def render_invoice(*, number: str, issued_at: datetime, org_id: str, email: str 
                 "amount": money(line.amount_cents)} for line in lines],
         subtotal=money(t.subtotal_cents), tax_rate=percent_text(t.tax_rate), tax=money(t.tax_cents),
         total=money(t.total_cents), stripe_payment_id=stripe_payment_id,
+        due=None if due_at is None else due_at.astimezone(UTC).date().isoformat(),
     )
 
 
-async def insert_invoice(conn: AsyncConnection[Any], req: ChargeRequest, t: Totals, pi: str,
-                         email: str | None) -> str:
+async def insert_invoice(conn: AsyncConnection[Any], req: ChargeRequest, t: Totals, pi: str | None,
+                         email: str | None, *, due_at: datetime | None = None) -> str:
     """Take the year's next invoice number and insert the invoice of the charge `req` paid by PaymentIntent
-    `pi`; returns the number. Call it inside the transaction that marks the payment succeeded, as its last
-    statements: the year's counter row stays locked until the commit, and a rolled-back number was never
-    seen, so the numbers are gapless."""
+    `pi` (or, with `due_at`, an open invoice payable by then); returns the number. Call it inside the transaction
+    that marks the payment succeeded (or invoiced), as its last statements: the year's counter row stays locked
+    until the commit, and a rolled-back number was never seen, so the numbers are gapless."""
     issued = req.now
     year = issued.astimezone(UTC).year
     cur = await conn.execute(
@@ -64,14 +65,14 @@ async def insert_invoice(conn: AsyncConnection[Any], req: ChargeRequest, t: Tota
     seq = int(row[0])
     number = invoice_number(year, seq)
     html = render_invoice(number=number, issued_at=issued, org_id=req.org_id, email=email,
-                          currency=req.currency, lines=req.lines, t=t, stripe_payment_id=pi)
+                          currency=req.currency, lines=req.lines, t=t, stripe_payment_id=pi or "", due_at=due_at)
     await conn.execute(
         "INSERT INTO invoices (number, year, seq, org_id, payment_key, purpose, issued_at, currency, lines, "
-        "subtotal_cents, tax_rate, tax_cents, total_cents, stripe_payment_id, html) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s)",
+        "subtotal_cents, tax_rate, tax_cents, total_cents, stripe_payment_id, html, status, due_at) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s)",
         (number, year, seq, req.org_id, req.key, req.purpose, issued, req.currency,
          json.dumps([line_json(line) for line in req.lines]), t.subtotal_cents, t.tax_rate,
-         t.tax_cents, t.total_cents, pi, html))
+         t.tax_cents, t.total_cents, pi, html, "paid" if due_at is None else "open", due_at))
     return number
 
 
@@ -91,10 +92,11 @@ class InvoiceReads(PaymentsBase):
         pool = await self._ready()
         rows = await pool.fetchall(
             "SELECT number, org_id, purpose, issued_at, currency, lines, subtotal_cents, tax_rate, tax_cents, "
-            "total_cents, stripe_payment_id, html FROM invoices WHERE org_id = %s ORDER BY issued_at, year, seq",
-            (org_id,))
+            "total_cents, coalesce(stripe_payment_id, ''), html, status, due_at, paid_at, overdue_at FROM invoices "
+            "WHERE org_id = %s ORDER BY issued_at, year, seq", (org_id,))
         return [
             Invoice(number, org, purpose, issued_at, currency, [InvoiceLine(**line) for line in lines],
-                    subtotal, rate, tax, total, spi, html)
-            for number, org, purpose, issued_at, currency, lines, subtotal, rate, tax, total, spi, html in rows
+                    subtotal, rate, tax, total, spi, html, status, due_at, paid_at, overdue_at)
+            for (number, org, purpose, issued_at, currency, lines, subtotal, rate, tax, total, spi, html, status,
+                 due_at, paid_at, overdue_at) in rows
         ]

@@ -25,7 +25,17 @@ with workflow.unsafe.imports_passed_through():
         SettleRecharge,
         SettleResult,
     )
-    from models.billing_types import ChargeRequest, ChargeResult, CustomerResult, EmailResult, EnsureCustomer, SendEmail
+    from models.billing_types import (
+        ChargeRequest,
+        ChargeResult,
+        CustomerResult,
+        EmailResult,
+        EnsureCustomer,
+        InvoiceState,
+        IssueInvoice,
+        MarkInvoice,
+        SendEmail,
+    )
     from models.errors import NON_RETRYABLE
     from models.ledger_types import (
         ChangePlan,
@@ -122,6 +132,9 @@ SEND_EMAIL = ActivityDef[SendEmail, EmailResult]("email.send", SendEmail, EmailR
 ENSURE_CUSTOMER = ActivityDef[EnsureCustomer, CustomerResult]("stripe.ensure_customer", EnsureCustomer,
                                                               CustomerResult, local=False)
 CHARGE = ActivityDef[ChargeRequest, ChargeResult]("stripe.charge", ChargeRequest, ChargeResult, local=False)
+# Invoice payment terms (payments/open_invoices.py): database writes only, short and keyed: local.
+ISSUE_INVOICE = ActivityDef[IssueInvoice, ChargeResult]("invoices.issue", IssueInvoice, ChargeResult, local=True)
+INVOICE_STEP = ActivityDef[MarkInvoice, InvoiceState]("invoices.step", MarkInvoice, InvoiceState, local=True)
 # An incident's webhook event (activities/webhooks.py IncidentActivities, registered on the workflows' worker:
 # a local activity, as the other small database writes).
 INCIDENT_EVENT = ActivityDef[IncidentChange, str]("webhooks.incident_event", IncidentChange, str, local=True)
@@ -129,5 +142,5 @@ INCIDENT_EVENT = ActivityDef[IncidentChange, str]("webhooks.incident_event", Inc
 ALL: tuple[ActivityDef[Any, Any], ...] = (
     START_PERIOD, CHANGE_PLAN, GRANT_PACK, SET_TERMS, CLOSE_OVERAGE, PLAN_RECHARGE, SETTLE_RECHARGE, DISABLE_RECHARGE,
     BILLING_PROFILE,
-    SEND_EMAIL, ENSURE_CUSTOMER, CHARGE, INCIDENT_EVENT,
+    SEND_EMAIL, ENSURE_CUSTOMER, CHARGE, ISSUE_INVOICE, INVOICE_STEP, INCIDENT_EVENT,
 )

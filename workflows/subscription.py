@@ -23,7 +23,16 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.activity_defs import CHANGE_PLAN, CHARGE, CLOSE_OVERAGE, ENSURE_CUSTOMER, SET_TERMS, START_PERIOD
+from workflows.activity_defs import (
+    CHANGE_PLAN,
+    CHARGE,
+    CLOSE_OVERAGE,
+    ENSURE_CUSTOMER,
+    INVOICE_STEP,
+    ISSUE_INVOICE,
+    SET_TERMS,
+    START_PERIOD,
+)
 from workflows.common import (
     INCIDENT,
     ORG_ID,
@@ -44,6 +53,10 @@ with workflow.unsafe.imports_passed_through():
         ChargeResult,
         EnsureCustomer,
         InvoiceLine,
+        InvoiceState,
+        InvoiceStep,
+        IssueInvoice,
+        MarkInvoice,
         Purpose,
         SendEmail,
     )
@@ -84,6 +97,7 @@ with workflow.unsafe.imports_passed_through():
         ContractRequest,
         Incident,
         MigrateRequest,
+        OpenInvoice,
         PlanRequest,
         SeatsRequest,
         SubscribeRequest,
@@ -93,6 +107,10 @@ with workflow.unsafe.imports_passed_through():
     )
 
 RETRY_AFTER_DAYS = (1, 3, 5)           # dunning: retries after the renewal date
+# Invoice terms: the due date (a reminder), then dunning 1, 3 and 5 days after it; unpaid after the last: Free.
+INVOICE_DUNNING_DAYS = (0, 1, 3, 5)
+# A monthly period is at least 28 days: an invoice's dunning (net days + 5) ends before the next one is issued.
+MAX_NET_DAYS_MONTHLY = 28 - INVOICE_DUNNING_DAYS[-1] - 1
 INCIDENTS_PATCH = "incidents-1"        # the main loop survives activity errors (workflow.patched)
 TRIAL_NOTICE = timedelta(days=3)       # "your trial ends in 3 days"
 # Nothing holds the subscription's lock across an unbounded wait (failure model rule 4): an update's
@@ -153,11 +171,14 @@ class SubscriptionWorkflow:
             return s.trial_end
         if s.status == "active":
             assert s.anchor is not None and s.period_end is not None
+            wake = s.period_end
             if s.interval == "year":
                 month_end = credit_month_bounds(s.anchor, s.credit_month)[1]
                 if month_end < s.period_end:
-                    return month_end
-            return s.period_end
+                    wake = month_end
+            if s.open_invoice is not None:
+                wake = min(wake, self._invoice_wake(s.open_invoice))
+            return wake
         if s.status == "past_due":
             assert s.period_start is not None
             return s.period_start + timedelta(days=RETRY_AFTER_DAYS[s.failed_charges - 1])
@@ -259,6 +280,9 @@ class SubscriptionWorkflow:
             return True
         if s.status == "active":
             assert s.anchor is not None and s.period_end is not None
+            if s.open_invoice is not None and now >= self._invoice_wake(s.open_invoice):
+                await self._invoice_step(now)
+                return False
             if now < s.period_end:
                 if s.interval != "year":
                     return False  # nothing due yet (a timer never fires early; this keeps it so)
@@ -311,6 +335,10 @@ class SubscriptionWorkflow:
         s.change_seq, s.failed_charges = 0, 0
         lines = self._period_lines(s.plan, s.seats, s.period_start, s.period_end) + await self._overage_lines(now)
         key = self._key(purpose)
+        terms = self._terms(s.period_start)
+        if terms is not None and terms.payment_terms == "invoice":
+            await self._issue_invoice(key, purpose, lines, now, s.period_start + timedelta(days=terms.net_days))
+            return
         charged = await self._charge(key, purpose, lines, now)
         if charged is None:
             if after_decline == "free":
@@ -350,15 +378,8 @@ class SubscriptionWorkflow:
     async def _paid(self, charged: ChargeResult, now: datetime) -> None:
         """After a period's charge: its credits (this month's, for annual plans) and the receipt, together."""
         s = self.s
-        assert s.anchor is not None and s.period_start is not None and s.period_end is not None
-        if s.interval == "year":
-            months = 0
-            while credit_month_bounds(s.anchor, s.period_index * 12 + months + 1)[0] <= now and months < 11:
-                months += 1
-            s.credit_month = s.period_index * 12 + months
-            start, end = credit_month_bounds(s.anchor, s.credit_month)
-        else:
-            start, end = s.period_start, s.period_end
+        assert s.period_end is not None
+        start, end = self._credit_window(now)
         await asyncio.gather(
             self._grant(s.plan, start, min(end, s.period_end), now, "credits"),
             self._email("receipt", step_key(charged.key, "receipt"), now, plan=s.plan, seats=s.seats,
@@ -367,6 +388,18 @@ class SubscriptionWorkflow:
                         period_start=day(s.period_start), period_end=day(s.period_end)),
         )
 
+    def _credit_window(self, now: datetime) -> tuple[datetime, datetime]:
+        """The credits a paid period grants now: the period's, or for annual plans this month's."""
+        s = self.s
+        assert s.anchor is not None and s.period_start is not None and s.period_end is not None
+        if s.interval != "year":
+            return s.period_start, s.period_end
+        months = 0
+        while credit_month_bounds(s.anchor, s.period_index * 12 + months + 1)[0] <= now and months < 11:
+            months += 1
+        s.credit_month = s.period_index * 12 + months
+        return credit_month_bounds(s.anchor, s.credit_month)
+
     async def _to_free(self, now: datetime, reason: str) -> None:
         s = self.s
         left = s.plan
@@ -374,6 +407,7 @@ class SubscriptionWorkflow:
         s.anchor = s.period_start = s.period_end = s.trial_end = None
         s.pending_plan, s.pending_seats, s.pending_version, s.cancel_at_period_end = None, None, None, False
         s.failed_charges = s.change_seq = 0
+        s.open_invoice = None  # unpaid, it stays open in the books (a debt); the subscription no longer waits on it
         if s.contract is not None:  # a contract is over its plan: on Free it ends
             s.contract = None
             await self._apply_terms(now)
@@ -685,8 +719,10 @@ class SubscriptionWorkflow:
         self._validated(lambda: check_changeable(s.status, "set a contract"))
         if req.terms is not None:
             terms = self._validated(lambda: check_contract(req.terms))
-            if terms.payment_terms == "invoice":
-                raise reject(InvalidRequest("payment_terms 'invoice' is not available yet: contracts are paid by card"))
+            if terms.payment_terms == "invoice" and s.interval == "month" and terms.net_days > MAX_NET_DAYS_MONTHLY:
+                raise reject(InvalidRequest(
+                    f"a monthly subscription's invoices are due within {MAX_NET_DAYS_MONTHLY} days (their dunning "
+                    f"ends before the next invoice), not {terms.net_days}"))
 
     async def _apply_contract(self, now: datetime, seq: int) -> None:
         """A contract change's effects: the ledger's terms, then this period's allocation under them."""
@@ -814,6 +850,89 @@ class SubscriptionWorkflow:
         return [InvoiceLine(f"overage: {_number(closed.credits)} credits at {_number(s.overage_rate_cents)} cents "
                             "per credit", 1, cents, cents)]
 
+    # -- invoice payment terms: an open invoice, its due date, its dunning ----------------------------------
+
+    def _invoice_wake(self, invoice: OpenInvoice) -> datetime:
+        return invoice.due_at + timedelta(days=INVOICE_DUNNING_DAYS[invoice.stage])
+
+    async def _issue_invoice(self, key: str, purpose: Purpose, lines: list[InvoiceLine], now: datetime,
+                             due_at: datetime) -> None:
+        """Invoice terms: the period's invoice is issued open, payable by `due_at`; service continues meanwhile
+        (the period's credits are granted now), the subscription follows the invoice until it is paid."""
+        s = self.s
+        assert s.period_start is not None and s.period_end is not None
+        self.effects_started = True
+        issued = await ISSUE_INVOICE.run(IssueInvoice(self._charge_request(key, purpose, lines, now), due_at),
+                                         summary=f"Issue an open invoice, due {day(due_at)}", deadline=self.deadline)
+        amount = str(Money(issued.amount_cents, issued.currency))
+        s.status, s.open_invoice = "active", OpenInvoice(key, issued.invoice_number, due_at, amount)
+        self._publish()
+        await self._terms_for_period(now)
+        start, end = self._credit_window(now)
+        await asyncio.gather(
+            self._grant(s.plan, start, min(end, s.period_end), now, "credits"),
+            self._email("invoice_issued", step_key(key, "invoice"), now, plan=s.plan, seats=s.seats, amount=amount,
+                        invoice_number=issued.invoice_number, due=day(due_at),
+                        period_start=day(s.period_start), period_end=day(s.period_end)),
+        )
+
+    async def _invoice_step(self, now: datetime) -> None:
+        """The open invoice's next moment: paid, it is settled; else the due-date reminder, dunning's start, a
+        reminder, and after the last the terms' consequence (Free)."""
+        s = self.s
+        invoice = s.open_invoice
+        assert invoice is not None
+        stage = invoice.stage
+        step: InvoiceStep = "check" if stage >= 2 else ("due", "overdue")[stage]
+        state = await self._invoice_state(invoice, step, now)
+        if state.status == "paid":
+            await self._invoice_settled(invoice, now)
+            return
+        if stage == len(INVOICE_DUNNING_DAYS) - 1:
+            await self._to_free(now, f"invoice {invoice.number} ({invoice.amount}) was not paid "
+                                     f"{INVOICE_DUNNING_DAYS[-1]} days after its due date")
+            return
+        invoice.stage += 1
+        self._publish()
+        context: dict[str, str | bool] = {"next_reminder": day(self._invoice_wake(invoice))}
+        if stage > 0:  # dunning's reminders say whether it is the last
+            context["final"] = invoice.stage == len(INVOICE_DUNNING_DAYS) - 1
+        await self._email("invoice_due" if stage == 0 else "invoice_overdue", step_key(invoice.key, f"dunning-{stage}"),
+                          now, plan=s.plan, invoice_number=invoice.number, amount=invoice.amount,
+                          due=day(invoice.due_at), **context)
+
+    async def _invoice_state(self, invoice: OpenInvoice, step: InvoiceStep, now: datetime) -> InvoiceState:
+        return await INVOICE_STEP.run(MarkInvoice(self.s.org_id, invoice.key, step, now),
+                                      summary=f"Invoice {invoice.number}: {step}", deadline=self.deadline)
+
+    async def _invoice_settled(self, invoice: OpenInvoice, now: datetime) -> None:
+        """The open invoice was paid: the subscription stops following it and sends the receipt."""
+        s = self.s
+        s.open_invoice = None
+        self._publish()
+        await self._email("receipt", step_key(invoice.key, "receipt"), now, plan=s.plan, seats=s.seats,
+                          amount=invoice.amount, invoice_number=invoice.number, paid_by="transfer",
+                          period_start=day(s.period_start), period_end=day(s.period_end))
+
+    @workflow.update
+    async def invoice_paid(self, number: str) -> Subscription:
+        """The client recorded a payment of invoice `number` (BillingClient.mark_invoice_paid): the subscription
+        reads it and, paid, stops following it (receipt sent). An invoice it does not follow changes nothing."""
+        async with self.lock:
+            invoice = self.s.open_invoice
+            if invoice is not None and invoice.number == number:
+                self.deadline = UPDATE_DEADLINE
+                try:
+                    state = await self._invoice_state(invoice, "check", workflow.now())
+                    if state.status == "paid":
+                        await self._invoice_settled(invoice, workflow.now())
+                except ActivityError as err:
+                    raise self._refusal(err) from None
+                finally:
+                    self.deadline = None
+                self.changed = True
+            return self._view()
+
     def _view(self) -> Subscription:
         s = self.s
         return Subscription(s.org_id, s.plan, s.seats, s.interval, s.status or "free", s.period_start, s.period_end,
@@ -858,6 +977,9 @@ class SubscriptionWorkflow:
             + f"\n\nrenewals: {s.renewals}"
             + (f" · catalog version {s.catalog_version}" if s.catalog_version != 1 else "")
             + (f"\n\n**contract** {self._contract_text()}" if s.contract else "")
+            + (f"\n\n**open invoice** {s.open_invoice.number} ({s.open_invoice.amount}), due "
+               f"{day(s.open_invoice.due_at)}" + (", overdue" if s.open_invoice.stage > 1 else "")
+               if s.open_invoice else "")
             + (f"\n\n**incident**: {self._incident_text()}" if s.incident else "")
         )
 
@@ -886,14 +1008,17 @@ class SubscriptionWorkflow:
             return None
         return f"{i.step} failed (attempt {i.attempts}, next {stamp(i.retry_at)}): {i.error}"
 
+    def _charge_request(self, key: str, purpose: Purpose, lines: list[InvoiceLine], now: datetime) -> ChargeRequest:
+        s = self.s
+        return ChargeRequest(s.org_id, key, purpose, lines, now, s.vat_rate, s.currency,
+                             charge_summary(lines, s.vat_rate, s.currency))
+
     async def _charge(self, key: str, purpose: Purpose, lines: list[InvoiceLine], now: datetime,
                       *, raise_decline: bool = False) -> ChargeResult | None:
         """The charge's result, or None when the card was declined (raised instead if `raise_decline`)."""
-        s = self.s
-        summary = charge_summary(lines, s.vat_rate, s.currency)
-        req = ChargeRequest(s.org_id, key, purpose, lines, now, s.vat_rate, s.currency, summary)
+        req = self._charge_request(key, purpose, lines, now)
         try:
-            charged = await CHARGE.run(req, summary=summary, deadline=self.deadline)
+            charged = await CHARGE.run(req, summary=req.summary, deadline=self.deadline)
             self.effects_started = True
             return charged
         except ActivityError as err:
@@ -914,7 +1039,9 @@ class SubscriptionWorkflow:
         what = f"Grant {credits} {plan} credits" if grant else "Expire plan credits (period unpaid)"
         key = period_key(s.org_id, start, purpose)
         self.effects_started = True
-        await START_PERIOD.run(StartPeriod(s.org_id, key, plan, start, end, now, grant, credits=credits),
+        # The free plan's credits are per UTC day, from the catalog: the ledger takes no allocation for it.
+        allocation = None if self._catalog().plan(plan).is_free else credits
+        await START_PERIOD.run(StartPeriod(s.org_id, key, plan, start, end, now, grant, credits=allocation),
                                summary=f"{what}, {day(start)} to {day(end)}", deadline=self.deadline)
 
     async def _email(self, template: str, key: str, now: datetime, **context: str | int | bool | None) -> None:

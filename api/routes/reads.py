@@ -13,7 +13,15 @@ from starlette.exceptions import HTTPException
 
 from api.openapi import problems
 from api.routes.common import MANAGE, OrgId, managing
-from api.schemas import InvoiceDocumentOut, InvoiceOut, InvoicesOut, TransactionOut, TransactionsOut, UsageOut
+from api.schemas import (
+    InvoiceDocumentOut,
+    InvoiceOut,
+    InvoicePaidIn,
+    InvoicesOut,
+    TransactionOut,
+    TransactionsOut,
+    UsageOut,
+)
 from api.service import Caller, Svc
 from models.errors import Forbidden
 from models.ledger_types import UsageGrouping
@@ -66,3 +74,13 @@ async def invoice(org_id: OrgId, number: str, key: Caller, svc: Svc) -> InvoiceD
         if i.number == number:
             return InvoiceDocumentOut.model_validate(i)
     raise HTTPException(404, f"{org_id} has no invoice {number!r}")
+
+
+@router.post("/invoices/{number}/paid", response_model=InvoiceOut,
+             responses=problems(*MANAGE, "UnknownInvoice", "InvalidRequest"))
+async def invoice_paid(org_id: OrgId, number: str, body: InvoicePaidIn, key: Caller, svc: Svc) -> InvoiceOut:
+    """Record the payment of an open invoice (invoice payment terms: the transfer arrived). Platform keys only: an
+    operator reconciles payments, never the organization itself. A repeat answers as the first."""
+    key.reach(org_id)
+    key.require("platform")
+    return InvoiceOut.model_validate(await svc.billing.mark_invoice_paid(org_id, number, reference=body.reference))

@@ -49,7 +49,7 @@ async def test_bad_terms_are_422_and_change_nothing(kit: TestKit, org: str, clie
     url = f"/v1/orgs/{org}/contract"
     for bad in ({"allowance_credits": "100"}, {"concurrency_multiplier": "0"}, {"overage_rate_cents": "-1"},
                 {"overage_allowed": False}, {"net_days": 7}, {"term_end": kit.now().isoformat()},
-                {"payment_terms": "invoice", "net_days": 7}):
+                {"payment_terms": "invoice", "net_days": 23}):
         problem(await http.put(url, json=seed_001(kit) | bad), 422, "InvalidRequest")
     assert (await http.put(url, json=seed_001(kit) | {"colour": "red"})).status_code == 422  # unknown member
     assert (await http.get(url)).json()["contract"] is None
@@ -69,3 +69,24 @@ async def test_who_may_set_a_contract_or_migrate(kit: TestKit, org: str, client:
     r = await platform.post(f"/v1/orgs/{org}/subscription/migrate", json={"version": 1})
     assert r.status_code == 200 and r.json()["catalog_version"] == 1
     problem(await platform.post(f"/v1/orgs/{org}/subscription/migrate", json={"version": 9}), 422, "InvalidRequest")
+
+
+async def test_invoice_terms_over_http(kit: TestKit, org: str, client: Client) -> None:
+    sub = await kit.billing.subscribe(org, plan="pro", email=EMAIL)
+    assert sub.period_end is not None
+    admin = await client("admin", org_id=org)
+    terms = seed_001(kit) | {"payment_terms": "invoice", "net_days": 7}
+    r = await admin.put(f"/v1/orgs/{org}/contract", json=terms)
+    assert r.status_code == 200 and r.json()["contract"]["net_days"] == 7, r.text
+    await kit.advance(sub.period_end + timedelta(minutes=1) - kit.now())
+    invoices = (await admin.get(f"/v1/orgs/{org}/invoices")).json()["invoices"]
+    [open_] = [i for i in invoices if i["status"] == "open"]
+    assert (open_["purpose"], open_["total_cents"], open_["stripe_payment_id"], open_["paid_at"]) == \
+        ("renewal", 9000, "", None)
+    assert open_["due_at"].endswith("Z")
+    paid_url = f"/v1/orgs/{org}/invoices/{open_['number']}/paid"
+    problem(await admin.post(paid_url, json={}), 403, "Forbidden")  # an operator's act, not the organization's
+    platform = await client("platform")
+    r = await platform.post(paid_url, json={"reference": "transfer ref 4411"})
+    assert r.status_code == 200 and r.json()["status"] == "paid" and r.json()["paid_at"], r.text
+    problem(await platform.post(f"/v1/orgs/{org}/invoices/INV-2099-000001/paid", json={}), 404, "UnknownInvoice")

@@ -434,7 +434,7 @@ async def test_the_activities_charge_and_decline(payments: KitPayments) -> None:
     await payments.set_card(org, "declined")
     assert await declined_code(env.run(acts.charge, charge_req(org, now, key=f"{org}:2"))) == "card_declined"
     names = [activity._Definition.must_from_callable(a).name for a in acts.all()]  # type: ignore[arg-type]
-    assert names == ["stripe.ensure_customer", "stripe.charge"]
+    assert names == ["stripe.ensure_customer", "stripe.charge", "invoices.issue", "invoices.step"]
 
 
 # -- the fake Stripe --------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from models.errors import (
     ServiceUnavailable,
     TierNotAvailable,
     UnknownApiKey,
+    UnknownInvoice,
     UnknownOrganization,
     UnknownWebhookEndpoint,
     UsageGuardPaused,
@@ -51,6 +52,7 @@ EXAMPLES: list[BillingError] = [
     ServiceUnavailable("Stripe is not configured"),
     UnknownApiKey("key_0123456789abcdef"),
     UnknownWebhookEndpoint("whe_0123456789abcdef"),
+    UnknownInvoice("acme", "INV-2026-000042"),
     NotAuthenticated("this API key is unknown or revoked"),
     Forbidden("a member key cannot do this; it needs a platform or admin key"),
 ]
