@@ -17,7 +17,7 @@ from typing import Literal
 from models.checks import check_time, shown
 from models.credits import MILLI, from_milli, to_milli
 from models.errors import InvalidRequest
-from models.money import round_cents
+from models.money import Money, round_cents
 
 PaymentTerms = Literal["card", "invoice"]
 
@@ -150,3 +150,29 @@ def overage_cents(credits: Decimal, rate_cents: Decimal) -> int:
     """The overage line's amount: credits x the per-credit rate, rounded half-up to the cent once, on the
     total (5,000 credits at 0.4 cents: 2,000 cents)."""
     return round_cents(credits * rate_cents)
+
+
+def number_text(value: Decimal) -> str:
+    """A credit amount or a rate as people write it: 5,000 and 0.4, not 5000.000 and 0.400."""
+    value = value.normalize() if value != value.to_integral_value() else value.quantize(Decimal(1))
+    return f"{value:,f}"
+
+
+def describe(terms: ContractTerms, currency: str) -> str:
+    """The terms on one line, what they change over the plan and their term (the Temporal UI's current details,
+    the CLI): "2026-01-01 to 2027-01-01; 1.2x credits; 1.3x concurrency; overage at 0.4 cents/credit (no cap);
+    card"."""
+    parts = [f"{terms.term_start:%Y-%m-%d} to {terms.term_end:%Y-%m-%d}"]
+    if terms.allowance_credits is not None:
+        parts.append(f"{number_text(terms.allowance_credits)} credits a period")
+    elif terms.allowance_multiplier is not None:
+        parts.append(f"{number_text(terms.allowance_multiplier)}x credits")
+    if terms.concurrency_multiplier != 1:
+        parts.append(f"{number_text(terms.concurrency_multiplier)}x concurrency")
+    if terms.seat_price_cents is not None:
+        parts.append(f"seat {Money(terms.seat_price_cents, currency)} a period")
+    if terms.overage_allowed:
+        cap = "no cap" if terms.overage_cap is None else f"cap {number_text(terms.overage_cap)} credits"
+        parts.append(f"overage at {number_text(terms.overage_rate_cents or Decimal(0))} cents/credit ({cap})")
+    parts.append("card" if terms.payment_terms == "card" else f"invoice, net {terms.net_days} days")
+    return "; ".join(parts)

@@ -67,7 +67,9 @@ with workflow.unsafe.imports_passed_through():
         check_contract,
         concurrency_limit,
         contract_seat_cents,
+        describe,
         in_term,
+        number_text,
         overage_cents,
     )
     from models.errors import (
@@ -847,8 +849,9 @@ class SubscriptionWorkflow:
         if closed.credits <= 0:
             return []
         cents = overage_cents(closed.credits, s.overage_rate_cents)
-        return [InvoiceLine(f"overage: {_number(closed.credits)} credits at {_number(s.overage_rate_cents)} cents "
-                            "per credit", 1, cents, cents)]
+        rate = number_text(s.overage_rate_cents)
+        return [InvoiceLine(f"overage: {number_text(closed.credits)} credits at {rate} cents per credit", 1, cents,
+                            cents)]
 
     # -- invoice payment terms: an open invoice, its due date, its dunning ----------------------------------
 
@@ -976,31 +979,12 @@ class SubscriptionWorkflow:
             + (f"\n\nfailed charges: {s.failed_charges}" if s.failed_charges else "")
             + f"\n\nrenewals: {s.renewals}"
             + (f" · catalog version {s.catalog_version}" if s.catalog_version != 1 else "")
-            + (f"\n\n**contract** {self._contract_text()}" if s.contract else "")
+            + (f"\n\n**contract** {describe(s.contract, s.currency)}" if s.contract else "")
             + (f"\n\n**open invoice** {s.open_invoice.number} ({s.open_invoice.amount}), due "
                f"{day(s.open_invoice.due_at)}" + (", overdue" if s.open_invoice.stage > 1 else "")
                if s.open_invoice else "")
             + (f"\n\n**incident**: {self._incident_text()}" if s.incident else "")
         )
-
-    def _contract_text(self) -> str:
-        c = self.s.contract
-        assert c is not None
-        parts = [f"{day(c.term_start)} to {day(c.term_end)}"]
-        if c.allowance_credits is not None:
-            parts.append(f"{_number(c.allowance_credits)} credits a period")
-        elif c.allowance_multiplier is not None:
-            parts.append(f"{_number(c.allowance_multiplier)}x credits")
-        if c.concurrency_multiplier != 1:
-            parts.append(f"{_number(c.concurrency_multiplier)}x concurrency")
-        if c.seat_price_cents is not None:
-            parts.append(f"seat {Money(c.seat_price_cents, self.s.currency)}")
-        if c.overage_allowed:
-            cap = "no cap" if c.overage_cap is None else f"cap {_number(c.overage_cap)}"
-            parts.append(f"overage at {_number(c.overage_rate_cents or Decimal(0))} cents/credit ({cap})")
-        if c.payment_terms == "invoice":
-            parts.append(f"invoice, net {c.net_days}")
-        return ", ".join(parts)
 
     def _incident_text(self) -> str | None:
         i = self.s.incident
@@ -1049,8 +1033,3 @@ class SubscriptionWorkflow:
         await notify(SendEmail(s.org_id, key, template, s.email, now, {"org_id": s.org_id, **context}),
                              summary=f"Email {template} to the billing contact")
 
-
-def _number(value: Decimal) -> str:
-    """A credit amount or rate as people write it: 5,000 and 0.4, not 5000.000 and 0.400."""
-    value = value.normalize() if value != value.to_integral_value() else value.quantize(Decimal(1))
-    return f"{value:,f}"

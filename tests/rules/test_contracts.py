@@ -18,7 +18,9 @@ from models.contract_types import (
     check_contract,
     concurrency_limit,
     contract_seat_cents,
+    describe,
     in_term,
+    number_text,
     overage_cents,
 )
 from models.errors import InvalidRequest
@@ -107,3 +109,14 @@ def test_overage_is_the_exact_product_rounded_once(milli: int, rate: Decimal) ->
     credits = Decimal(milli).scaleb(-3)
     cents = overage_cents(credits, rate)
     assert abs(Decimal(cents) - credits * rate) <= Decimal("0.5")
+
+
+def test_the_terms_on_one_line() -> None:
+    terms = replace(YEAR, allowance_multiplier=Decimal("1.2"), concurrency_multiplier=Decimal("1.3"),
+                    seat_price_cents=15000, overage_allowed=True, overage_rate_cents=Decimal("0.400"),
+                    overage_cap=Decimal("20000.000"), payment_terms="invoice", net_days=7)
+    assert describe(terms, "EUR") == ("2026-01-01 to 2027-01-01; 1.2x credits; 1.3x concurrency; seat EUR 150.00 a "
+                                      "period; overage at 0.4 cents/credit (cap 20,000 credits); invoice, net 7 days")
+    assert describe(replace(YEAR, allowance_credits=Decimal("5000.5")), "EUR") == \
+        "2026-01-01 to 2027-01-01; 5,000.5 credits a period; card"
+    assert number_text(Decimal("5000.000")) == "5,000" and number_text(Decimal("0.0125")) == "0.0125"
