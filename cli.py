@@ -40,9 +40,10 @@ from ledger.migrate import migrate as apply_migrations
 from models.api_types import ApiKey, NewKey
 from models.auto_recharge import per_credit
 from models.auto_recharge_types import AutoRechargeSettings
+from models.billing_types import Invoice
 from models.catalog import CATALOGS, Catalog
 from models.checks import utcnow
-from models.contract_types import ContractTerms
+from models.contract_types import ContractTerms, describe, number_text
 from models.errors import BillingError, InvalidRequest, ServiceUnavailable
 from models.money import Money
 from models.subscription_types import Subscription
@@ -115,7 +116,7 @@ def _show(sub: Subscription) -> None:
     t.add_row(sub.plan, str(sub.seats), sub.interval, sub.status, period, ", ".join(pending),
               f"v{sub.catalog_version}")
     console.print(t)
-    console.print(f"contract: {_contract_text(sub.contract, _currency(sub.catalog_version))}" if sub.contract
+    console.print(f"contract: {describe(sub.contract, _currency(sub.catalog_version))}" if sub.contract
                   else "contract: none (the plan's own terms)")
     if sub.incident:
         console.print(f"[red]incident[/red]: {sub.incident}")
@@ -183,12 +184,33 @@ def invoices(org_id: str) -> None:
     """List an organization's invoices."""
     rows = _run(lambda b: b.invoices(org_id))
     t = Table(title=f"{org_id} invoices")
-    for col in ("number", "date", "purpose", "subtotal", "tax", "total", "payment"):
+    for col in ("number", "date", "purpose", "subtotal", "tax", "total", "status", "payment"):
         t.add_column(col)
     for i in rows:
         t.add_row(i.number, f"{i.issued_at:%Y-%m-%d}", i.purpose, str(Money(i.subtotal_cents, i.currency)),
-                  str(Money(i.tax_cents, i.currency)), str(Money(i.total_cents, i.currency)), i.stripe_payment_id)
+                  str(Money(i.tax_cents, i.currency)), str(Money(i.total_cents, i.currency)), _invoice_status(i),
+                  i.stripe_payment_id)
     console.print(t)
+
+
+def _invoice_status(i: Invoice) -> str:
+    """paid, or open with its due date (and since when it is overdue: in dunning)."""
+    if i.status == "paid":
+        return "paid" if i.paid_at is None else f"paid {i.paid_at:%Y-%m-%d}"
+    due = "" if i.due_at is None else f", due {i.due_at:%Y-%m-%d}"
+    overdue = "" if i.overdue_at is None else f", overdue since {i.overdue_at:%Y-%m-%d}"
+    return f"open{due}{overdue}"
+
+
+@cli.command("mark-paid")
+def mark_paid(
+    org_id: str, number: Annotated[str, typer.Argument(help="the open invoice's number (INV-2026-000042)")],
+    reference: Annotated[str | None, typer.Option(help="the transfer's reference, for the record")] = None,
+) -> None:
+    """Record that an open invoice (invoice payment terms) was paid, by bank transfer say: it is paid at once and
+    the subscription sends the receipt and stops its reminders. A repeat answers as the first."""
+    i = _run(lambda b: b.mark_invoice_paid(org_id, number, reference=reference))
+    console.print(f"{org_id}: invoice {i.number} {_invoice_status(i)}, {Money(i.total_cents, i.currency)}")
 
 
 @cli.command()
@@ -324,34 +346,10 @@ def transactions(org_id: str) -> None:
 # -- contracts and catalog versions (docs/contracts.md) ---------------------------------------------------
 
 
-def _number(value: Decimal) -> str:
-    """A credit amount or rate as people write it: 5,000 and 0.4, not 5000.000 and 0.400."""
-    value = value.normalize() if value != value.to_integral_value() else value.quantize(Decimal(1))
-    return f"{value:,f}"
-
-
 def _currency(version: int) -> str:
     """The currency a subscription on catalog `version` pays in (the current catalog's if this process does not
     know the version: a worker may ship a newer one)."""
     return (CATALOGS.get(version) if version in CATALOGS.versions else CATALOGS.current).currency
-
-
-def _contract_text(c: ContractTerms, currency: str) -> str:
-    """The terms on one line: what they change over the plan, and their term."""
-    parts = [f"{c.term_start:%Y-%m-%d %H:%M}Z to {c.term_end:%Y-%m-%d %H:%M}Z"]
-    if c.allowance_credits is not None:
-        parts.append(f"{_number(c.allowance_credits)} credits a period")
-    elif c.allowance_multiplier is not None:
-        parts.append(f"{_number(c.allowance_multiplier)}x credits")
-    if c.concurrency_multiplier != 1:
-        parts.append(f"{_number(c.concurrency_multiplier)}x concurrency")
-    if c.seat_price_cents is not None:
-        parts.append(f"seat {Money(c.seat_price_cents, currency)} a period")
-    if c.overage_allowed:
-        cap = "no cap" if c.overage_cap is None else f"cap {_number(c.overage_cap)} credits"
-        parts.append(f"overage at {_number(c.overage_rate_cents or Decimal(0))} cents/credit ({cap})")
-    parts.append(c.payment_terms if c.payment_terms == "card" else f"invoice, net {c.net_days} days")
-    return "; ".join(parts)
 
 
 def _decimal(option: str, text: str | None) -> Decimal | None:
@@ -389,7 +387,7 @@ def _print_contract(org_id: str, sub: Subscription) -> None:
     if sub.contract is None:
         console.print(f"{org_id}: no contract (the plan's own terms), {sub.plan} on catalog v{sub.catalog_version}")
     else:
-        console.print(f"{org_id}: contract {_contract_text(sub.contract, _currency(sub.catalog_version))}")
+        console.print(f"{org_id}: contract {describe(sub.contract, _currency(sub.catalog_version))}")
 
 
 @contract_cli.command("set")
@@ -473,16 +471,16 @@ def catalog_show(
     for plan in sorted(catalog.plans.values(), key=lambda p: p.rank):
         t.add_row(plan.name, str(Money(plan.price_cents_per_seat, catalog.currency)),
                   "" if plan.is_free else f"{plan.annual_discount_percent}%",
-                  f"{_number(plan.credits)}/{plan.credits_per}", str(plan.max_concurrent_holds))
+                  f"{number_text(plan.credits)}/{plan.credits_per}", str(plan.max_concurrent_holds))
     console.print(t)
     t = Table(title="packs")
     for col in ("pack", "credits", "price"):
         t.add_column(col, justify="right")
     for name, pack in sorted(catalog.packs.items(), key=lambda kv: kv[1].credits):
-        t.add_row(name, _number(pack.credits), str(Money(pack.price_cents, catalog.currency)))
+        t.add_row(name, number_text(pack.credits), str(Money(pack.price_cents, catalog.currency)))
     console.print(t)
     console.print(f"any amount of credits: {per_credit(catalog.credits.price_cents, catalog.currency)} each, "
-                  f"at least {_number(catalog.credits.minimum)} per purchase")
+                  f"at least {number_text(catalog.credits.minimum)} per purchase")
 
 
 @cli.command("migrate")

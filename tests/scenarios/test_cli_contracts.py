@@ -69,7 +69,7 @@ async def test_a_contract_set_shown_and_ended_through_the_cli(kit: TestKit, org:
     out = await ok(kit, "contract", "set", org, "--term-start", day(start), "--term-end", day(end),
                    "--allowance-multiplier", "1.2", "--concurrency-multiplier", "1.3", "--seat-price-cents", "18000",
                    "--overage", "--overage-rate-cents", "0.4", "--overage-cap", "20000.5")
-    assert f"{org}: contract {day(start)} 00:00Z to {day(end)} 00:00Z; 1.2x credits; 1.3x concurrency; " \
+    assert f"{org}: contract {day(start)} to {day(end)}; 1.2x credits; 1.3x concurrency; " \
            "seat EUR 180.00 a period; overage at 0.4 cents/credit (cap 20,000.5 credits); card" in out
     # Exactly the decimals written: 1.2, not 1.19999999999999995559 (a float's), and times in UTC.
     assert await kit.billing.contract(org) == ContractTerms(
@@ -147,6 +147,30 @@ async def test_catalog_show_lists_a_version_s_prices(kit: TestKit) -> None:
     assert "any amount of credits: EUR 0.20 each, at least 100 per purchase" in out
     assert "InvalidRequest: unknown catalog version 99; known versions: 1" in await refused(
         kit, "catalog", "show", "--version", "99")
+
+
+async def test_invoice_terms_set_listed_open_and_marked_paid_through_the_cli(kit: TestKit, org: str) -> None:
+    sub = await kit.billing.subscribe(org, plan="enterprise", seats=2, email=EMAIL)
+    assert sub.period_end is not None
+    start, end = day(kit.now() - timedelta(days=1)), day(kit.now() + timedelta(days=365))
+    out = await ok(kit, "contract", "set", org, "--term-start", start, "--term-end", end,
+                   "--payment-terms", "invoice", "--net-days", "7")
+    assert out.endswith("; invoice, net 7 days"), out
+    await kit.advance(sub.period_end + timedelta(minutes=1) - kit.now())
+    [invoice] = [i for i in await kit.billing.invoices(org) if i.purpose == "renewal"]
+    due = day(sub.period_end + timedelta(days=7))
+    assert f"{invoice.number} {day(invoice.issued_at)} renewal EUR 400.00 EUR 0.00 EUR 400.00 open, due {due}" \
+        in await ok(kit, "invoices", org)
+    assert "UnknownInvoice" in await refused(kit, "mark-paid", org, "INV-2099-000001")
+    assert (await kit.billing.invoices(org))[-1].status == "open"
+    out = await ok(kit, "mark-paid", org, invoice.number, "--reference", "transfer 4411")
+    marked = (await kit.billing.invoices(org))[-1]
+    # The CLI's clock is the wall clock (an operator's), not the kit's business time: read the date it stored.
+    assert marked.status == "paid" and marked.paid_at is not None
+    paid = day(marked.paid_at)
+    assert out == f"{org}: invoice {invoice.number} paid {paid}, EUR 400.00", out
+    assert await ok(kit, "mark-paid", org, invoice.number) == out  # a repeat: as the first
+    assert f"EUR 400.00 paid {paid}" in await ok(kit, "invoices", org)
 
 
 async def test_catalog_migrate_moves_a_grandfathered_subscription_and_a_contract_refuses_it(
