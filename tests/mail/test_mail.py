@@ -157,6 +157,20 @@ def test_optional_values_read_plainly() -> None:
     assert final.subject == "Auto-recharge disabled: payment failed" and "now disabled" in final.text
 
 
+@pytest.mark.parametrize("name", ["pack_receipt", "auto_recharge_receipt"])
+def test_an_amount_of_credits_reads_as_credits_not_as_a_pack(name: str) -> None:
+    # Any-amount purchases (seed 004) have no pack: the receipt names the credits, never "None" or a pack.
+    context = {**CONTEXTS[name], "pack": None, "packs": 1, "credits": "250", "amount": str(Money(5000)),
+               "org_id": "a"}
+    r = TEMPLATES.render(name, context)
+    for body in (r.text, r.html):
+        assert "250" in body and "EUR 50.00" in body and "INV-2026-0000" in body
+        assert "None" not in body and "pack" not in body.replace("packs", "").lower(), body
+    assert "250 credits" in r.subject and "EUR 50.00" in r.subject
+    if name == "pack_receipt":
+        assert "we charged EUR 50.00 for 250 credits" in r.text
+
+
 def test_html_is_escaped_and_text_is_not() -> None:
     r = TEMPLATES.render("reverted_to_free", {"plan": "<b>pro</b>", "reason": "a & b", "org_id": "o"})
     assert "&lt;b&gt;pro&lt;/b&gt;" in r.html and "<b>pro</b>" not in r.html and "a &amp; b" in r.html
