@@ -25,6 +25,7 @@ from models.auto_recharge_types import (
     SettleRecharge,
     SettleResult,
 )
+from models.catalog import CATALOGS
 from models.errors import InsufficientCredits, InvalidRequest, UnknownOrganization
 from models.ledger_types import DebitResult, GrantPack
 from tests.conftest import T0, OrgFactory
@@ -298,7 +299,8 @@ async def test_plan_reads_balance_settings_and_the_paid_period_as_window(ledger:
     assert ctx == RechargeContext(
         org_id=org, enabled=True, threshold=D(9000), pack="500", spending_limit_cents=5000,
         available=D("8950.5"), spent_cents=0, window_start=T0, window_end=T0 + timedelta(days=31),
-        payments_so_far=0, email=None, currency="EUR", vat_rate=D(0), settings_version=1)
+        payments_so_far=0, email=None, currency="EUR", vat_rate=D(0), settings_version=1,
+        catalog_version=CATALOGS.current.version)
 
 
 async def test_plan_without_settings_is_off_with_version_zero(ledger: Ledger, new_org: OrgFactory) -> None:

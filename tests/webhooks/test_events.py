@@ -116,7 +116,7 @@ async def test_a_trigger_writes_the_event_in_the_transaction_of_its_cause(
     events = await _events(conn, org)
     assert [t for t, _ in events] == ["credits.low_balance", "auto_recharge.disabled", "credits.low_balance"]
     assert events[0][1]["available"] == "-1.5"
-    assert events[1][1] == {"reason": "payment_failed", "pack": "500", "threshold": "100",
+    assert events[1][1] == {"reason": "payment_failed", "pack": "500", "credits": None, "threshold": "100",
                             "spending_limit_cents": 5000}
 
 
