@@ -2,8 +2,8 @@
 types of endpoints and deliveries. Pure: no I/O (workflows import it too).
 
 An event is written in the transaction of its cause (migrations/versions/0007_webhooks.sql): by a trigger
-where the cause is a row (an alert, a payment's outcome, an invoice, auto-recharge turned off, an overage
-close: 0010_overage_event.sql), by the
+where the cause is a row (an alert, a payment's outcome, an invoice issued, due, overdue or paid (0011),
+auto-recharge turned off, an overage close (0010)), by the
 mailer where the cause is a workflow step whose durable record is its email (mail/mailer.py, with
 `email_event` below), and by a workflow's own activity where the cause lives only in workflow state (an
 incident opened or resolved, with `incident_event` below). Event data holds no personal data: no email
@@ -31,7 +31,10 @@ SUBSCRIPTION_CANCELLED: Final = "subscription.cancelled"    # cancelled: it ends
 SUBSCRIPTION_REVERTED_TO_FREE: Final = "subscription.reverted_to_free"
 PAYMENT_SUCCEEDED: Final = "payment.succeeded"
 PAYMENT_FAILED: Final = "payment.failed"                    # declined
-INVOICE_ISSUED: Final = "invoice.issued"
+INVOICE_ISSUED: Final = "invoice.issued"                    # data.status: paid (a charge), open (invoice terms)
+INVOICE_DUE: Final = "invoice.due"                          # an open invoice reached its due date unpaid
+INVOICE_OVERDUE: Final = "invoice.overdue"                  # a day past it, still unpaid: dunning began
+INVOICE_PAID: Final = "invoice.paid"                        # an open invoice was paid (a transfer recorded)
 CREDITS_USAGE_80: Final = "credits.usage_80"                # 80% of the period's plan credits used
 CREDITS_USAGE_100: Final = "credits.usage_100"              # all of them
 CREDITS_LOW_BALANCE: Final = "credits.low_balance"          # the balance fell under the alert's threshold
@@ -45,9 +48,10 @@ OVERAGE_INVOICED: Final = "overage.invoiced"                # a renewal took the
 
 EVENT_TYPES: Final[tuple[str, ...]] = (
     SUBSCRIPTION_CREATED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_RENEWED, SUBSCRIPTION_CANCELLED,
-    SUBSCRIPTION_REVERTED_TO_FREE, PAYMENT_SUCCEEDED, PAYMENT_FAILED, INVOICE_ISSUED, CREDITS_USAGE_80,
-    CREDITS_USAGE_100, CREDITS_LOW_BALANCE, AUTO_RECHARGE_SUCCEEDED, AUTO_RECHARGE_LIMIT_REACHED,
-    AUTO_RECHARGE_DISABLED, USAGE_GUARD_PAUSED, INCIDENT_OPENED, INCIDENT_RESOLVED, OVERAGE_INVOICED,
+    SUBSCRIPTION_REVERTED_TO_FREE, PAYMENT_SUCCEEDED, PAYMENT_FAILED, INVOICE_ISSUED, INVOICE_DUE, INVOICE_OVERDUE,
+    INVOICE_PAID, CREDITS_USAGE_80, CREDITS_USAGE_100, CREDITS_LOW_BALANCE, AUTO_RECHARGE_SUCCEEDED,
+    AUTO_RECHARGE_LIMIT_REACHED, AUTO_RECHARGE_DISABLED, USAGE_GUARD_PAUSED, INCIDENT_OPENED, INCIDENT_RESOLVED,
+    OVERAGE_INVOICED,
 )
 
 # The alerts table's kinds (0001) and the type each becomes (the trigger in 0007 says the same).

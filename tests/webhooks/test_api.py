@@ -88,7 +88,7 @@ async def test_an_admin_reaches_its_own_organizations_endpoints_and_events_only(
     ({"url": "ftp://example.com/x", "events": ["invoice.issued"]}, "http(s)"),
     ({"url": "https://user:pw@example.com/x", "events": ["invoice.issued"]}, "credentials"),
     ({"url": "https://example.com/\x00", "events": ["invoice.issued"]}, "control characters"),
-    ({"url": "https://example.com/x", "events": ["invoice.paid"]}, "invoice.paid"),
+    ({"url": "https://example.com/x", "events": ["invoice.voided"]}, "invoice.voided"),
     ({"url": "https://example.com/x", "events": []}, "events"),
     ({"url": "https://example.com/x", "events": ["invoice.issued"], "owner_email": "nope"}, "email address"),
     ({"url": "https://example.com/x", "events": ["invoice.issued"], "org_id": "no-such-org-anywhere"}, "unknown"),
