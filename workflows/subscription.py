@@ -563,8 +563,7 @@ class SubscriptionWorkflow:
         self._check_finished()
         try:
             check_subscribe(CATALOGS.get(req.catalog_version), self.s.status, req.plan, req.seats, req.interval,
-                            req.trial_days,
-                            req.email, req.vat_rate)
+                            req.trial_days, req.email, req.vat_rate)
         except BillingError as exc:
             raise reject(exc) from None
 
