@@ -213,6 +213,17 @@ def mark_paid(
     console.print(f"{org_id}: invoice {i.number} {_invoice_status(i)}, {Money(i.total_cents, i.currency)}")
 
 
+@cli.command("pay-invoice")
+def pay_invoice(
+    org_id: str, number: Annotated[str, typer.Argument(help="the open invoice's number (INV-2026-000042)")],
+    key: Annotated[str | None, typer.Option(help="idempotency key of this attempt (default: a new attempt)")] = None,
+) -> None:
+    """Pay an open invoice (invoice payment terms) with the organization's card now: charged once per attempt,
+    paid at once; a declined card leaves it open."""
+    i = _run(lambda b: b.pay_invoice(org_id, number, idempotency_key=key))
+    console.print(f"{org_id}: invoice {i.number} {_invoice_status(i)}, {Money(i.total_cents, i.currency)}")
+
+
 @cli.command()
 def card(
     org_id: str, kind: Annotated[str, typer.Argument(help="ok, declined, requires_authentication or none")],

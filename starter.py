@@ -264,10 +264,24 @@ class BillingClient:
         """Record the payment of open invoice `number` (invoice payment terms: a bank transfer arrived): the invoice
         is paid and its payment succeeded at once, then the subscription is told, so it stops following the
         invoice (no more reminders) and sends the receipt. A repeat answers as the first; UnknownInvoice for a
-        number the organization does not have. Should the subscription not answer, the invoice stays paid and the
-        subscription finds it so at its next look (its due date or a reminder)."""
+        number the organization does not have."""
         check_id("org_id", org_id)
         await self.payments.mark_paid(org_id, number, now=self.ledger.clock(), reference=reference)
+        return await self._invoice_paid(org_id, number)
+
+    async def pay_invoice(self, org_id: str, number: str, *, idempotency_key: str | None = None) -> Invoice:
+        """The organization pays open invoice `number` with its card now (a payment arrives): charged once per
+        `idempotency_key` (default: a new attempt), the invoice paid, the subscription told as for
+        `mark_invoice_paid`. PaymentDeclined leaves it open (another attempt may use another card); an invoice
+        already paid is answered as it stands, nothing charged."""
+        check_id("org_id", org_id)
+        await self.payments.pay_invoice(org_id, number, idempotency_key=idempotency_key or uuid.uuid4().hex,
+                                        now=self.ledger.clock())
+        return await self._invoice_paid(org_id, number)
+
+    async def _invoice_paid(self, org_id: str, number: str) -> Invoice:
+        """Tell the subscription an invoice it follows was paid. Should it not answer, the invoice stays paid and
+        the subscription finds it so at its next look (its due date or a reminder)."""
         try:
             await self._update(org_id, SubscriptionWorkflow.invoice_paid, number)
         except (InvalidRequest, ServiceUnavailable) as err:

@@ -48,6 +48,12 @@ def pack_key(org_id: str, idempotency_key: str) -> str:
     return f"{_field(org_id)}:pack:{_field(idempotency_key)}"
 
 
+def invoice_payment_key(payment_key: str, idempotency_key: str) -> str:
+    """One attempt to pay an open invoice by card, under the caller's key: {payment_key}:pay:{key}. Its own
+    PaymentIntent key: after a decline, another attempt (another key) may charge a new card."""
+    return f"{payment_key}:pay:{_field(idempotency_key)}"
+
+
 def open_wallet_key(org_id: str, plan: str) -> str:
     """Opening a free organization's wallet: {org}:open:{plan}."""
     return f"{_field(org_id)}:open:{plan}"

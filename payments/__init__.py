@@ -15,7 +15,7 @@ from payments.open_invoices import OpenInvoices
 from payments.stripe_client import close_stripe_client, stripe_client, stripe_client_from_settings
 
 
-class Payments(Customers, Charges, InvoiceReads, OpenInvoices):
+class Payments(Customers, OpenInvoices, Charges, InvoiceReads):
     """Stripe customers, charges and invoices on PostgreSQL: `Payments(db, stripe_client, pool_size=4)`,
     `db` a LeanPool (shared) or a database URL (a pool of its own, closed by `close`)."""
 

@@ -117,6 +117,15 @@ class Charges(PaymentsBase):
     async def _charge_pending(self, conn: AsyncConnection[Any], req: ChargeRequest, t: Totals, fresh: bool,
                               email: str | None, customer: str | None, pm: str | None) -> ChargeResult:
         """The key's row is pending: charge, or take the PaymentIntent an earlier attempt made (not `fresh`)."""
+        pi, found = await self._succeeded_intent(conn, req, t, fresh, customer, pm)
+        number = await self._record_success(conn, req, t, pi.id, email)
+        log.info("payment %s of %s succeeded: %s, invoice %s", req.key, req.org_id, pi.id, number)
+        return ChargeResult(req.org_id, req.key, t.total_cents, req.currency, pi.id, number, found)
+
+    async def _succeeded_intent(self, conn: AsyncConnection[Any], req: ChargeRequest, t: Totals, fresh: bool,
+                                customer: str | None, pm: str | None) -> tuple[stripe.PaymentIntent, bool]:
+        """The PaymentIntent that charged `req.key`: an earlier attempt's (not `fresh`; found: True) or a new one.
+        Raises the decline (recorded on the key's pending row, if any) or the refusal; writes no success."""
         found = None if fresh or customer is None else await self._find_payment_intent(customer, req.key)
         if found is not None:
             pi = found
@@ -157,16 +166,15 @@ class Charges(PaymentsBase):
             raise await self._decline(conn, req, t, "authentication_required", pi.id)
         if pi.status in ("requires_payment_method", "canceled"):
             error = pi.last_payment_error
-            code = (error.decline_code or error.code) if error is not None else None
+            # A StripeObject raises AttributeError for a member the answer lacks (localstripe sends no decline_code).
+            code = (getattr(error, "decline_code", None) or getattr(error, "code", None)) if error is not None else None
             raise await self._decline(conn, req, t, code or "card_declined", pi.id)
         if pi.status == "processing":
             raise ApplicationError(f"{req.org_id}: payment {pi.id} is still processing", type="PaymentProcessing")
         if pi.status != "succeeded":
             raise ApplicationError(f"{req.org_id}: PaymentIntent {pi.id} is {pi.status}",
                                    type="PaymentStateUnexpected", non_retryable=True)
-        number = await self._record_success(conn, req, t, pi.id, email)
-        log.info("payment %s of %s succeeded: %s, invoice %s", req.key, req.org_id, pi.id, number)
-        return ChargeResult(req.org_id, req.key, t.total_cents, req.currency, pi.id, number, found is not None)
+        return pi, found is not None
 
     async def _refused(self, conn: AsyncConnection[Any], req: ChargeRequest, e: stripe.StripeError) -> BaseException:
         """Stripe refused to create the PaymentIntent (permanent: stripe_errors.py), and no earlier attempt

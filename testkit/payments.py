@@ -58,15 +58,24 @@ class KitPayments(Payments):
     async def _default_payment_method(self) -> str | None:
         return await self.create_card(self.default_card) if self.default_card else None
 
+    def _after_stripe(self, key: str, pi: str) -> None:
+        """The fault seams, right after Stripe confirmed `pi` for `key` and before anything is written."""
+        if key in self.crash_after_stripe:
+            self.crash_after_stripe.discard(key)
+            raise SimulatedCrash(f"simulated crash after Stripe charged {key!r} ({pi})")
+        if key in self.lose_after_stripe:
+            raise ApplicationError(f"the answer to {key!r} was lost after Stripe charged {pi} (injected)",
+                                   type="SimulatedLoss", non_retryable=True)
+
     async def _record_success(self, conn: AsyncConnection[Any], req: ChargeRequest, t: Totals, pi: str,
                               email: str | None) -> str:
-        if req.key in self.crash_after_stripe:
-            self.crash_after_stripe.discard(req.key)
-            raise SimulatedCrash(f"simulated crash after Stripe charged {req.key!r} ({pi})")
-        if req.key in self.lose_after_stripe:
-            raise ApplicationError(f"the answer to {req.key!r} was lost after Stripe charged {pi} (injected)",
-                                   type="SimulatedLoss", non_retryable=True)
+        self._after_stripe(req.key, pi)
         return await super()._record_success(conn, req, t, pi, email)
+
+    async def _record_invoice_paid(self, conn: AsyncConnection[Any], req: ChargeRequest, payment_key: str,
+                                   pi: str) -> None:
+        self._after_stripe(req.key, pi)
+        await super()._record_invoice_paid(conn, req, payment_key, pi)
 
     async def create_card(self, number: str) -> str:
         """A new, unattached card PaymentMethod with a test card number (see stack/stripe_server.py)."""

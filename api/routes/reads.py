@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 from starlette.exceptions import HTTPException
 
 from api.openapi import problems
@@ -84,3 +84,18 @@ async def invoice_paid(org_id: OrgId, number: str, body: InvoicePaidIn, key: Cal
     key.reach(org_id)
     key.require("platform")
     return InvoiceOut.model_validate(await svc.billing.mark_invoice_paid(org_id, number, reference=body.reference))
+
+
+PayKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", examples=["pay-inv-42-1"], description="this payment attempt's key: a repeat answers "
+    "as the first (paid, or declined again) and charges nothing again; none: a new attempt")]
+
+
+@router.post("/invoices/{number}/pay", response_model=InvoiceOut,
+             responses=problems(*MANAGE, "UnknownInvoice", "InvalidRequest", "PaymentDeclined",
+                                "PaymentProviderRefused"))
+async def pay_invoice(org_id: OrgId, number: str, key: Caller, svc: Svc, idempotency_key: PayKey = None) -> InvoiceOut:
+    """Pay an open invoice with the organization's card now: one charge per Idempotency-Key (none: a new attempt);
+    402 PaymentDeclined leaves it open, and another attempt may follow with another card."""
+    managing(key, org_id)
+    return InvoiceOut.model_validate(await svc.billing.pay_invoice(org_id, number, idempotency_key=idempotency_key))

@@ -90,3 +90,27 @@ async def test_invoice_terms_over_http(kit: TestKit, org: str, client: Client) -
     r = await platform.post(paid_url, json={"reference": "transfer ref 4411"})
     assert r.status_code == 200 and r.json()["status"] == "paid" and r.json()["paid_at"], r.text
     problem(await platform.post(f"/v1/orgs/{org}/invoices/INV-2099-000001/paid", json={}), 404, "UnknownInvoice")
+
+
+async def test_an_open_invoice_paid_by_card_over_http(kit: TestKit, org: str, client: Client) -> None:
+    sub = await kit.billing.subscribe(org, plan="pro", email=EMAIL)
+    assert sub.period_end is not None
+    admin = await client("admin", org_id=org)
+    terms = seed_001(kit) | {"payment_terms": "invoice", "net_days": 7}
+    assert (await admin.put(f"/v1/orgs/{org}/contract", json=terms)).status_code == 200
+    await kit.advance(sub.period_end + timedelta(minutes=1) - kit.now())
+    [number] = [i.number for i in await kit.billing.invoices(org) if i.status == "open"]
+    await kit.use_card(org, "declined")
+    declined = await admin.post(f"/v1/orgs/{org}/invoices/{number}/pay", headers={"Idempotency-Key": "try-1"})
+    problem(declined, 402, "PaymentDeclined")
+    await kit.use_card(org, "ok")
+    r = await admin.post(f"/v1/orgs/{org}/invoices/{number}/pay", headers={"Idempotency-Key": "try-2"})
+    assert r.status_code == 200 and r.json()["status"] == "paid" and r.json()["stripe_payment_id"], r.text
+    again = await admin.post(f"/v1/orgs/{org}/invoices/{number}/pay", headers={"Idempotency-Key": "try-2"})
+    assert again.json() == r.json()
+    [renewal] = [c for c in kit.charges(org) if c.purpose == "renewal"]
+    assert (renewal.status, renewal.payment_intent) == ("succeeded", r.json()["stripe_payment_id"])
+    await kit.settle()
+    assert [m.template for m in kit.emails(org)].count("receipt") == 2  # the first period's, and this one's
+    await kit.advance(timedelta(days=10))  # past the due date: no reminder, it is paid
+    assert "invoice_due" not in [m.template for m in kit.emails(org)]

@@ -1,6 +1,7 @@
-"""Open invoices (payments/open_invoices.py, invoice payment terms) against the session's PostgreSQL: issued once
-per key, whatever is repeated or raced; no card charged; paid once by an operator; each step at most once; bad
-input refused with nothing written."""
+"""Open invoices (payments/open_invoices.py, invoice payment terms) against the session's PostgreSQL and a real
+localstripe: issued once per key, whatever is repeated or raced; no card charged; paid once by an operator or by
+card (through a race and a crash after Stripe charged); each step at most once; bad input refused with nothing
+written."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from datetime import timedelta
 import pytest
 
 from models.billing_types import InvoiceLine, IssueInvoice, MarkInvoice
-from models.errors import IdempotencyConflict, InvalidRequest, UnknownInvoice
-from testkit.payments import KitPayments
+from models.errors import IdempotencyConflict, InvalidRequest, PaymentDeclined, UnknownInvoice
+from testkit.payments import KitPayments, SimulatedCrash
 from tests.payments.test_payments import at, charge_req, fresh_year, new_customer, payment_rows
 from tests.support.stripe_fixtures import localstripe_url, payments
 
@@ -76,3 +77,45 @@ async def test_refusals_write_nothing(payments: KitPayments) -> None:
         await payments.mark_paid(org, "INV-2099-000001", now=now, reference="x" * 201)
     with pytest.raises(InvalidRequest, match="'check', 'due' or 'overdue'"):
         await payments.mark_invoice(MarkInvoice(org, f"{org}:k", "paid", now))  # type: ignore[arg-type]
+
+
+async def test_paid_by_card_once_through_a_race_and_a_crash_after_stripe(payments: KitPayments) -> None:
+    now = at(await fresh_year(payments.pool.url))
+    org = await new_customer(payments, now)
+    req = IssueInvoice(charge_req(org, now), now + timedelta(days=7))
+    issued = await payments.issue_invoice(req)
+    payments.crash_after_stripe.add(f"{req.charge.key}:pay:a1")  # Stripe charges, the process dies before recording
+    with pytest.raises(SimulatedCrash):
+        await payments.pay_invoice(org, issued.invoice_number, idempotency_key="a1", now=now + timedelta(days=2))
+    assert [s for _, s, *_ in await payment_rows(payments.pool.url, org)] == ["invoiced"]
+    paid = await asyncio.gather(*(payments.pay_invoice(org, issued.invoice_number, idempotency_key="a1",
+                                                       now=now + timedelta(days=3)) for _ in range(3)))
+    assert {p.status for p in paid} == {"paid"}
+    [pi] = await payments.stripe_payment_intents(org)  # the crashed attempt's, found again: one charge in all
+    assert [(s, a, p) for _, s, a, p, _ in await payment_rows(payments.pool.url, org)] == [("succeeded", 32400, pi)]
+    [invoice] = await payments.invoices(org)
+    assert (invoice.status, invoice.stripe_payment_id) == ("paid", pi)
+    # Paid: another attempt, or a transfer recorded, changes nothing and charges nothing.
+    again = await payments.pay_invoice(org, issued.invoice_number, idempotency_key="a2", now=now + timedelta(days=4))
+    assert again.paid_at == invoice.paid_at
+    assert (await payments.mark_paid(org, issued.invoice_number, now=now + timedelta(days=5))).paid_at == \
+        invoice.paid_at
+    assert len(await payments.stripe_payment_intents(org)) == 1
+
+
+async def test_a_declined_card_leaves_the_invoice_open_and_another_attempt_may_pay(payments: KitPayments) -> None:
+    now = at(await fresh_year(payments.pool.url))
+    org = await new_customer(payments, now)
+    issued = await payments.issue_invoice(IssueInvoice(charge_req(org, now), now + timedelta(days=7)))
+    await payments.set_card(org, "declined")
+    with pytest.raises(PaymentDeclined):
+        await payments.pay_invoice(org, issued.invoice_number, idempotency_key="first", now=now)
+    [invoice] = await payments.invoices(org)
+    assert invoice.status == "open"
+    assert [s for _, s, *_ in await payment_rows(payments.pool.url, org)] == ["invoiced"]
+    await payments.set_card(org, "ok")
+    with pytest.raises(PaymentDeclined):  # that attempt was declined: its key answers so again
+        await payments.pay_invoice(org, issued.invoice_number, idempotency_key="first", now=now)
+    assert (await payments.pay_invoice(org, issued.invoice_number, idempotency_key="second", now=now)).status == "paid"
+    with pytest.raises(UnknownInvoice):
+        await payments.pay_invoice(org, "INV-2099-000001", idempotency_key="third", now=now)

@@ -162,6 +162,10 @@ async def test_invoice_terms_set_listed_open_and_marked_paid_through_the_cli(kit
     assert f"{invoice.number} {day(invoice.issued_at)} renewal EUR 400.00 EUR 0.00 EUR 400.00 open, due {due}" \
         in await ok(kit, "invoices", org)
     assert "UnknownInvoice" in await refused(kit, "mark-paid", org, "INV-2099-000001")
+    assert "UnknownInvoice" in await refused(kit, "pay-invoice", org, "INV-2099-000001")
+    # This CLI has no Stripe configured: paying by card is refused typed, before any charge, and the invoice stays
+    # open (tests/payments/test_open_invoices.py and tests/api pay by card for real).
+    assert "ServiceUnavailable: Stripe is not configured" in await refused(kit, "pay-invoice", org, invoice.number)
     assert (await kit.billing.invoices(org))[-1].status == "open"
     out = await ok(kit, "mark-paid", org, invoice.number, "--reference", "transfer 4411")
     marked = (await kit.billing.invoices(org))[-1]
