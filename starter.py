@@ -287,7 +287,7 @@ class BillingClient:
         except (InvalidRequest, ServiceUnavailable) as err:
             log.warning("invoice %s of %s paid; its subscription was not told (%s): it sees it at its next look",
                         number, org_id, err)
-        [invoice] = [i for i in await self.payments.invoices(org_id) if i.number == number]
+        [invoice] = await self.payments.invoices(org_id, number=number)  # one row, not every invoice of the org
         return invoice
 
     async def _handle(self, org_id: str) -> WorkflowHandle[Any, Any]:

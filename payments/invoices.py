@@ -87,13 +87,14 @@ class InvoiceReads(PaymentsBase):
             "FROM payments WHERE org_id = %s ORDER BY created_at, key", (org_id,))
         return [Charge(*row) for row in rows]
 
-    async def invoices(self, org_id: str) -> list[Invoice]:
-        """The organization's invoices, oldest first."""
+    async def invoices(self, org_id: str, *, number: str | None = None) -> list[Invoice]:
+        """The organization's invoices, oldest first (only invoice `number`, if given)."""
         pool = await self._ready()
         rows = await pool.fetchall(
             "SELECT number, org_id, purpose, issued_at, currency, lines, subtotal_cents, tax_rate, tax_cents, "
             "total_cents, coalesce(stripe_payment_id, ''), html, status, due_at, paid_at, overdue_at FROM invoices "
-            "WHERE org_id = %s ORDER BY issued_at, year, seq", (org_id,))
+            "WHERE org_id = %s AND (%s::text IS NULL OR number = %s) ORDER BY issued_at, year, seq",
+            (org_id, number, number))
         return [
             Invoice(number, org, purpose, issued_at, currency, [InvoiceLine(**line) for line in lines],
                     subtotal, rate, tax, total, spi, html, status, due_at, paid_at, overdue_at)

@@ -10,6 +10,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
+from models.billing_types import ChargeRequest, InvoiceLine, IssueInvoice
 from models.contract_types import ContractTerms
 from models.errors import InvalidRequest, UnknownInvoice
 from testkit import TestKit
@@ -114,3 +115,17 @@ async def test_invoice_terms_refused_typed(kit: TestKit, org: str) -> None:
     await kit.billing.open_wallet(other)
     with pytest.raises(UnknownInvoice):  # another organization's invoice is not this one's
         await kit.billing.mark_invoice_paid(other, first.number)
+
+
+async def test_a_payment_the_subscription_cannot_be_told_of_still_stands(kit: TestKit, org: str) -> None:
+    """The invoice is paid in the database first; telling the subscription is best effort (it reads the invoice
+    again at its next look). Here no subscription workflow exists at all: the payment stands, typed, unharmed."""
+    await kit.billing.open_wallet(org)
+    now = kit.now()
+    charge = ChargeRequest(org, f"{org}:manual", "renewal", [InvoiceLine("pro x 1 seats", 1, 9000, 9000)], now)
+    issued = await kit.payments.issue_invoice(IssueInvoice(charge, now + timedelta(days=7)))
+    with pytest.raises(InvalidRequest, match="no subscription"):
+        await kit.billing.subscription(org)
+    paid = await kit.billing.mark_invoice_paid(org, issued.invoice_number, reference="transfer 7")
+    assert (paid.number, paid.status) == (issued.invoice_number, "paid")
+    assert [(c.status, c.amount_cents) for c in kit.charges(org)] == [("succeeded", 9000)]
