@@ -1,0 +1,59 @@
+"""Tags on a debit or a hold: a small map of dimension to value (campaign, contact, country, result, ...),
+stored with the usage row (usage_events.tags, holds.tags) and filtered on by the usage log. The rule is
+stated once here; the ledger applies it before anything is written, the log to its filters."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+
+from models.checks import shown
+from models.errors import InvalidRequest
+
+Tags = Mapping[str, str]
+
+MAX_TAGS = 10
+MAX_VALUE_CHARS = 100
+# A dimension's name: lower-case, as an identifier, so that two spellings of one dimension never split it.
+_KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# Control characters (Cc: NUL, which jsonb refuses, newlines, escapes) and lone surrogates (Cs: no UTF-8 for
+# them, the database would refuse the statement).
+_REFUSED_CATEGORIES = ("Cc", "Cs")
+
+
+def _check(what: str, tags: object) -> dict[str, str]:
+    if not isinstance(tags, Mapping):
+        raise InvalidRequest(f"{what} must be a map of names to strings, got {shown(tags)}")
+    if len(tags) > MAX_TAGS:
+        raise InvalidRequest(f"{what}: at most {MAX_TAGS} tags, got {len(tags)}")
+    checked: dict[str, str] = {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not _KEY.fullmatch(key):
+            raise InvalidRequest(f"{what}: a tag's name is 1-32 characters of a-z, 0-9 and _ starting with a "
+                                 f"letter, got {shown(key)}")
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{what}: tag {key!r} must be a string, got {shown(value)}")
+        if not 1 <= len(value) <= MAX_VALUE_CHARS:
+            raise InvalidRequest(f"{what}: tag {key!r} must be 1-{MAX_VALUE_CHARS} characters, "
+                                 f"got {len(value):,}")
+        if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in value):
+            raise InvalidRequest(f"{what}: tag {key!r} holds a control character: {shown(value)}")
+        checked[key] = value
+    return dict(sorted(checked.items()))
+
+
+def check_tags(tags: object) -> dict[str, str] | None:
+    """A debit's or hold's tags as stored: None when there are none (None or {}), else a dict sorted by name.
+    Bad tags -> InvalidRequest, naming what is wrong."""
+    if tags is None:
+        return None
+    checked = _check("tags", tags)
+    return checked or None
+
+
+def tag_filter(filters: object) -> dict[str, str]:
+    """A log's tag filter (every given tag must match), by the same rule as the tags themselves; {} for none."""
+    if filters is None:
+        return {}
+    return _check("tag filter", filters)
