@@ -23,6 +23,7 @@ from models.errors import (
     NotAuthenticated,
     PaymentDeclined,
     PaymentProviderRefused,
+    QuotaExceeded,
     ServiceUnavailable,
     TierNotAvailable,
     UnknownApiKey,
@@ -48,6 +49,7 @@ STATUS: list[tuple[type[BillingError], int]] = [
     (InsufficientCredits, 403),   # seed 001's "403 Insufficient Credits"
     (TierNotAvailable, 403),
     (UserLimitExceeded, 403),
+    (QuotaExceeded, 403),         # a plan's hard quota, as a user's limit
     (ConcurrencyLimitExceeded, 429),
     (UsageGuardPaused, 429),
     (IdempotencyConflict, 409),

@@ -106,6 +106,23 @@ class UserLimitExceeded(BillingError):
         self.org_id, self.user_id, self.limit, self.used, self.cost = org_id, user_id, limit, used, cost
 
 
+class QuotaExceeded(BillingError):
+    """A record past a quota's hard limit (models/quota_types.py): refused whole, nothing counted."""
+
+    org_id: str
+    quota: str
+    limit: Decimal
+    used: Decimal
+    quantity: Decimal
+
+    def __init__(self, org_id: str, quota: str, limit: Decimal, used: Decimal, quantity: Decimal) -> None:
+        super().__init__(
+            f"{org_id}: {used} of the {limit} {quota} of this period are used; {quantity} more would pass the "
+            f"plan's limit"
+        )
+        self.org_id, self.quota, self.limit, self.used, self.quantity = org_id, quota, limit, used, quantity
+
+
 class UsageGuardPaused(BillingError):
     org_id: str
     action: str
@@ -189,7 +206,7 @@ class PaymentDeclined(BillingError):
 
 ERRORS: dict[str, type[BillingError]] = {cls.__name__: cls for cls in (
     BillingError, InvalidRequest, UnknownOrganization, UnknownApiKey, UnknownWebhookEndpoint, UnknownInvoice,
-    InsufficientCredits,
+    InsufficientCredits, QuotaExceeded,
     TierNotAvailable, UserLimitExceeded, UsageGuardPaused, ConcurrencyLimitExceeded, IdempotencyConflict, HoldNotOpen,
     PaymentDeclined, PaymentProviderRefused, ServiceUnavailable, NotAuthenticated, Forbidden,
 )}
