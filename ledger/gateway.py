@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
 from ledger.pool import LeanPool
 from models.catalog import CATALOG, Catalog
@@ -51,11 +52,12 @@ from models.ledger_types import (
     WalletTerms,
 )
 from models.pricing import unit_cost_milli, units_cost_milli, validate_quantity
+from models.tags import Tags, check_tags
 
-_DEBIT = "SELECT * FROM ledger_debit(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_DEBIT = "SELECT * FROM ledger_debit(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _DEBIT_BATCH = (
     "SELECT * FROM ledger_debit_batch(%s::text[], %s::text[], %s::text[], %s::text[], %s::numeric[], %s::text[], "
-    "%s::text[], %s::bigint[], %s::timestamptz[])"
+    "%s::text[], %s::jsonb[], %s::bigint[], %s::timestamptz[])"
 )
 MAX_BATCH = 64  # debits in one statement
 # Debit statements one Ledger (one process) keeps in flight. A debit that arrives when that many are, or while
@@ -74,7 +76,7 @@ HOLD_USAGE_PREFIX = "hold:"
 MAX_GUARD_USES = 1_000_000_000
 MAX_GUARD_WINDOW = timedelta(days=366)
 MAX_HOLD_TTL = timedelta(days=366)  # a hold reserves credits for an operation in flight, not for ever
-_HOLD = "SELECT * FROM ledger_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+_HOLD = "SELECT * FROM ledger_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 _SETTLE = "SELECT * FROM ledger_settle(%s, %s, %s, %s)"
 _BALANCE = "SELECT * FROM ledger_balance(%s, %s)"
 _START = "SELECT * FROM ledger_start_period(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
@@ -99,6 +101,7 @@ class _Priced(NamedTuple):
     quantity: Decimal
     country: str | None
     user_id: str | None
+    tags: Jsonb | None  # the checked tags as the SQL functions take them (models/tags.py), None for none
     cost_milli: int
 
 
@@ -141,7 +144,8 @@ class Ledger:
         return check_time("now", now) if now is not None else self.clock()
 
     def _price(
-        self, action: str, tier: str | None, quantity: int | Decimal, country: str | None, user_id: str | None
+        self, action: str, tier: str | None, quantity: int | Decimal, country: str | None, user_id: str | None,
+        tags: Tags | None,
     ) -> _Priced:
         # Names, before they key the unit-cost cache and the catalog.
         check_name("action", action)
@@ -149,6 +153,7 @@ class Ledger:
             check_name("tier", tier)
         if country is not None:
             check_name("country", country)
+        checked_tags = check_tags(tags)
         q = validate_quantity(quantity)
         if q != q.quantize(Decimal("0.001")):
             raise InvalidRequest(f"quantity has at most 3 decimal places, got {quantity}")
@@ -161,26 +166,27 @@ class Ledger:
         if cost_milli > MAX_CREDITS_MILLI:
             raise InvalidRequest(f"{quantity} x {action} costs more than any wallet can hold")
         return _Priced(action, tier, q, country.upper() if country else None,
-                       None if user_id is None else check_id("user_id", user_id), cost_milli)
+                       None if user_id is None else check_id("user_id", user_id),
+                       None if checked_tags is None else Jsonb(checked_tags), cost_milli)
 
     # -- metering ----------------------------------------------------------------------------------
 
     async def debit(
         self, org_id: str, action: str, *, idempotency_key: str, tier: str | None = None,
         quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
-        now: datetime | None = None,
+        tags: Tags | None = None, now: datetime | None = None,
     ) -> DebitResult:
         check_id("org_id", org_id)
         check_id("idempotency_key", idempotency_key)
         if idempotency_key.startswith(HOLD_USAGE_PREFIX):
             raise InvalidRequest(f"idempotency keys starting with {HOLD_USAGE_PREFIX!r} are the ledger's own "
                                  f"(a committed hold's usage), got {idempotency_key!r}")
-        p = self._price(action, tier, quantity, country, user_id)
+        p = self._price(action, tier, quantity, country, user_id, tags)
         at = self._now(now)
         if p.cost_milli == 0:  # credit-free actions are not metered
             return DebitResult(org_id, idempotency_key, Decimal("0.000"), None, False)
         row = await self._submit_debit(org_id, (idempotency_key, p.action, p.tier, p.quantity, p.country,
-                                                p.user_id, p.cost_milli, at))
+                                                p.user_id, p.tags, p.cost_milli, at))
         status, cost_milli, available_milli, replayed, a, b, recharge = row
         await self._raise_for(status, org_id, idempotency_key, p, available_milli, a, b)
         return DebitResult(org_id, idempotency_key, from_milli(cost_milli), from_milli(available_milli), replayed,
@@ -297,17 +303,17 @@ class Ledger:
     async def hold(
         self, org_id: str, action: str, *, idempotency_key: str, tier: str | None = None,
         quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
-        ttl: timedelta | None = None, now: datetime | None = None,
+        tags: Tags | None = None, ttl: timedelta | None = None, now: datetime | None = None,
     ) -> HoldResult:
         check_id("org_id", org_id)
         check_id("idempotency_key", idempotency_key)
-        p = self._price(action, tier, quantity, country, user_id)
+        p = self._price(action, tier, quantity, country, user_id, tags)
         ttl = self.hold_ttl if ttl is None else ttl
         if not isinstance(ttl, timedelta) or not timedelta(0) < ttl <= MAX_HOLD_TTL:
             raise InvalidRequest(f"a hold's ttl is positive and at most {MAX_HOLD_TTL.days} days, got {shown(ttl)}")
         at = self._now(now)
         row = await self.pool.fetchone(_HOLD, (org_id, idempotency_key, p.action, p.tier, p.quantity, p.country,
-                                      p.user_id, p.cost_milli, at + ttl, at))
+                                      p.user_id, p.tags, p.cost_milli, at + ttl, at))
         assert row is not None
         status, cost_milli, available_milli, replayed, a, b, recharge, limit, open_holds = row
         await self._raise_for(status, org_id, idempotency_key, p, available_milli, a, b)

@@ -1,7 +1,9 @@
 -- One debit, the common entry point. Its result's `recharge` is true when this debit took the
--- auto-recharge lease (the caller signals the workflow).
+-- auto-recharge lease (the caller signals the workflow). p_tags: the debit's tags (models/tags.py checked them;
+-- NULL for none), stored on its usage row. The drop names the signature before p_tags.
+DROP FUNCTION IF EXISTS ledger_debit(text, text, text, text, numeric, text, text, bigint, timestamptz);
 CREATE OR REPLACE FUNCTION ledger_debit(p_org text, p_key text, p_action text, p_tier text, p_qty numeric,
-                                        p_country text, p_user text, p_cost bigint, p_now timestamptz,
+                                        p_country text, p_user text, p_tags jsonb, p_cost bigint, p_now timestamptz,
                                         OUT status text, OUT cost bigint, OUT available bigint, OUT replayed boolean,
                                         OUT detail_a bigint, OUT detail_b bigint, OUT recharge boolean)
 LANGUAGE plpgsql AS $$
@@ -25,9 +27,9 @@ BEGIN
     SELECT * INTO w FROM wallets WHERE org_id = p_org;
     IF FOUND AND w.plan_expires_at > p_now AND w.plan_remaining >= p_cost AND w.open_holds = 0
        AND NOT w.has_guards AND NOT w.has_user_limits AND (p_tier IS NULL OR p_tier = ANY (w.tiers)) THEN
-        INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
+        INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, tags, cost,
                                   created_at)
-            VALUES (p_org, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_cost, p_now)
+            VALUES (p_org, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_tags, p_cost, p_now)
             ON CONFLICT (org_id, idem_key) DO NOTHING;
         IF FOUND THEN
             INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
@@ -58,7 +60,7 @@ BEGIN
     -- Locked path: every rule, under the wallet lock.
     SELECT * INTO w FROM wallets WHERE org_id = p_org FOR NO KEY UPDATE;
     IF NOT FOUND THEN status := 'unknown_org'; RETURN; END IF;
-    r := ledger_debit_locked(w, p_key, p_action, p_tier, p_qty, p_country, p_user, p_cost, p_now);
+    r := ledger_debit_locked(w, p_key, p_action, p_tier, p_qty, p_country, p_user, p_tags, p_cost, p_now);
     IF r.dirty THEN
         PERFORM ledger_save(r.w, p_now);
     END IF;

@@ -5,12 +5,15 @@
 -- org_id, code points), which is the order the wallet locks are taken in: two batches never wait on each other
 -- in a cycle. Each item is decided by exactly the rules of a single debit, in order, and gets its own result
 -- row, in the order given. An organization alone in the batch is debited by ledger_debit itself (its fast
--- path); several debits of one organization take its lock once and save it once.
+-- path); several debits of one organization take its lock once and save it once. p_tags: each debit's tags
+-- (an element NULL for none). The drops name the signatures before: one wallet per batch, then before p_tags.
 DROP FUNCTION IF EXISTS ledger_debit_batch(text, text[], text[], text[], numeric[], text[], text[], bigint[],
                                            timestamptz[]);
+DROP FUNCTION IF EXISTS ledger_debit_batch(text[], text[], text[], text[], numeric[], text[], text[], bigint[],
+                                           timestamptz[]);
 CREATE OR REPLACE FUNCTION ledger_debit_batch(p_orgs text[], p_keys text[], p_actions text[], p_tiers text[],
-                                              p_qtys numeric[], p_countries text[], p_users text[], p_costs bigint[],
-                                              p_nows timestamptz[])
+                                              p_qtys numeric[], p_countries text[], p_users text[], p_tags jsonb[],
+                                              p_costs bigint[], p_nows timestamptz[])
 RETURNS TABLE (status text, cost bigint, available bigint, replayed boolean, detail_a bigint, detail_b bigint,
                recharge boolean)
 LANGUAGE plpgsql AS $$
@@ -31,8 +34,8 @@ BEGIN
             SELECT d.status, d.cost, d.available, d.replayed, d.detail_a, d.detail_b, d.recharge
               INTO status, cost, available, replayed, detail_a, detail_b, recharge
               FROM ledger_debit(p_orgs[v_first], p_keys[v_first], p_actions[v_first], p_tiers[v_first],
-                                p_qtys[v_first], p_countries[v_first], p_users[v_first], p_costs[v_first],
-                                p_nows[v_first]) d;
+                                p_qtys[v_first], p_countries[v_first], p_users[v_first], p_tags[v_first],
+                                p_costs[v_first], p_nows[v_first]) d;
             RETURN NEXT;
         ELSE
             SELECT * INTO w FROM wallets WHERE org_id = p_orgs[v_first] FOR NO KEY UPDATE;  -- nulls if none
@@ -43,7 +46,7 @@ BEGIN
                     detail_a := NULL; detail_b := NULL; recharge := false;
                 ELSE
                     r := ledger_debit_locked(w, p_keys[i], p_actions[i], p_tiers[i], p_qtys[i], p_countries[i],
-                                             p_users[i], p_costs[i], p_nows[i]);
+                                             p_users[i], p_tags[i], p_costs[i], p_nows[i]);
                     w := r.w;
                     v_dirty := v_dirty OR r.dirty;
                     status := r.status; cost := r.cost; available := r.available; replayed := r.replayed;

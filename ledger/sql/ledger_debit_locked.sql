@@ -1,8 +1,12 @@
 -- One debit decided under the wallet lock the caller holds: catch up with time, check every rule,
 -- claim the idempotency key, draw (past the balance, record the rest as overage when the terms allow it),
 -- record alerts, take the auto-recharge lease when the debit crosses its threshold. Returns the wallet as changed (the caller saves it when dirty) and the debit's result.
+-- p_tags: the debit's tags (NULL for none), stored on its usage row and compared on a repeat like every other
+-- field. The drop names the signature before p_tags.
+DROP FUNCTION IF EXISTS ledger_debit_locked(wallets, text, text, text, numeric, text, text, bigint, timestamptz);
 CREATE OR REPLACE FUNCTION ledger_debit_locked(w wallets, p_key text, p_action text, p_tier text, p_qty numeric,
-                                               p_country text, p_user text, p_cost bigint, p_now timestamptz)
+                                               p_country text, p_user text, p_tags jsonb, p_cost bigint,
+                                               p_now timestamptz)
 RETURNS ledger_step LANGUAGE plpgsql AS $$
 DECLARE
     r ledger_step;
@@ -26,9 +30,9 @@ BEGIN
     r.available := ledger_available(w);
     IF r.status IS NULL THEN
         -- Claim the idempotency key; the primary key arbitrates, so a repeat is found without a lookup.
-        INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
+        INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, tags, cost,
                                   created_at)
-            VALUES (w.org_id, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_cost, p_now)
+            VALUES (w.org_id, p_key, 'debit', p_action, p_tier, p_qty, p_country, p_user, p_tags, p_cost, p_now)
             ON CONFLICT (org_id, idem_key) DO NOTHING;
         IF NOT FOUND THEN
             r.status := 'repeat';
@@ -42,7 +46,7 @@ BEGIN
             r.replayed := true; r.cost := u.cost; r.detail_a := NULL; r.detail_b := NULL;
             IF u.source <> 'debit' OR u.action <> p_action OR u.tier IS DISTINCT FROM p_tier
                OR u.quantity <> p_qty OR u.country IS DISTINCT FROM p_country
-               OR u.user_id IS DISTINCT FROM p_user THEN
+               OR u.user_id IS DISTINCT FROM p_user OR u.tags IS DISTINCT FROM p_tags THEN
                 r.status := 'conflict';
             ELSE
                 r.status := 'ok';

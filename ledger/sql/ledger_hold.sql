@@ -4,12 +4,13 @@
 -- plan's) and the live ones after this call (expired ones released by ledger_refresh first), for the answer's
 -- concurrency headers in the same trip. Past the balance, with overage allowed, the part of the cost the
 -- balance does not cover is reserved in overage (holds.overage, wallets.overage_held) within the cap; the hold
--- entry is of the whole cost. The drop names the signature before those OUT columns (CREATE OR REPLACE cannot
--- add OUT columns).
+-- entry is of the whole cost. p_tags: the hold's tags (NULL for none), stored on it, compared on a repeat and
+-- copied to its usage row when it is committed (ledger_settle). The drop names the signature before p_tags
+-- (the one before the OUT columns had the same arguments: CREATE OR REPLACE cannot add OUT columns).
 DROP FUNCTION IF EXISTS ledger_hold(text, text, text, text, numeric, text, text, bigint, timestamptz, timestamptz);
 CREATE OR REPLACE FUNCTION ledger_hold(p_org text, p_key text, p_action text, p_tier text, p_qty numeric,
-                                       p_country text, p_user text, p_cost bigint, p_expires_at timestamptz,
-                                       p_now timestamptz,
+                                       p_country text, p_user text, p_tags jsonb, p_cost bigint,
+                                       p_expires_at timestamptz, p_now timestamptz,
                                        OUT status text, OUT cost bigint, OUT available bigint, OUT replayed boolean,
                                        OUT detail_a bigint, OUT detail_b bigint, OUT recharge boolean,
                                        OUT concurrency_limit integer, OUT concurrency_open integer)
@@ -28,7 +29,8 @@ BEGIN
     IF FOUND THEN
         replayed := true; cost := h.cost;
         IF h.action <> p_action OR h.tier IS DISTINCT FROM p_tier OR h.quantity <> p_qty
-           OR h.country IS DISTINCT FROM p_country OR h.user_id IS DISTINCT FROM p_user THEN
+           OR h.country IS DISTINCT FROM p_country OR h.user_id IS DISTINCT FROM p_user
+           OR h.tags IS DISTINCT FROM p_tags THEN
             status := 'conflict';
         ELSIF h.status = 'open' THEN
             status := 'ok';
@@ -43,10 +45,10 @@ BEGIN
         FROM ledger_check(w, p_action, p_tier, p_user, p_cost, true, p_key, p_now);
     IF status IS NULL THEN
         v_over := p_cost - least(p_cost, greatest(available, 0));  -- 0 unless past the balance (overage)
-        INSERT INTO holds (org_id, idem_key, action, tier, quantity, country, user_id, cost, overage, status,
+        INSERT INTO holds (org_id, idem_key, action, tier, quantity, country, user_id, tags, cost, overage, status,
                            expires_at, created_at)
-            VALUES (p_org, p_key, p_action, p_tier, p_qty, p_country, p_user, p_cost, v_over, 'open', p_expires_at,
-                    p_now);
+            VALUES (p_org, p_key, p_action, p_tier, p_qty, p_country, p_user, p_tags, p_cost, v_over, 'open',
+                    p_expires_at, p_now);
         INSERT INTO ledger_entries (org_id, bucket_id, kind, amount, ref, created_at)
             VALUES (p_org, NULL, 'hold', -p_cost, 'hold:' || p_key, p_now);
         w.held := w.held + p_cost - v_over;

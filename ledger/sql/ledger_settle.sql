@@ -1,6 +1,6 @@
 -- Settle an open hold: commit charges its cost from the buckets (past the balance, as overage within the terms'
 -- room: what it reserved in overage becomes recorded overage), release charges nothing (and gives back what it
--- reserved, overage included).
+-- reserved, overage included). A committed hold's usage row carries the hold's tags.
 -- concurrency_limit / concurrency_open: the maximum of open holds (ledger_max_holds) and the live ones after
 -- this call.
 -- The drop names the signature before those OUT columns (CREATE OR REPLACE cannot add OUT columns).
@@ -47,9 +47,9 @@ BEGIN
             IF w.has_guards OR w.has_user_limits THEN
                 PERFORM ledger_count_use(w, h.action, h.user_id, v_charge, p_now);
             END IF;
-            INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, cost,
-                                      created_at)
-                VALUES (p_org, 'hold:' || p_key, 'hold', h.action, h.tier, h.quantity, h.country, h.user_id,
+            INSERT INTO usage_events (org_id, idem_key, source, action, tier, quantity, country, user_id, tags,
+                                      cost, created_at)
+                VALUES (p_org, 'hold:' || p_key, 'hold', h.action, h.tier, h.quantity, h.country, h.user_id, h.tags,
                         v_charge, p_now);
             UPDATE holds SET status = 'committed', settled_at = p_now, cost = v_charge, overage = v_charge - v_draw
                 WHERE org_id = p_org AND idem_key = p_key;

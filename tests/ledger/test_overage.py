@@ -144,7 +144,7 @@ async def test_the_batch_statement_handles_overage_item_by_item(
     n = 4  # one organization's debits in one ledger_debit_batch statement (the group commit's), 10 each
     rows = await ledger.pool.fetchall(_DEBIT_BATCH, (
         [org] * n, [f"b{i}" for i in range(n)], ["lead_enrichment"] * n, [None] * n, [D(2)] * n, [None] * n,
-        [None] * n, [10_000] * n, [T0] * n))
+        [None] * n, [None] * n, [10_000] * n, [T0] * n))
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("ok", 10_000, 0), ("ok", 10_000, 0), ("ok", 10_000, 0), ("insufficient", 10_000, 0)]
     assert (await ledger.balance(org, now=T0)).overage == D("20")
