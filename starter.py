@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -37,8 +37,10 @@ from temporalio.common import (
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from ledger import Ledger
+from ledger import Ledger, runway
 from ledger.auto_recharge import AutoRecharges
+from ledger.insight import UsageInsight
+from ledger.quotas import Quotas
 from models.auto_recharge_types import (
     DEFAULT_SPENDING_LIMIT_CENTS,
     AutoRechargeSettings,
@@ -52,6 +54,17 @@ from models.catalog import CATALOG, CATALOGS
 from models.checks import check_id, check_name, shown, utcnow
 from models.contract_types import ContractTerms, check_contract
 from models.errors import BillingError, IdempotencyConflict, InvalidRequest, ServiceUnavailable, from_failure
+from models.insight_types import (
+    DEFAULT_LOG_LIMIT,
+    ActionSummary,
+    ExportFormat,
+    LifetimeTotals,
+    MemberUsage,
+    SeriesBucket,
+    SeriesBy,
+    SeriesPoint,
+    UsagePage,
+)
 from models.keys import open_wallet_key, pack_key, pack_workflow_id, recharge_workflow_id, subscription_workflow_id
 from models.ledger_types import (
     Balance,
@@ -63,6 +76,8 @@ from models.ledger_types import (
     UsageGrouping,
     UsageRow,
 )
+from models.projection import Projection
+from models.quota_types import QuotaResult, QuotaUsage
 from models.subscription_rules import check_seat_count, check_subscribe
 from models.subscription_types import (
     ContractRequest,
@@ -123,6 +138,8 @@ class BillingClient:
         self._temporal = temporal
         self.deadline = CLIENT_DEADLINE  # of every call that waits on Temporal
         self.auto_recharges = AutoRecharges(ledger)
+        self.insight = UsageInsight(ledger)   # the usage reads (logs, summaries, series, exports, projection)
+        self.quota_counts = Quotas(ledger)    # the plans' non-credit quotas (`quotas()` reads them)
         # Stripe from STRIPE_API_KEY, or in development mode the embedded stack's fake; else none (metering
         # and reads need none; buying with a new card is refused as ServiceUnavailable).
         self._own_stripe = None
@@ -318,11 +335,13 @@ class BillingClient:
     async def debit(
         self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
         quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> DebitResult:
         """Charge the cost of `action` now; refused whole (InsufficientCredits) if it does not fit. One round
-        trip; a debit that leaves the balance under the auto-recharge threshold also starts the recharge."""
+        trip; a debit that leaves the balance under the auto-recharge threshold also starts the recharge.
+        `tags` ({"campaign": "spring"}: at most 10, models/tags.py) are stored with the usage row."""
         result = await self.ledger.debit(org_id, action, idempotency_key=idempotency_key, tier=tier,
-                                         quantity=quantity, user_id=user_id, country=country)
+                                         quantity=quantity, user_id=user_id, country=country, tags=tags)
         if result.recharge_triggered:
             await self._trigger_recharge(org_id, idempotency_key)
         return result
@@ -348,13 +367,13 @@ class BillingClient:
     async def hold(
         self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
         quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
-        ttl: timedelta | None = None,
+        ttl: timedelta | None = None, tags: Mapping[str, str] | None = None,
     ) -> AsyncIterator[HoldResult]:
         """`async with billing.hold(...) as h:` reserves now, commits if the block succeeds, releases if
         it raises; a hold left open past its TTL releases itself. A reservation that leaves the balance
         under the auto-recharge threshold starts the recharge, as a debit does."""
         held = await self.open_hold(org_id, action=action, idempotency_key=idempotency_key, tier=tier,
-                                    quantity=quantity, user_id=user_id, country=country, ttl=ttl)
+                                    quantity=quantity, user_id=user_id, country=country, ttl=ttl, tags=tags)
         try:
             yield held
         except BaseException:
@@ -365,13 +384,14 @@ class BillingClient:
     async def open_hold(
         self, org_id: str, *, action: str, idempotency_key: str, tier: str | None = None,
         quantity: int | Decimal = 1, user_id: str | None = None, country: str | None = None,
-        ttl: timedelta | None = None,
+        ttl: timedelta | None = None, tags: Mapping[str, str] | None = None,
     ) -> HoldResult:
         """Reserve the cost of `action` under `idempotency_key` (the hold's id) until `commit_hold` or
         `release_hold`, or its TTL (then it releases itself): for callers whose work outlives one `async with`
-        (the HTTP API, the credits middleware). Starts the auto-recharge as a debit does."""
+        (the HTTP API, the credits middleware). Starts the auto-recharge as a debit does. The hold's `tags` go
+        to the usage row its commit writes."""
         held = await self.ledger.hold(org_id, action, idempotency_key=idempotency_key, tier=tier,
-                                      quantity=quantity, user_id=user_id, country=country, ttl=ttl)
+                                      quantity=quantity, user_id=user_id, country=country, ttl=ttl, tags=tags)
         if held.recharge_triggered:
             await self._trigger_recharge(org_id, idempotency_key)
         return held
@@ -397,6 +417,80 @@ class BillingClient:
         self, org_id: str, *, since: datetime | None = None, until: datetime | None = None
     ) -> list[Transaction]:
         return await self.ledger.transactions(org_id, since=since, until=until)
+
+    # -- usage insight (ledger/insight.py, DESIGN.md section 11) -------------------------------------------
+
+    async def usage_log(
+        self, org_id: str, *, action: str | None = None, tier: str | None = None, user_id: str | None = None,
+        tags: Mapping[str, str] | None = None, since: datetime | None = None, until: datetime | None = None,
+        limit: int = DEFAULT_LOG_LIMIT, cursor: str | None = None,
+    ) -> UsagePage:
+        """The usage events over [since, until), newest first, filtered (every given tag must match); a page of
+        at most `limit` (1-1000). Pass the page's `next_cursor` back for the next one (None: the last page)."""
+        return await self.insight.log(org_id, action=action, tier=tier, user_id=user_id, tags=tags, since=since,
+                                      until=until, limit=limit, cursor=cursor)
+
+    async def usage_summary(
+        self, org_id: str, *, since: datetime | None = None, until: datetime | None = None,
+        user_id: str | None = None,
+    ) -> list[ActionSummary]:
+        """Per action over [since, until): uses, quantity, credits and credits per use, most credits first."""
+        return await self.insight.summary(org_id, since=since, until=until, user_id=user_id)
+
+    async def usage_series(
+        self, org_id: str, *, since: datetime, until: datetime, bucket: SeriesBucket = "day",
+        by: SeriesBy | None = None, user_id: str | None = None,
+    ) -> list[SeriesPoint]:
+        """Uses and credits per UTC day (or hour) over [since, until), per action or user if `by`; every bucket
+        of every key seen, zeros included (for graphs)."""
+        return await self.insight.series(org_id, since=since, until=until, bucket=bucket, by=by, user_id=user_id)
+
+    async def lifetime_totals(self, org_id: str) -> LifetimeTotals:
+        """Credits added (plans, packs) and used since the organization's wallet was opened."""
+        return await self.insight.lifetime(org_id)
+
+    async def export_usage(
+        self, org_id: str, *, fmt: ExportFormat = "csv", since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The usage events of [since, until) as CSV or JSON lines, streamed in bounded memory. Everything is
+        checked before this returns: iterating only streams."""
+        return await self.insight.export(org_id, what="usage", fmt=fmt, since=since, until=until)
+
+    async def export_transactions(
+        self, org_id: str, *, fmt: ExportFormat = "csv", since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The ledger's entries of [since, until) as CSV or JSON lines, streamed as `export_usage` is."""
+        return await self.insight.export(org_id, what="transactions", fmt=fmt, since=since, until=until)
+
+    async def projection(self, org_id: str) -> Projection | None:
+        """The period's projected use at its burn rate so far (None: a period without an end)."""
+        return await self.insight.projection(org_id)
+
+    async def set_runway_alert(self, org_id: str, enabled: bool) -> None:
+        """Email (and the credits.runway event) once a period when the projection runs past the allocation."""
+        await runway.set_runway_alert(self.ledger.pool, org_id, enabled)
+
+    async def runway_alert(self, org_id: str) -> bool:
+        return await runway.runway_alert(self.ledger.pool, org_id)
+
+    async def member_usage(self, org_id: str, user_id: str) -> MemberUsage:
+        """A user's usage this period, its limit and what remains of it, per action."""
+        return await self.insight.member_usage(org_id, user_id)
+
+    # -- quotas (ledger/quotas.py) ---------------------------------------------------------------------
+
+    async def record_usage(
+        self, org_id: str, quota: str, *, quantity: int | Decimal = 1, idempotency_key: str,
+    ) -> QuotaResult:
+        """Count `quantity` against the plan's `quota` this period, once per `idempotency_key` (a repeat answers
+        `replayed`). Past a hard limit: QuotaExceeded, nothing counted."""
+        return await self.quota_counts.record(org_id, quota, quantity=quantity, idempotency_key=idempotency_key)
+
+    async def quotas(self, org_id: str) -> list[QuotaUsage]:
+        """Every quota of the organization's plan: used this period against its limit, with the 80% warning."""
+        return await self.quota_counts.usage(org_id)
 
     # -- credit packs and auto-recharge ----------------------------------------------------------------
 
