@@ -15,7 +15,7 @@ import binascii
 import csv
 import io
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -256,10 +256,11 @@ class UsageInsight:
     async def export(
         self, org_id: str, *, what: ExportWhat, fmt: ExportFormat, since: datetime | None = None,
         until: datetime | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """An organization's usage events or ledger entries over [since, until), oldest first, as CSV (a header
         row; tags a JSON string column) or JSON lines. Everything is checked here, the organization too; the
-        iterator returned streams the rows from a server-side cursor, EXPORT_CHUNK_ROWS at a time."""
+        iterator returned streams the rows from a server-side cursor, EXPORT_CHUNK_ROWS at a time (an async
+        generator: aclose() when the reader goes away closes its connection at once)."""
         check_id("org_id", org_id)
         if what not in ("usage", "transactions"):
             raise InvalidRequest(f"an export is of 'usage' or 'transactions', not {shown(what)}")
@@ -285,7 +286,7 @@ class UsageInsight:
     async def _stream(
         self, sql: str, params: tuple[Any, ...], shape: Callable[[tuple[Any, ...]], list[Any]],
         encode: Callable[[list[list[Any]]], bytes], header: bytes,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The rows of `sql`, a chunk at a time, on a connection of the export's own (closed however the
         reader stops: the end, an error, or aclose when it goes away)."""
         try:

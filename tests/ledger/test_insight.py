@@ -362,3 +362,38 @@ async def test_bad_input_is_refused_typed(ledger: Ledger, new_org: OrgFactory, i
             await call
     # The reads changed nothing.
     assert [e.idempotency_key for e in (await insight.log(org)).events] == ["a"]
+
+
+async def test_the_log_filters_on_tags_every_given_one_matching(
+    ledger: Ledger, new_org: OrgFactory, insight: UsageInsight
+) -> None:
+    org = await new_org("pro")
+    spring_fr = {"campaign": "spring", "country": "FR"}
+    await ledger.debit(org, "ai_chat", tier="fast", idempotency_key="t1", tags=spring_fr, now=T0 + H)
+    await ledger.debit(org, "ai_chat", tier="fast", idempotency_key="t2", tags={"campaign": "spring"}, now=T0 + 2 * H)
+    await ledger.debit(org, "lead_enrichment", idempotency_key="t3", tags={"campaign": "autumn", "result": "won"},
+                       now=T0 + 3 * H)
+    await ledger.debit(org, "ai_chat", tier="fast", idempotency_key="t4", now=T0 + 4 * H)
+    await ledger.hold(org, "insight", tier="smart", idempotency_key="h1", tags={"campaign": "spring", "result": "won"},
+                      now=T0 + 5 * H)
+    await ledger.commit(org, "h1", now=T0 + 5 * H)
+
+    page = await insight.log(org)
+    assert [(e.idempotency_key, e.tags) for e in page.events] == [
+        ("hold:h1", {"campaign": "spring", "result": "won"}), ("t4", {}),
+        ("t3", {"campaign": "autumn", "result": "won"}), ("t2", {"campaign": "spring"}), ("t1", spring_fr)]
+    assert await _keys(insight, org, tags={"campaign": "spring"}) == ["hold:h1", "t2", "t1"]
+    assert await _keys(insight, org, tags={"campaign": "spring", "result": "won"}) == ["hold:h1"]
+    assert await _keys(insight, org, tags={"result": "won"}) == ["hold:h1", "t3"]
+    assert await _keys(insight, org, tags={"campaign": "winter"}) == []
+    assert await _keys(insight, org, tags={"country": "fr"}) == []  # values match exactly
+    assert await _keys(insight, org, tags={}) == ["hold:h1", "t4", "t3", "t2", "t1"]
+    assert await _keys(insight, org, tags={"campaign": "spring"}, action="ai_chat") == ["t2", "t1"]
+    # Pages of one, filtered: the cursor keeps to the filter.
+    keys, cursor = [], None
+    while True:
+        p = await insight.log(org, tags={"campaign": "spring"}, limit=1, cursor=cursor)
+        keys += [e.idempotency_key for e in p.events]
+        if (cursor := p.next_cursor) is None:
+            break
+    assert keys == ["hold:h1", "t2", "t1"]
