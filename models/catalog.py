@@ -18,6 +18,11 @@ some prices changed, validated as a file is.
 
 `CATALOG` is the current catalog at import (version 1 by default): what code that does not deal in
 versions uses.
+
+**Quotas** (`[plans.<plan>.quotas]`, models/quota_types.py): non-credit limits per plan, `<name> = { limit =
+"<decimal>", hard = <bool> }`. Like the price book, they are read from the CURRENT catalog for every organization
+(the Ledger's catalog): catalog versions grandfather seat prices and allocations only, so a quota changed in a new
+version applies to every organization at once.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from models.checks import shown
 from models.credits import to_milli
 from models.errors import InvalidRequest
 from models.money import round_cents
+from models.quota_types import check_quota_amount, check_quota_name
 
 DEFAULT_CATALOG = Path(__file__).with_name("catalog.toml")
 # Earlier versions, kept so that what was priced on them is priced the same (catalogs/README.md).
@@ -84,6 +90,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _quota_limit(value: object) -> Decimal:
+    try:
+        return check_quota_amount("a quota's limit", value)  # a decimal string ("10000", "0.5") or an integer
+    except InvalidRequest as exc:
+        raise ValueError(exc.message) from None
+
+
+class Quota(_Strict):
+    """A plan's limit of a quota per period: `hard` refuses a record past it, else it is counted past it."""
+
+    limit: Annotated[Decimal, BeforeValidator(_quota_limit)]
+    hard: bool = Field(strict=True)
+
+
 class Plan(_Strict):
     name: str = ""
     rank: int = Field(ge=0)
@@ -96,6 +116,8 @@ class Plan(_Strict):
     credits_per: Literal["day", "month"]
     tiers: tuple[str, ...] = Field(min_length=1)
     max_concurrent_holds: int = Field(ge=1)
+    # Quotas per period (the free plan's: per UTC day); a quota left out is unlimited on this plan.
+    quotas: dict[str, Quota] = {}
 
     @property
     def credits_milli(self) -> int:
@@ -171,6 +193,11 @@ class Catalog(_Strict):
                 raise ValueError(f"plan {name!r} names unknown tiers {sorted(unknown)}")
             if plan.max_seats is not None and plan.max_seats < plan.min_seats:
                 raise ValueError(f"plan {name!r}: max_seats below min_seats")
+            for quota in plan.quotas:
+                try:
+                    check_quota_name(quota)
+                except InvalidRequest as exc:
+                    raise ValueError(f"plan {name!r}: {exc.message}") from None
         if any(m < 1 for m in self.tiers.values()):
             raise ValueError("tier multipliers are positive integers")
         for name, action in self.actions.items():
@@ -209,6 +236,18 @@ class Catalog(_Strict):
     @cached_property
     def tier_names(self) -> tuple[str, ...]:
         return tuple(self.tiers)
+
+    @cached_property
+    def quota_names(self) -> tuple[str, ...]:
+        """Every quota some plan lists, in the order the plans list them."""
+        return tuple(dict.fromkeys(q for plan in self.plans.values() for q in plan.quotas))
+
+    def check_quota(self, name: object) -> str:
+        """A quota some plan lists (counted for every organization; limited where its plan says)."""
+        if not isinstance(name, str) or name not in self.quota_names:
+            known = ", ".join(self.quota_names) or "none"
+            raise InvalidRequest(f"unknown quota {shown(name)}; known quotas: {known}")
+        return name
 
     # -- any amount of credits ------------------------------------------------------------------------
     def check_credits(self, credits: object) -> Decimal:

@@ -59,7 +59,7 @@ def test_default_catalog_is_the_design() -> None:
         (('[actions.email_validation]\ncredits = "0.5"', '[actions.email_validation]\ncredits = "0.0005"'),
          "3 decimal places"),
         (('price_cents = 2500', 'price_cents = -1'), "greater than 0"),
-        (('[plans.free]', '[plans.gratis]'), "'free' plan"),
+        (('[plans.free', '[plans.gratis'), "'free' plan"),  # [plans.free] and [plans.free.quotas]
     ],
 )
 def test_a_bad_catalog_is_refused_at_load_with_a_clear_message(
@@ -68,7 +68,7 @@ def test_a_bad_catalog_is_refused_at_load_with_a_clear_message(
     text = DEFAULT_CATALOG.read_text()
     assert patch[0] in text
     bad = tmp_path / "catalog.toml"
-    bad.write_text(text.replace(patch[0], patch[1], 1))
+    bad.write_text(text.replace(patch[0], patch[1]))
     with pytest.raises(InvalidRequest, match=message):
         load_catalog(bad)
 
