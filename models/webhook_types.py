@@ -38,6 +38,9 @@ INVOICE_PAID: Final = "invoice.paid"                        # an open invoice wa
 CREDITS_USAGE_80: Final = "credits.usage_80"                # 80% of the period's plan credits used
 CREDITS_USAGE_100: Final = "credits.usage_100"              # all of them
 CREDITS_LOW_BALANCE: Final = "credits.low_balance"          # the balance fell under the alert's threshold
+CREDITS_RUNWAY: Final = "credits.runway"                    # the period's projected use runs past the allocation
+QUOTA_USAGE_80: Final = "quota.usage_80"                    # 80% of a quota's limit used this period
+QUOTA_USAGE_100: Final = "quota.usage_100"                  # all of it (a soft limit counts on past it)
 AUTO_RECHARGE_SUCCEEDED: Final = "auto_recharge.succeeded"
 AUTO_RECHARGE_LIMIT_REACHED: Final = "auto_recharge.limit_reached"
 AUTO_RECHARGE_DISABLED: Final = "auto_recharge.disabled"
@@ -49,17 +52,21 @@ OVERAGE_INVOICED: Final = "overage.invoiced"                # a renewal took the
 EVENT_TYPES: Final[tuple[str, ...]] = (
     SUBSCRIPTION_CREATED, SUBSCRIPTION_CHANGED, SUBSCRIPTION_RENEWED, SUBSCRIPTION_CANCELLED,
     SUBSCRIPTION_REVERTED_TO_FREE, PAYMENT_SUCCEEDED, PAYMENT_FAILED, INVOICE_ISSUED, INVOICE_DUE, INVOICE_OVERDUE,
-    INVOICE_PAID, CREDITS_USAGE_80, CREDITS_USAGE_100, CREDITS_LOW_BALANCE, AUTO_RECHARGE_SUCCEEDED,
-    AUTO_RECHARGE_LIMIT_REACHED, AUTO_RECHARGE_DISABLED, USAGE_GUARD_PAUSED, INCIDENT_OPENED, INCIDENT_RESOLVED,
-    OVERAGE_INVOICED,
+    INVOICE_PAID, CREDITS_USAGE_80, CREDITS_USAGE_100, CREDITS_LOW_BALANCE, CREDITS_RUNWAY, QUOTA_USAGE_80,
+    QUOTA_USAGE_100, AUTO_RECHARGE_SUCCEEDED, AUTO_RECHARGE_LIMIT_REACHED, AUTO_RECHARGE_DISABLED, USAGE_GUARD_PAUSED,
+    INCIDENT_OPENED, INCIDENT_RESOLVED, OVERAGE_INVOICED,
 )
 
-# The alerts table's kinds (0001) and the type each becomes (the trigger in 0007 says the same).
+# The alerts table's kinds (0001, 0012) and the type each becomes (the trigger in 0007, replaced in 0012, says
+# the same).
 ALERT_TYPES: Final[dict[str, str]] = {
     "plan_80": CREDITS_USAGE_80,
     "plan_100": CREDITS_USAGE_100,
     "low_balance": CREDITS_LOW_BALANCE,
     "usage_guard_paused": USAGE_GUARD_PAUSED,
+    "quota_80": QUOTA_USAGE_80,
+    "quota_100": QUOTA_USAGE_100,
+    "runway": CREDITS_RUNWAY,
 }
 
 # -- events whose cause is an emailed workflow step --------------------------------------------------------
