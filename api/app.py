@@ -14,13 +14,24 @@ from fastapi import APIRouter, FastAPI
 from api import openapi, problems
 from api.keys import ApiKeys
 from api.openapi import problems as problem_responses
-from api.routes import contracts, keys, metering, purchases, reads, settings, subscriptions, webhooks
+from api.routes import (
+    contracts,
+    insight,
+    keys,
+    metering,
+    purchases,
+    quotas,
+    reads,
+    settings,
+    subscriptions,
+    webhooks,
+)
 from api.schemas import Whoami
 from api.service import Caller, Service
 from starter import BillingClient
 
-ROUTERS: list[APIRouter] = [metering.router, reads.router, subscriptions.router, contracts.router, purchases.router,
-                            settings.router, keys.router, webhooks.router]
+ROUTERS: list[APIRouter] = [metering.router, reads.router, insight.router, quotas.router, subscriptions.router,
+                            contracts.router, purchases.router, settings.router, keys.router, webhooks.router]
 
 _meta = APIRouter(tags=["meta"])
 

@@ -13,7 +13,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, Pl
 from ledger.gateway import MAX_GUARD_USES, MAX_GUARD_WINDOW, MAX_HOLD_TTL
 from models.billing_types import Interval, Status
 from models.contract_types import ContractTerms
+from models.insight_types import LimitSource, SeriesBucket, SeriesBy, UsageSource
 from models.ledger_types import UsageGrouping
+from models.tags import MAX_TAGS, MAX_VALUE_CHARS
 
 # Credits travel as decimal strings ("12.5"): JSON numbers are floats to most parsers.
 Credits = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]
@@ -56,15 +58,21 @@ class Problem(BaseModel):
 # -- metering ----------------------------------------------------------------------------------------------
 
 Quantity = Annotated[Decimal, Field(description="units of the action, a decimal string or an integer")]
+Tags = Annotated[dict[str, str] | None, Field(
+    description=f"dimensions of this use, stored with it and filtered on by the usage log: at most {MAX_TAGS}, "
+    f"names of a-z, 0-9 and _ (1-32, starting with a letter), values 1-{MAX_VALUE_CHARS} characters",
+    examples=[{"campaign": "spring", "result": "found"}])]
 
 
 class DebitIn(Request):
-    model_config = _example(action="ai_chat", tier="smart", quantity="1", user_id="u1")
+    model_config = _example(action="ai_chat", tier="smart", quantity="1", user_id="u1",
+                            tags={"campaign": "spring"})
     action: str
     tier: str | None = None
     quantity: Quantity = Decimal(1)
     user_id: str | None = None
     country: str | None = None
+    tags: Tags = None
 
 
 class DebitOut(Answer):
@@ -180,6 +188,150 @@ class InvoiceDocumentOut(InvoiceOut):
 class InvoicesOut(BaseModel):
     org_id: str
     invoices: list[InvoiceOut]
+
+
+# -- usage insight (api/routes/insight.py) ------------------------------------------------------------------
+
+class UsageEventOut(Answer):
+    at: Time
+    idempotency_key: str = Field(description="the debit's key; a committed hold's is 'hold:' + the hold's id")
+    source: UsageSource
+    action: str
+    tier: str | None
+    quantity: Credits
+    country: str | None
+    user_id: str | None
+    credits: Credits
+    tags: dict[str, str]
+
+
+class UsageEventsOut(BaseModel):
+    org_id: str
+    events: list[UsageEventOut] = Field(description="newest first")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: this is the last one")
+
+
+class ActionSummaryOut(Answer):
+    action: str
+    uses: int
+    quantity: Credits
+    credits: Credits
+    credits_per_use: Credits = Field(description="credits / uses, to the milli-credit (half-up)")
+
+
+class UsageSummaryOut(BaseModel):
+    org_id: str
+    since: Time | None
+    until: Time | None
+    user_id: str | None = Field(description="one user's usage only (null: every user)")
+    actions: list[ActionSummaryOut] = Field(description="most credits first")
+
+
+class SeriesPointOut(Answer):
+    start: Time = Field(description="the bucket's start (a UTC day or hour)")
+    key: str | None = Field(description="the action or user (null: not grouped, or uses without a user)")
+    uses: int
+    credits: Credits
+
+
+class UsageSeriesOut(BaseModel):
+    org_id: str
+    since: Time
+    until: Time
+    bucket: SeriesBucket
+    by: SeriesBy | None
+    user_id: str | None
+    points: list[SeriesPointOut] = Field(description="every bucket of every key seen in the range, zeros included")
+
+
+class LifetimeOut(Answer):
+    org_id: str
+    since: Time = Field(description="when the organization's wallet was opened")
+    added: Credits = Field(description="every credit granted: added_plan + added_packs")
+    added_plan: Credits
+    added_packs: Credits
+    used: Credits
+    expired: Credits = Field(description="plan credits left unused at a period's end")
+
+
+class ProjectionOut(Answer):
+    period_start: Time
+    period_end: Time
+    as_of: Time
+    allocation: Credits
+    consumed: Credits
+    burn_per_day: Credits
+    projected: Credits = Field(description="used by the period's end at this period's rate so far")
+    runs_out_at: Time | None = Field(description="when the allocation is (was) used up at that rate; null: not "
+                                                 "within this period")
+    exceeds: bool
+    runway_alert_due: bool
+
+
+class ProjectionAnswer(BaseModel):
+    org_id: str
+    projection: ProjectionOut | None = Field(description="null: the period has no end (nothing to project to)")
+
+
+class MemberUsageOut(Answer):
+    org_id: str
+    user_id: str
+    period_start: Time
+    period_end: Time | None
+    used: Credits
+    limit: Credits | None
+    limit_source: LimitSource | None
+    remaining: Credits | None
+    by_action: list[ActionSummaryOut]
+
+
+class RunwayAlertIn(Request):
+    model_config = _example(enabled=True)
+    enabled: bool
+
+
+class RunwayAlertOut(BaseModel):
+    org_id: str
+    enabled: bool
+
+
+# -- quotas (api/routes/quotas.py) -----------------------------------------------------------------------
+
+QuotaAmount = Annotated[Decimal, PlainSerializer(lambda d: str(d), return_type=str, when_used="json")]
+
+
+class QuotaRecordIn(Request):
+    model_config = _example(quantity="1")
+    quantity: Annotated[Decimal, Field(description="units counted against the quota (above 0, at most 3 decimal "
+                                                   "places), a decimal string or an integer")] = Decimal(1)
+
+
+class QuotaResultOut(Answer):
+    org_id: str
+    quota: str
+    idempotency_key: str
+    quantity: QuotaAmount
+    used: QuotaAmount = Field(description="the quota's use this period, this record included")
+    limit: QuotaAmount | None = Field(description="null: the plan sets no limit")
+    hard: bool
+    replayed: bool
+    warning: bool = Field(description="at or past 80% of the limit")
+
+
+class QuotaUsageOut(Answer):
+    quota: str
+    used: QuotaAmount
+    limit: QuotaAmount | None
+    hard: bool = Field(description="past the limit is refused (403 QuotaExceeded); false: counted past it")
+    percent: int | None = Field(description="whole percent of the limit used (may pass 100 when soft)")
+    warning: bool = Field(description="at or past 80%")
+    exceeded: bool = Field(description="at or past 100%")
+    period_start: Time
+
+
+class QuotasOut(BaseModel):
+    org_id: str
+    quotas: list[QuotaUsageOut]
 
 
 # -- subscriptions ------------------------------------------------------------------------------------------

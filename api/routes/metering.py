@@ -35,10 +35,11 @@ _METER = (*ORG, "Forbidden", "InsufficientCredits", "TierNotAvailable", "UserLim
 @router.post("/debits", response_model=DebitOut, status_code=201, responses=problems(*_METER))
 async def debit(org_id: OrgId, body: DebitIn, key: Caller, svc: Svc, idempotency_key: IdempotencyKey) -> Response:
     """Charge the cost of `action` now; refused whole (403 InsufficientCredits) if it does not fit. A member key
-    meters as its own user (naming another is 403)."""
+    meters as its own user (naming another is 403). `tags` are stored with the usage (GET .../usage/events)."""
     key.reach(org_id)
     result = await svc.billing.debit(org_id, action=body.action, idempotency_key=idempotency_key, tier=body.tier,
-                                     quantity=body.quantity, user_id=key.as_user(body.user_id), country=body.country)
+                                     quantity=body.quantity, user_id=key.as_user(body.user_id), country=body.country,
+                                     tags=body.tags)
     # Serialized here, once: returned as a model, FastAPI would validate it against DebitOut a second time
     # (the hottest route; the spec still documents DebitOut).
     return Response(DebitOut.model_validate(result).model_dump_json(), status_code=201,
@@ -54,7 +55,8 @@ async def hold(org_id: OrgId, body: HoldIn, key: Caller, svc: Svc, idempotency_k
     ttl = None if body.ttl_seconds is None else timedelta(seconds=body.ttl_seconds)
     return _hold(await svc.billing.open_hold(org_id, action=body.action, idempotency_key=idempotency_key,
                                              tier=body.tier, quantity=body.quantity,
-                                             user_id=key.as_user(body.user_id), country=body.country, ttl=ttl))
+                                             user_id=key.as_user(body.user_id), country=body.country, ttl=ttl,
+                                             tags=body.tags))
 
 
 @router.post("/holds/{hold_id}/commit", response_model=HoldOut, responses=problems(*ORG, "Forbidden", "HoldNotOpen"))

@@ -1,5 +1,5 @@
 """An organization's controls (docs/api.md): auto-recharge, per-user limits, usage guards, the low-balance
-alert, opening a free wallet. Platform and admin keys set them; a member key reads its own limit only.
+alert, the runway alert, opening a free wallet. Platform and admin keys set them; a member key reads its own limit only.
 PUT and DELETE are idempotent as they are; the POSTs take an optional Idempotency-Key (api/idempotency.py)."""
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from api.schemas import (
     LowBalanceAlertIn,
     LowBalanceAlertOut,
     ResumeOut,
+    RunwayAlertIn,
+    RunwayAlertOut,
     UsageGuardIn,
     UsageGuardOut,
     UserLimitIn,
@@ -148,6 +150,24 @@ async def set_low_balance_alert(org_id: OrgId, body: LowBalanceAlertIn, key: Cal
     managing(key, org_id)
     await svc.billing.set_low_balance_alert(org_id, body.threshold)
     return LowBalanceAlertOut(org_id=org_id, threshold=body.threshold)
+
+
+@router.get("/settings/runway-alert", response_model=RunwayAlertOut, responses=problems(*MANAGE))
+async def runway_alert(org_id: OrgId, key: Caller, svc: Svc) -> RunwayAlertOut:
+    """Whether the runway alert is on."""
+    managing(key, org_id)
+    await svc.billing.balance(org_id)  # an organization that does not exist is 404
+    return RunwayAlertOut(org_id=org_id, enabled=await svc.billing.runway_alert(org_id))
+
+
+@router.put("/settings/runway-alert", response_model=RunwayAlertOut, responses=problems(*MANAGE))
+async def set_runway_alert(org_id: OrgId, body: RunwayAlertIn, key: Caller, svc: Svc) -> RunwayAlertOut:
+    """Email (and the credits.runway event) once a period when the projected spend runs past the allocation
+    while use is still under 80% of it (GET .../usage/projection shows the projection)."""
+    managing(key, org_id)
+    await svc.billing.balance(org_id)
+    await svc.billing.set_runway_alert(org_id, body.enabled)
+    return RunwayAlertOut(org_id=org_id, enabled=body.enabled)
 
 
 @router.post("/wallet", response_model=WalletOut, status_code=201, responses=problems(*MANAGE, "IdempotencyConflict"))

@@ -136,3 +136,39 @@ async def test_a_hold_that_crosses_the_threshold_starts_the_auto_recharge(kit: T
     await kit.settle()
     assert [(c.purpose, c.amount_cents, c.status) for c in kit.charges(org)][-1] == ("auto_recharge", 2500, "succeeded")
     assert (await kit.billing.balance(org)).available == Decimal(3480)
+
+
+async def test_tags_travel_with_a_debit_and_a_hold(kit: TestKit, org: str, client: Client) -> None:
+    await kit.billing.open_wallet(org)
+    http = await client("admin", org_id=org)
+    spring = {"campaign": "spring", "result": "found"}
+    r = await http.post(f"/v1/orgs/{org}/debits", json={**AI, "tags": spring}, headers={"Idempotency-Key": "t1"})
+    assert r.status_code == 201 and r.json()["cost"] == "1.000", r.text
+    again = await http.post(f"/v1/orgs/{org}/debits", json={**AI, "tags": {"result": "found", "campaign": "spring"}},
+                            headers={"Idempotency-Key": "t1"})
+    assert again.status_code == 201 and again.json()["replayed"] is True  # the same tags, in another order
+    problem(await http.post(f"/v1/orgs/{org}/debits", json={**AI, "tags": {"campaign": "autumn"}},
+                            headers={"Idempotency-Key": "t1"}), 409, "IdempotencyConflict")
+    problem(await http.post(f"/v1/orgs/{org}/debits", json=AI, headers={"Idempotency-Key": "t1"}),
+            409, "IdempotencyConflict")  # no tags is other content too
+    assert (await http.post(f"/v1/orgs/{org}/holds", json={**AI, "tags": {"campaign": "spring"}},
+                            headers={"Idempotency-Key": "h1"})).status_code == 201
+    assert (await http.post(f"/v1/orgs/{org}/holds/h1/commit")).status_code == 200
+    assert (await http.post(f"/v1/orgs/{org}/debits", json={**AI, "tags": {}},
+                            headers={"Idempotency-Key": "t2"})).status_code == 201  # {} is no tags
+    events = (await http.get(f"/v1/orgs/{org}/usage/events")).json()["events"]
+    assert [(e["idempotency_key"], e["tags"]) for e in events] == [
+        ("t2", {}), ("hold:h1", {"campaign": "spring"}), ("t1", spring)]
+
+    # Bad tags: 422 before anything is written (nothing charged, nothing held).
+    before = await kit.billing.transactions(org)
+    bad: list[object] = [{"Campaign": "x"}, {"campaign": ""}, {"campaign": "x" * 101}, {"campaign": 3},
+                         {"campaign": None}, {"campaign": "a\nb"}, {f"t{i}": "x" for i in range(11)}, ["campaign"],
+                         "campaign:spring", {"a" * 33: "x"}, {"1st": "x"}]
+    for i, tags in enumerate(bad):
+        problem(await http.post(f"/v1/orgs/{org}/debits", json={**AI, "tags": tags},
+                                headers={"Idempotency-Key": f"bad-{i}"}), 422, "InvalidRequest")
+        problem(await http.post(f"/v1/orgs/{org}/holds", json={**AI, "tags": tags},
+                                headers={"Idempotency-Key": f"bad-hold-{i}"}), 422, "InvalidRequest")
+    assert await kit.billing.transactions(org) == before
+    assert (await kit.billing.balance(org)).available == Decimal(47)  # t1, h1, t2: 1 each
