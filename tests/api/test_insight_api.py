@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import psycopg
 
 from ledger import Ledger
 from models.credits import to_milli
@@ -274,6 +275,32 @@ async def test_exports_stream_what_the_log_and_the_transactions_show(kit: TestKi
                    {"since": _z(T0 + 2 * H), "until": _z(T0)}):
         problem(await http.get(f"/v1/orgs/{org}/usage/export", params=params), 422, "InvalidRequest")
     assert await kit.billing.transactions(org) == before
+
+
+async def test_an_export_the_database_refuses_is_a_problem_before_any_byte(kit: TestKit, org: str,
+                                                                          client: Client) -> None:
+    """The export streams on a connection of its own, opened when the route reads its first chunk, before the
+    answer starts: a database that refuses it gives a 503 problem, not a 200 cut short."""
+    await _seed(kit.billing.ledger, org)
+    http = await client("admin", org_id=org)
+    url = f"/v1/orgs/{org}/usage/export"
+    assert (await http.get(url)).status_code == 200
+    held: list[psycopg.AsyncConnection[Any]] = []
+    try:
+        while True:  # every connection the server allows taken (the pools keep theirs, opened at start)
+            try:
+                held.append(await psycopg.AsyncConnection.connect(kit.database_url, connect_timeout=10))
+            except psycopg.OperationalError:
+                break
+            assert len(held) < 2000
+        refused = await http.get(url, params={"format": "jsonl"})
+    finally:
+        for conn in held:
+            await conn.close()
+    body = problem(refused, 503, "ServiceUnavailable")
+    assert "export could not reach the database" in body["detail"] and refused.headers["retry-after"] == "1"
+    again = await http.get(url, params={"format": "jsonl"})
+    assert again.status_code == 200 and len(again.text.splitlines()) == 7
 
 
 async def _many(ledger: Ledger, org: str, n: int) -> None:
