@@ -17,20 +17,24 @@ development mode an unset DATABASE_URL is refused: nothing embedded starts becau
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import re
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvloop
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from api.app import create_app
 from api.keys import ApiKeys, first_platform_key
@@ -45,8 +49,21 @@ from models.catalog import CATALOGS, Catalog
 from models.checks import utcnow
 from models.contract_types import ContractTerms, describe, number_text
 from models.errors import BillingError, InvalidRequest, ServiceUnavailable
+from models.insight_types import (
+    DEFAULT_LOG_LIMIT,
+    MAX_LOG_LIMIT,
+    ActionSummary,
+    LifetimeTotals,
+    MemberUsage,
+    SeriesPoint,
+    UsagePage,
+)
+from models.ledger_types import Balance
 from models.money import Money
+from models.projection import Projection
+from models.quota_types import WARNING_PERCENT, QuotaResult, QuotaUsage, percent_of
 from models.subscription_types import Subscription
+from models.tags import check_tags, tag_filter
 from settings import InvalidSetting, Settings
 from starter import BillingClient
 from temporal_client import connect_client
@@ -59,7 +76,30 @@ contract_cli = typer.Typer(help="An organization's contract terms over its plan 
 cli.add_typer(contract_cli, name="contract")
 catalog_cli = typer.Typer(help="The catalog's versions: show one, migrate a subscription to one.", no_args_is_help=True)
 cli.add_typer(catalog_cli, name="catalog")
+
+
+class _UsageGroup(TyperGroup):
+    """`billing usage`: a group of views (log, summary, series, ...) that still answers its older form, `billing
+    usage ORG --by user`: a first word that names no view is read as `billing usage grouped ORG ...`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # Any: typer's vendored click Context is private
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["grouped", *args]
+        return super().parse_args(ctx, args)
+
+
+usage_cli = typer.Typer(cls=_UsageGroup, no_args_is_help=True,
+                        help="Usage: grouped (also `billing usage ORG --by user`), the event log, per-action summary, "
+                             "series, lifetime totals, exports, the period's projection, a member's own usage.")
+cli.add_typer(usage_cli, name="usage")
+quota_cli = typer.Typer(help="Non-credit quotas of the plan (sessions, events, storage): record use, show usage.",
+                        no_args_is_help=True)
+cli.add_typer(quota_cli, name="quota")
+_SINCE = "from this day (2026-01-01, midnight UTC) or time with its offset (2026-01-01T09:00:00Z)"
+_UNTIL = "before this day or time (excluded)"
 console = Console()
+err_console = Console(stderr=True)  # refusals of a command whose standard output is data (an export)
+_T = TypeVar("_T")
 
 
 async def _settings() -> Settings:
@@ -86,21 +126,34 @@ async def _client() -> AsyncIterator[BillingClient]:
         await billing.close()
 
 
-def _run(coro_fn: Callable[[BillingClient], Any]) -> Any:
+def _run(coro_fn: Callable[[BillingClient], Any], *, errors: Console = console) -> Any:
     async def go() -> Any:
         async with _client() as billing:
             return await coro_fn(billing)
 
-    return _answer(go())
+    return _answer(go(), errors=errors)
 
 
-def _answer(coro: Coroutine[Any, Any, Any]) -> Any:
+def _answer(coro: Coroutine[Any, Any, Any], *, errors: Console = console) -> Any:
     """Run `coro`; a BillingError is printed as the typed refusal it is (exit status 2)."""
     try:
         return uvloop.run(coro)
     except BillingError as exc:
-        console.print(f"[red]{type(exc).__name__}[/red]: {exc.message}")
-        raise typer.Exit(2) from None
+        _refuse(exc, errors)
+
+
+def _parsed(parse: Callable[[], _T], *, errors: Console = console) -> _T:
+    """Options read before connecting to anything: text that is no valid option is refused as the engine refuses
+    it (exit status 2, nothing done)."""
+    try:
+        return parse()
+    except BillingError as exc:
+        _refuse(exc, errors)
+
+
+def _refuse(exc: BillingError, errors: Console = console) -> NoReturn:
+    errors.print(f"[red]{type(exc).__name__}[/red]: {exc.message}")
+    raise typer.Exit(2) from None
 
 
 def _show(sub: Subscription) -> None:
@@ -169,8 +222,61 @@ def resume(org_id: str) -> None:
 
 @cli.command()
 def status(org_id: str) -> None:
-    """Show an organization's subscription (and its open incident, if a step failed for good)."""
-    _show(_run(lambda b: b.subscription(org_id)))
+    """Show an organization's subscription (and its open incident, if a step failed for good), then its usage
+    this period as bars: credits consumed of the period's allocation and each quota used of its limit (green,
+    amber from 80%, red at 100%)."""
+    async def go(b: BillingClient) -> tuple[Subscription, Balance, list[QuotaUsage]]:
+        return await b.subscription(org_id), await b.balance(org_id), await b.quotas(org_id)
+
+    sub, bal, quotas = _run(go)
+    _show(sub)
+    _print_bars("usage this period",
+                [usage_bar("credits", bal.consumed_this_period, bal.allocation)]
+                + [usage_bar(q.quota, q.used, q.limit) for q in quotas])
+
+
+# -- usage bars (a pure rule: tests call it without a terminal) ---------------------------------------------
+
+BAR_WIDTH = 24
+
+
+@dataclass(frozen=True)
+class UsageBar:
+    """One bar of `billing status`: what is used of a limit, in the colour of how close it is."""
+
+    label: str
+    used: Decimal
+    limit: Decimal | None   # None: no limit (no bar, the figure alone)
+    percent: int | None     # used/limit in whole percent, rounded down (79.9% is 79%: still green), past 100 when over
+    colour: str             # green; yellow (amber) from 80%; red at 100%; dim without a limit
+    cells: str              # BAR_WIDTH cells, filled in proportion (full at and past the limit)
+
+    def markup(self) -> str:
+        """The bar in rich markup, its percent and its exact figures beside it."""
+        if self.limit is None:
+            return f"[{self.colour}]{self.cells}[/{self.colour}] {number_text(self.used)} (no limit)"
+        return (f"[{self.colour}]{self.cells}[/{self.colour}] {self.percent}% "
+                f"{number_text(self.used)} of {number_text(self.limit)}")
+
+
+def usage_bar(label: str, used: Decimal, limit: Decimal | None, *, width: int = BAR_WIDTH) -> UsageBar:
+    """The bar of `used` of `limit`. The colour is decided on the exact figures (used * 100 against limit * 80),
+    never on a rounded percent; a limit of 0 or none is no limit."""
+    if limit is None or limit <= 0:
+        return UsageBar(label, used, None, None, "dim", "\u2591" * width)
+    percent = percent_of(used, limit)
+    colour = "red" if used >= limit else "yellow" if used * 100 >= limit * WARNING_PERCENT else "green"
+    filled = min(width, int(max(used, Decimal(0)) * width // limit))
+    return UsageBar(label, used, limit, percent, colour, "\u2588" * filled + "\u2591" * (width - filled))
+
+
+def _print_bars(title: str, bars: list[UsageBar]) -> None:
+    t = Table(title=title)
+    t.add_column("")
+    t.add_column("used of the limit")
+    for bar in bars:
+        t.add_row(bar.label, bar.markup())
+    console.print(t)
 
 
 @cli.command()
@@ -256,10 +362,13 @@ def debit(
     quantity: Annotated[str, typer.Option()] = "1",
     user: Annotated[str | None, typer.Option()] = None,
     country: Annotated[str | None, typer.Option()] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="name=value stored with the usage (campaign=spring); "
+                                                       "repeatable, at most 10")] = None,
 ) -> None:
     """Charge one action now."""
+    tags = _parsed(lambda: check_tags(_tags("--tag", tag)))
     r = _run(lambda b: b.debit(org_id, action=action, idempotency_key=key, tier=tier,
-                               quantity=Decimal(quantity), user_id=user, country=country))
+                               quantity=Decimal(quantity), user_id=user, country=country, tags=tags))
     note = " (repeat: first result)" if r.replayed else ""
     console.print(f"{org_id}: charged {r.cost} credits, {r.available} available{note}")
 
@@ -330,16 +439,275 @@ def balance(org_id: str) -> None:
     console.print(t)
 
 
-@cli.command()
-def usage(org_id: str, by: Annotated[str, typer.Option(help="action, tier or user")] = "action") -> None:
-    """Usage grouped by action, tier or user."""
-    rows = _run(lambda c: c.usage(org_id, by=by))  # type: ignore[arg-type]
+@usage_cli.command("grouped")
+def usage_grouped(
+    org_id: str, by: Annotated[str, typer.Option(help="action, tier or user")] = "action",
+    since: Annotated[str | None, typer.Option(help=_SINCE)] = None,
+    until: Annotated[str | None, typer.Option(help=_UNTIL)] = None,
+) -> None:
+    """Usage grouped by action, tier or user (also `billing usage ORG --by ...`, the older form)."""
+    start, end = _parsed(lambda: (_opt_time("--since", since), _opt_time("--until", until)))
+    rows = _run(lambda c: c.usage(org_id, by=by, since=start, until=end))  # type: ignore[arg-type]
     t = Table(title=f"{org_id} usage by {by}")
-    for col in (by, "uses", "quantity", "credits"):
-        t.add_column(col)
+    t.add_column(by)
+    for col in ("uses", "quantity", "credits"):
+        t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(str(r.key), str(r.uses), str(r.quantity), str(r.credits))
+        t.add_row("-" if r.key is None else r.key, f"{r.uses:,}", number_text(r.quantity), number_text(r.credits))
     console.print(t)
+
+
+def _tags(option: str, values: list[str] | None) -> dict[str, str]:
+    """Repeated `--tag name=value` as a map; text without '=' or a name given twice is refused typed."""
+    tags: dict[str, str] = {}
+    for text in values or []:
+        name, sep, value = text.partition("=")
+        if not sep:
+            raise InvalidRequest(f"{option} must be name=value (campaign=spring), got {text!r}")
+        if name in tags:
+            raise InvalidRequest(f"{option} {name!r} is given twice")
+        tags[name] = value
+    return tags
+
+
+def _opt_time(option: str, text: str | None) -> datetime | None:
+    return None if text is None else _time(option, text)
+
+
+def _when(at: datetime) -> str:
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M:%S}"
+
+
+def _period(start: datetime, end: datetime | None) -> str:
+    return f"{start:%Y-%m-%d %H:%M} to {'no end' if end is None else f'{end:%Y-%m-%d %H:%M}'}"
+
+
+@usage_cli.command("log")
+def usage_log(
+    org_id: str,
+    action: Annotated[str | None, typer.Option(help="only this action")] = None,
+    tier: Annotated[str | None, typer.Option(help="only this tier")] = None,
+    user: Annotated[str | None, typer.Option(help="only this user's usage")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="name=value: only usage with this tag (repeatable: every "
+                                                       "one must match)")] = None,
+    since: Annotated[str | None, typer.Option(help=_SINCE)] = None,
+    until: Annotated[str | None, typer.Option(help=_UNTIL)] = None,
+    limit: Annotated[int, typer.Option(help=f"events on this page (1 to {MAX_LOG_LIMIT})")] = DEFAULT_LOG_LIMIT,
+    cursor: Annotated[str | None, typer.Option(help="the next page: the cursor the previous page printed")] = None,
+) -> None:
+    """The usage events, newest first, a page at a time (the next page's cursor is printed under the table)."""
+    filters, start, end = _parsed(lambda: (tag_filter(_tags("--tag", tag)), _opt_time("--since", since),
+                                           _opt_time("--until", until)))
+    page: UsagePage = _run(lambda b: b.usage_log(org_id, action=action, tier=tier, user_id=user,
+                                                 tags=filters or None, since=start, until=end, limit=limit,
+                                                 cursor=cursor))
+    t = Table(title=f"{org_id} usage log")
+    for col in ("at", "key", "source", "action", "tier", "quantity", "country", "user", "credits", "tags"):
+        t.add_column(col, justify="right" if col in ("quantity", "credits") else "left")
+    for e in page.events:
+        t.add_row(_when(e.at), e.idempotency_key, e.source, e.action, e.tier or "", number_text(e.quantity),
+                  e.country or "", e.user_id or "", number_text(e.credits),
+                  " ".join(f"{k}={v}" for k, v in sorted(e.tags.items())))
+    console.print(t)
+    console.print(f"next page: --cursor {page.next_cursor}" if page.next_cursor else "last page")
+
+
+@usage_cli.command("summary")
+def usage_summary(
+    org_id: str,
+    since: Annotated[str | None, typer.Option(help=_SINCE)] = None,
+    until: Annotated[str | None, typer.Option(help=_UNTIL)] = None,
+    user: Annotated[str | None, typer.Option(help="only this user's usage")] = None,
+) -> None:
+    """Per action over a range: uses, quantity, credits and credits per use (most credits first)."""
+    start, end = _parsed(lambda: (_opt_time("--since", since), _opt_time("--until", until)))
+    rows: list[ActionSummary] = _run(lambda b: b.usage_summary(org_id, since=start, until=end, user_id=user))
+    t = Table(title=f"{org_id} usage by action")
+    t.add_column("action")
+    for col in ("uses", "quantity", "credits", "credits per use"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(r.action, f"{r.uses:,}", number_text(r.quantity), number_text(r.credits),
+                  number_text(r.credits_per_use))
+    console.print(t)
+    console.print(f"total: {sum(r.uses for r in rows):,} uses, "
+                  f"{number_text(sum((r.credits for r in rows), Decimal(0)))} credits")
+
+
+@usage_cli.command("series")
+def usage_series(
+    org_id: str,
+    since: Annotated[str, typer.Option(help=_SINCE)],
+    until: Annotated[str, typer.Option(help=_UNTIL)],
+    bucket: Annotated[str, typer.Option(help="day or hour (UTC)")] = "day",
+    by: Annotated[str | None, typer.Option(help="action or user (default: all usage together)")] = None,
+    user: Annotated[str | None, typer.Option(help="only this user's usage")] = None,
+) -> None:
+    """Uses and credits per day (or hour) over a range, by action or user: every bucket, empty ones included."""
+    start, end = _parsed(lambda: (_time("--since", since), _time("--until", until)))
+    points: list[SeriesPoint] = _run(lambda b: b.usage_series(
+        org_id, since=start, until=end, bucket=bucket, by=by, user_id=user))  # type: ignore[arg-type]
+    t = Table(title=f"{org_id} usage per {bucket}" + (f" by {by}" if by else ""))
+    t.add_column(bucket)
+    if by:
+        t.add_column(by)
+    for col in ("uses", "credits"):
+        t.add_column(col, justify="right")
+    for p in points:
+        when = f"{p.start:%Y-%m-%d}" if bucket == "day" else f"{p.start:%Y-%m-%d %H:00}"
+        t.add_row(when, *([p.key or "-"] if by else []), f"{p.uses:,}", number_text(p.credits))
+    console.print(t)
+
+
+@usage_cli.command("lifetime")
+def usage_lifetime(org_id: str) -> None:
+    """Credits added (plan allocations, packs) and used since the organization started."""
+    lt: LifetimeTotals = _run(lambda b: b.lifetime_totals(org_id))
+    console.print(f"{org_id} since {lt.since:%Y-%m-%d}: added {number_text(lt.added)} credits "
+                  f"(plan {number_text(lt.added_plan)}, packs {number_text(lt.added_packs)}), "
+                  f"used {number_text(lt.used)}, expired {number_text(lt.expired)}")
+
+
+class _OutputError(Exception):
+    """An export's file could not be written (its OSError in args[0])."""
+
+
+@usage_cli.command("export")
+def usage_export(
+    org_id: str,
+    what: Annotated[str, typer.Option(help="usage (the usage events) or transactions (the ledger's entries)")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "csv",
+    since: Annotated[str | None, typer.Option(help=_SINCE)] = None,
+    until: Annotated[str | None, typer.Option(help=_UNTIL)] = None,
+    output: Annotated[Path | None, typer.Option(help="write to this file (default: standard output)")] = None,
+) -> None:
+    """Export usage events or transactions as CSV or JSON lines, streamed as they are read (any number of rows in
+    bounded memory). A file is written whole or not at all: under FILE.part, renamed when complete. Refusals go to
+    standard error: standard output holds the export alone."""
+    start, end = _parsed(lambda: (_opt_time("--since", since), _opt_time("--until", until)), errors=err_console)
+
+    async def go(b: BillingClient) -> int:
+        if what == "usage":
+            chunks = await b.export_usage(org_id, fmt=fmt, since=start, until=end)  # type: ignore[arg-type]
+        elif what == "transactions":
+            chunks = await b.export_transactions(org_id, fmt=fmt, since=start, until=end)  # type: ignore[arg-type]
+        else:
+            raise InvalidRequest(f"--what must be 'usage' or 'transactions', got {what!r}")
+        # The export checked its arguments and the organization before returning: nothing is opened before.
+        written = 0
+        if output is None:
+            out = typer.get_binary_stream("stdout")
+            async for chunk in chunks:
+                out.write(chunk)
+                written += len(chunk)
+            out.flush()
+            return written
+        part = output.with_name(output.name + ".part")
+        try:
+            with part.open("wb") as f:
+                async for chunk in chunks:
+                    f.write(chunk)
+                    written += len(chunk)
+            part.replace(output)
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                part.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # the file's, not the database's (psycopg's errors are no OSError)
+                raise _OutputError(exc) from exc
+            raise
+        return written
+
+    try:
+        written = _run(go, errors=err_console)
+    except _OutputError as exc:  # no such directory, no space left, a directory by that name
+        err = exc.args[0]
+        err_console.print(f"[red]{type(err).__name__}[/red]: cannot write {output}: {err.strerror or err}")
+        raise typer.Exit(2) from None
+    if output is not None:
+        console.print(f"{org_id}: {what} exported to {output} ({written:,} bytes, {fmt})")
+
+
+@usage_cli.command("projection")
+def usage_projection(org_id: str) -> None:
+    """The period's projected use at its burn rate so far, against its allocation (and the runway alert's
+    setting)."""
+    async def go(b: BillingClient) -> tuple[Projection | None, bool]:
+        return await b.projection(org_id), await b.runway_alert(org_id)
+
+    p, alert = _run(go)
+    alert_text = f"runway alert {'on' if alert else 'off'}"
+    if p is None:
+        console.print(f"{org_id}: the period has no end, nothing to project; {alert_text}")
+        return
+    runs_out = "" if p.runs_out_at is None else f"; runs out {p.runs_out_at:%Y-%m-%d %H:%M}"
+    verdict = "past the allocation" if p.exceeds else "within the allocation"
+    due = " (due)" if p.runway_alert_due else ""
+    console.print(f"{org_id}: period {_period(p.period_start, p.period_end)}, as of {p.as_of:%Y-%m-%d %H:%M}: "
+                  f"used {number_text(p.consumed)} of {number_text(p.allocation)}, "
+                  f"{number_text(p.burn_per_day)} a day; projected {number_text(p.projected)} by the period's end, "
+                  f"{verdict}{runs_out}; {alert_text}{due}")
+
+
+@usage_cli.command("member")
+def usage_member(org_id: str, user: Annotated[str, typer.Argument(help="the member's user id")]) -> None:
+    """A member's own usage this period, their limit and what remains of it, by action."""
+    m: MemberUsage = _run(lambda b: b.member_usage(org_id, user))
+    source = {"user": "their own", "default": "the organization's default", None: ""}[m.limit_source]
+    limit = ("no limit" if m.limit is None else
+             f"limit {number_text(m.limit)} ({source}), {number_text(m.remaining or Decimal(0))} remaining")
+    console.print(f"{org_id}: {user} used {number_text(m.used)} credits this period "
+                  f"({_period(m.period_start, m.period_end)}); {limit}")
+    t = Table(title=f"{user} by action")
+    t.add_column("action")
+    for col in ("uses", "quantity", "credits", "credits per use"):
+        t.add_column(col, justify="right")
+    for r in m.by_action:
+        t.add_row(r.action, f"{r.uses:,}", number_text(r.quantity), number_text(r.credits),
+                  number_text(r.credits_per_use))
+    console.print(t)
+
+
+@cli.command("runway-alert")
+def runway_alert_cmd(
+    org_id: str,
+    state: Annotated[str | None, typer.Argument(help="on or off (omit to show the setting)")] = None,
+) -> None:
+    """Turn the runway alert on or off: an email and a credits.runway webhook event once a period when the
+    projection runs past the allocation while use is still under 80% of it."""
+    async def go(b: BillingClient) -> bool:
+        if state is None:
+            return await b.runway_alert(org_id)
+        if state not in ("on", "off"):
+            raise InvalidRequest(f"the runway alert is 'on' or 'off', got {state!r}")
+        await b.set_runway_alert(org_id, state == "on")
+        return await b.runway_alert(org_id)
+
+    console.print(f"{org_id}: runway alert {'on' if _run(go) else 'off'}")
+
+
+@quota_cli.command("record")
+def quota_record(
+    org_id: str, quota: Annotated[str, typer.Argument(help="the quota's name in the plan's catalog (sessions)")],
+    key: Annotated[str, typer.Option(help="idempotency key")],
+    quantity: Annotated[str, typer.Option(help="how much to count (a decimal: 1.5 GB of storage)")] = "1",
+) -> None:
+    """Count use of a quota this period; refused whole (QuotaExceeded) past a hard limit."""
+    amount = _parsed(lambda: _decimal("--quantity", quantity) or Decimal(0))
+    r: QuotaResult = _run(lambda b: b.record_usage(org_id, quota, quantity=amount, idempotency_key=key))
+    limit = "no limit" if r.limit is None else f"of {number_text(r.limit)}{'' if r.hard else ' (soft)'}"
+    notes = (" (repeat: first result)" if r.replayed else "") + (" [yellow]warning: 80% reached[/yellow]"
+                                                                 if r.warning else "")
+    console.print(f"{org_id}: {quota} +{number_text(r.quantity)}, {number_text(r.used)} {limit}{notes}")
+
+
+@quota_cli.command("show")
+def quota_show(org_id: str) -> None:
+    """Each quota of the plan: used this period of its limit, as bars."""
+    quotas: list[QuotaUsage] = _run(lambda b: b.quotas(org_id))
+    if not quotas:
+        console.print(f"{org_id}: the plan has no quotas")
+        return
+    _print_bars(f"{org_id} quotas this period", [usage_bar(q.quota, q.used, q.limit) for q in quotas])
 
 
 @cli.command()
