@@ -8,6 +8,7 @@ validated here before anything reaches the database; the function's status becom
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,6 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 
 from ledger.pool import LeanPool
 from models.catalog import CATALOG, Catalog
@@ -101,7 +101,9 @@ class _Priced(NamedTuple):
     quantity: Decimal
     country: str | None
     user_id: str | None
-    tags: Jsonb | None  # the checked tags as the SQL functions take them (models/tags.py), None for none
+    # The checked tags (models/tags.py) as JSON text, None for none: PostgreSQL reads the text as the functions'
+    # jsonb argument. Half the client's cost of psycopg's Jsonb adapter, on the fast path of every tagged debit.
+    tags: str | None
     cost_milli: int
 
 
@@ -167,7 +169,7 @@ class Ledger:
             raise InvalidRequest(f"{quantity} x {action} costs more than any wallet can hold")
         return _Priced(action, tier, q, country.upper() if country else None,
                        None if user_id is None else check_id("user_id", user_id),
-                       None if checked_tags is None else Jsonb(checked_tags), cost_milli)
+                       None if checked_tags is None else json.dumps(checked_tags), cost_milli)
 
     # -- metering ----------------------------------------------------------------------------------
 

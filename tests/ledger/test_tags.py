@@ -5,6 +5,8 @@ idempotency key names; refused whole, nothing written, when they break the rule.
 from __future__ import annotations
 
 import asyncio
+import sys
+import unicodedata
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -243,3 +245,18 @@ async def test_bad_tags_are_refused_and_nothing_is_written(
         assert await written(ledger, org) == before
     # The same keys with good tags then go through: nothing of the refusals was kept.
     assert not (await ledger.debit(fast, "lead_enrichment", idempotency_key="d", tags=SPRING, now=T0)).replayed
+
+
+def test_the_refused_characters_are_exactly_unicode_s_control_characters_and_surrogates() -> None:
+    expected = [i for i in range(sys.maxunicode + 1) if unicodedata.category(chr(i)) in ("Cc", "Cs")]
+    assert expected[-1] < 0x10000  # all in the first plane: the others are checked by a sample
+    assert [i for i in range(0x10000) if check_refuses(chr(i))] == expected
+    assert not any(check_refuses(chr(i)) for i in range(0x10000, sys.maxunicode + 1, 997))
+
+
+def check_refuses(char: str) -> bool:
+    try:
+        check_tags({"value": f"a{char}b"})
+    except InvalidRequest:
+        return True
+    return False
