@@ -8,6 +8,10 @@
     billing contract set cloro --term-start 2026-01-01 --term-end 2027-01-01 --allowance-multiplier 1.2 \
         --concurrency-multiplier 1.3 --overage --overage-rate-cents 0.4
     billing catalog show                 # the current catalog version's plans, packs and per-credit price
+    billing debit acme lead_enrichment --key k1 --tag campaign=spring --tag country=FR
+    billing usage log acme --tag campaign=spring --since 2026-01-01 --limit 20   # then --cursor ... for more
+    billing usage export acme --what usage --format csv --output usage.csv       # streamed, any size
+    billing status acme                  # the subscription, then usage bars: credits and quotas this period
 
 With DATABASE_URL unset and BILLING_DEV_MODE=1, it uses the embedded development PostgreSQL under .data/
 (the one the main command, `python3 tasks.py run`, starts and migrates): the `embedded` extra. Outside
