@@ -72,6 +72,7 @@ class Quotas:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        self.lock_timeout = LOCK_TIMEOUT
 
     def _limit(self, plan: str, quota: str) -> _Limit:
         known = self.ledger.catalog.plans.get(plan)
@@ -100,13 +101,13 @@ class Quotas:
             except _Repeat:
                 return await self._repeat(conn, org_id, quota, q, idempotency_key, at)
             except LockNotAvailable:
-                raise ServiceUnavailable(f"{org_id}: {quota} is busy with other records (waited {LOCK_TIMEOUT}); "
+                raise ServiceUnavailable(f"{org_id}: {quota} is busy with other records (waited {self.lock_timeout}); "
                                          "nothing was recorded, retry under the same key") from None
 
     async def _record(self, conn: AsyncConnection[Any], org_id: str, quota: str, q: Decimal, key: str,
                       at: datetime) -> QuotaResult:
         async with conn.transaction():
-            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (LOCK_TIMEOUT,))
+            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (self.lock_timeout,))
             cur = await conn.execute(_PERIOD, (org_id, at))
             row = await cur.fetchone()
             if row is None or row[0] is None:

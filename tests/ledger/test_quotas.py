@@ -17,7 +17,13 @@ import pytest
 
 from ledger import Ledger
 from ledger.quotas import Quotas
-from models.errors import IdempotencyConflict, InvalidRequest, QuotaExceeded, UnknownOrganization
+from models.errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    QuotaExceeded,
+    ServiceUnavailable,
+    UnknownOrganization,
+)
 from models.ledger_types import StartPeriod
 from models.quota_types import QuotaResult, QuotaUsage
 from tests.conftest import T0, OrgFactory
@@ -239,3 +245,20 @@ async def test_an_unknown_organization_is_refused(quotas: Quotas) -> None:
         await quotas.usage("no-such-org", now=AT)
     with pytest.raises(InvalidRequest):
         await quotas.record("acme", "sessions", idempotency_key="", now=AT)
+
+
+async def test_a_record_kept_waiting_by_a_lock_is_refused_unwritten_and_its_retry_counts(
+    quotas: Quotas, new_org: OrgFactory, database_url: str
+) -> None:
+    org = await new_org("starter")
+    await quotas.record(org, "events", quantity=1, idempotency_key="a", now=AT)
+    quotas.lock_timeout = "100ms"
+    async with await psycopg.AsyncConnection.connect(database_url) as blocker:  # a transaction holding the row
+        await blocker.execute("SELECT 1 FROM quota_usage WHERE org_id = %s FOR UPDATE", (org,))
+        before = await written(database_url, org)
+        with pytest.raises(ServiceUnavailable, match="busy with other records"):
+            await quotas.record(org, "events", quantity=1, idempotency_key="b", now=AT)
+        await blocker.rollback()
+    assert await written(database_url, org) == before
+    r = await quotas.record(org, "events", quantity=1, idempotency_key="b", now=AT)  # the retry, same key
+    assert (r.used, r.replayed) == (D(2), False)

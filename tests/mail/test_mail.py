@@ -62,6 +62,12 @@ CONTEXTS: dict[str, Context] = {
     "credits_exhausted": {"allocation": "3,000"},
     "low_balance": {"available": "95.5", "threshold": "100"},
     "usage_guard_paused": {"action": "ai_chat", "detail": "it went past its limit of 500 uses per hour"},
+    "quota_80": {"quota": "sessions", "used": "4,000", "limit": "5,000", "percent": 80, "hard": False,
+                 "plan": "starter"},
+    "quota_100": {"quota": "enrichments", "used": "500", "limit": "500", "percent": 100, "hard": True,
+                  "plan": "starter"},
+    "runway": {"projected": "3,500", "allocation": "3,000", "consumed": "700", "percent": 23,
+               "period_end": "2026-02-15"},
     "pack_receipt": {"pack": "1000", "credits": "1,000", "amount": str(Money(4500)),
                      "invoice_number": "INV-2026-000044"},
     "auto_recharge_receipt": {"packs": 2, "credits": "1,000", "amount": str(Money(5000)),
@@ -79,6 +85,9 @@ SUBJECTS = {  # the ones docs/product.md spells out
     "credits_exhausted": "Your plan credits are used up",
     "low_balance": "Low credit balance",
     "usage_guard_paused": "ai_chat paused: unusual usage",
+    "quota_80": "80% of your sessions quota used",
+    "quota_100": "Your enrichments quota is reached",
+    "runway": "Your plan credits are projected to run out this period",
     "auto_recharge_limit": "Auto-recharge paused: spending limit reached",
 }
 TEMPLATES = EmailTemplates()
