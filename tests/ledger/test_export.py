@@ -241,3 +241,10 @@ async def test_tags_export_as_a_json_column_and_a_json_object(
     assert [_usage_from_csv(r) for r in rows] == events
     body = b"".join(await _all(await insight.export(org, what="usage", fmt="jsonl")))
     assert [json.loads(line)["tags"] for line in body.decode().splitlines()] == [tags, {}]
+
+
+def test_credits_text_is_the_exact_decimal_string() -> None:
+    from ledger.insight import _milli_text
+    from models.credits import MAX_CREDITS_MILLI, from_milli
+    for milli in (-MAX_CREDITS_MILLI, -1350, -1000, -5, 0, 5, 999, 1000, 7500, MAX_CREDITS_MILLI):
+        assert _milli_text(milli) == str(from_milli(milli))
