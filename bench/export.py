@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from stack.postgres import start_embedded
 
 ORG = "bench-export"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -102,6 +104,35 @@ async def child(url: str, mode: str, fmt: str, until: str | None) -> dict[str, A
     return {"mode": mode, "fmt": fmt, "rows": rows_out, "bytes": size, "seconds": seconds,
             "rows_per_s": rows_out / seconds, "cpu_s": cpu_s, "peak_mb": (after - before) / 1024,
             "maxrss_mb": after / 1024}
+
+
+async def reads(url: str, rows: int) -> None:
+    """The other reads over the same million rows, once each after a warm-up (milliseconds): what a dashboard
+    waits for. The tag filter that matches nothing walks the whole history (no index on tags)."""
+    led = await Ledger.open(url, pool_size=2)
+    insight = UsageInsight(led)
+    end = T0 + timedelta(seconds=rows + 1)
+    first = await insight.log(ORG)
+    calls: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("log, first page of 50", lambda: insight.log(ORG)),
+        ("log, a page by cursor", lambda: insight.log(ORG, cursor=first.next_cursor)),
+        ("log, action=sms", lambda: insight.log(ORG, action="sms")),
+        ("log, a tag on 1 row in 40", lambda: insight.log(ORG, tags={"campaign": "spring-4"})),
+        ("log, a tag on no row", lambda: insight.log(ORG, tags={"campaign": "winter"})),
+        ("log, a tag on no row, 1 day", lambda: insight.log(ORG, tags={"campaign": "winter"}, since=end - DAY)),
+        ("summary, all", lambda: insight.summary(ORG)),
+        ("series, days by action", lambda: insight.series(ORG, since=T0, until=end, by="action")),
+        ("series, hours by user", lambda: insight.series(ORG, since=T0, until=end, bucket="hour", by="user")),
+        ("lifetime", lambda: insight.lifetime(ORG)),
+    ]
+    try:
+        for name, call in calls:
+            await call()
+            start = time.perf_counter()
+            await call()
+            print(f"read  {name:<30} {(time.perf_counter() - start) * 1000:9.1f} ms", flush=True)
+    finally:
+        await led.close()
 
 
 def measure(url: str, mode: str, fmt: str, until: datetime | None = None) -> dict[str, Any]:
@@ -169,6 +200,7 @@ def main() -> None:
     def ratio(key: str, fmt: str) -> float:
         return float(results[("stream", fmt)][key] / results[("materialise", fmt)][key])
 
+    asyncio.run(reads(url, a.rows))
     print(f"mem_ratio_csv={ratio('peak_mb', 'csv'):.3f} mem_ratio_jsonl={ratio('peak_mb', 'jsonl'):.3f} "
           f"speed_ratio_csv={ratio('rows_per_s', 'csv'):.2f} speed_ratio_jsonl={ratio('rows_per_s', 'jsonl'):.2f}",
           flush=True)
