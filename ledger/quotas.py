@@ -40,6 +40,9 @@ from models.quota_types import (
 LOCK_TIMEOUT = "5s"
 
 _PERIOD = "SELECT b.plan, b.period_start FROM ledger_balance(%s, %s) b"
+# The same, first setting the transaction's lock timeout (one round trip for both).
+_PERIOD_LOCKING = ("SELECT b.plan, b.period_start FROM set_config('lock_timeout', %s, true), "
+                   "ledger_balance(%s, %s) b")
 _EVENT = ("INSERT INTO quota_events (org_id, idem_key, quota, quantity, period_start, created_at) "
           "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1")
 # Adds the quantity unless a hard limit would be passed (the WHERE of DO UPDATE reads the row's newest version,
@@ -107,8 +110,7 @@ class Quotas:
     async def _record(self, conn: AsyncConnection[Any], org_id: str, quota: str, q: Decimal, key: str,
                       at: datetime) -> QuotaResult:
         async with conn.transaction():
-            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (self.lock_timeout,))
-            cur = await conn.execute(_PERIOD, (org_id, at))
+            cur = await conn.execute(_PERIOD_LOCKING, (self.lock_timeout, org_id, at))
             row = await cur.fetchone()
             if row is None or row[0] is None:
                 raise UnknownOrganization(org_id)
