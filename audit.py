@@ -273,6 +273,14 @@ INVARIANT_CHECKS: tuple[SqlCheck, ...] = (
         SELECT b.org_id, b.grant_key, p.status FROM buckets b
         JOIN payments p ON p.key = b.grant_key
         WHERE b.kind = 'pack' AND p.status <> 'succeeded'"""),
+    SqlCheck("Q1", "a quota's use in a period = the sum of its recorded quantities (0012_usage_insight.sql)", """
+        SELECT coalesce(u.org_id, e.org_id) AS org_id, coalesce(u.quota, e.quota) AS quota,
+               coalesce(u.period_start, e.period_start) AS period_start, u.used, e.total
+        FROM quota_usage u
+        FULL JOIN (SELECT org_id, quota, period_start, sum(quantity) AS total FROM quota_events
+                   GROUP BY org_id, quota, period_start) e
+            ON e.org_id = u.org_id AND e.quota = u.quota AND e.period_start = u.period_start
+        WHERE u.org_id IS NULL OR e.org_id IS NULL OR u.used <> e.total"""),
 )
 
 # The same queries by "name rule" (tests/support/invariants.py checks them after every test).

@@ -56,6 +56,7 @@ wallets = Table(
     Column("concurrency_limit", Integer),                # open holds at most; NULL: the plan's max_holds
     Column("overage", BigInteger, nullable=False),       # recorded overage not yet closed (invoiced)
     Column("overage_held", BigInteger, nullable=False),  # reserved in overage by open holds
+    Column("runway_alert", Boolean, nullable=False),     # opted in to the runway alert (0012)
 )
 
 buckets = Table(
@@ -94,6 +95,7 @@ usage_events = Table(
     Column("user_id", Text),
     Column("cost", BigInteger, nullable=False),
     Column("created_at", TS, nullable=False),
+    Column("tags", JSONB),  # models/tags.py; NULL: none
 )
 
 holds = Table(
@@ -111,6 +113,7 @@ holds = Table(
     Column("created_at", TS, nullable=False),
     Column("settled_at", TS),
     Column("overage", BigInteger, nullable=False),  # of cost: reserved (open) or recorded (committed) as overage
+    Column("tags", JSONB),  # copied to the usage row when committed
 )
 
 overage_closes = Table(
@@ -145,6 +148,25 @@ usage_guards = Table(
     Column("window_start", TS),
     Column("uses", Integer, nullable=False),
     Column("paused_at", TS),
+)
+
+# Quotas (0012): non-credit limits per plan, counted per period; each record once per key.
+quota_usage = Table(
+    "quota_usage", metadata,
+    Column("org_id", Text, ForeignKey("wallets.org_id"), primary_key=True),
+    Column("quota", Text, primary_key=True),
+    Column("period_start", TS, primary_key=True),
+    Column("used", Numeric, nullable=False),
+)
+
+quota_events = Table(
+    "quota_events", metadata,
+    Column("org_id", Text, ForeignKey("wallets.org_id"), primary_key=True),
+    Column("idem_key", Text, primary_key=True),
+    Column("quota", Text, nullable=False),
+    Column("quantity", Numeric, nullable=False),
+    Column("period_start", TS, nullable=False),
+    Column("created_at", TS, nullable=False),
 )
 
 alerts = Table(
