@@ -10,6 +10,7 @@ download a million rows; the pool's connections serve the debits meanwhile), a c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import csv
@@ -53,6 +54,10 @@ from models.tags import tag_filter
 # whatever the range holds (bench/export.py measures it).
 EXPORT_CHUNK_ROWS = 2000
 EXPORT_APPLICATION_NAME = "billing-export"  # pg_stat_activity names an export's connection
+# Exports one process streams at once, each on a connection and a transaction of its own for as long as its reader
+# downloads: past this, another export is refused (ServiceUnavailable, 503: retry) rather than let readers take
+# PostgreSQL's connections (max_connections 100 by default) from the debits. A million rows stream in ~10 s.
+MAX_EXPORTS = 4
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _END_OF_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 _STEPS: dict[str, timedelta] = {"day": timedelta(days=1), "hour": timedelta(hours=1)}
@@ -125,9 +130,11 @@ def _summaries(rows: Sequence[tuple[Any, ...]]) -> list[ActionSummary]:
 class UsageInsight:
     """The reads of usage (reads only): ledger.pool for the statements, ledger.clock for 'now'."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, *, max_exports: int = MAX_EXPORTS) -> None:
         self.ledger = ledger
         self.pool = ledger.pool
+        self.max_exports = max_exports
+        self._exports = asyncio.Semaphore(max_exports)
 
     def _now(self, now: datetime | None) -> datetime:
         return check_time("now", now) if now is not None else self.ledger.clock()
@@ -171,7 +178,7 @@ class UsageInsight:
         if not rows:
             await self._require_org(org_id)
         events = [UsageEvent(_utc(at), key, source, act, t, Decimal(qty), country, user, from_milli(cost),
-                             dict(tg or {}))
+                             dict(sorted((tg or {}).items())))
                   for at, key, source, act, t, qty, country, user, cost, tg in rows[:n]]
         more = len(rows) > n
         return UsagePage(events, encode_cursor(events[-1].at, events[-1].idempotency_key) if more else None)
@@ -270,20 +277,32 @@ class UsageInsight:
         lo, hi = _range(since, until)
         await self._require_org(org_id)
         sql, shape, encode, header = export_format(what, fmt)
+        self._check_slot()  # refused here in the common case; the slot itself is taken when the stream starts
         return self._stream(sql, (org_id, lo, hi), shape, encode, header)
+
+    def _check_slot(self) -> None:
+        if self._exports.locked():
+            raise ServiceUnavailable(f"{self.max_exports} exports are running in this process: try again when one ends")
 
     async def _stream(
         self, sql: str, params: tuple[Any, ...], shape: Callable[[tuple[Any, ...]], list[Any]],
         encode: Callable[[list[list[Any]]], bytes], header: bytes,
     ) -> AsyncGenerator[bytes, None]:
         """The rows of `sql`, a chunk at a time, on a connection of the export's own (closed however the
-        reader stops: the end, an error, or aclose when it goes away)."""
+        reader stops: the end, an error, or aclose when it goes away). Its export slot is taken when it starts
+        (a stream never started holds none) and given back when it ends."""
+        self._check_slot()
+        await self._exports.acquire()  # free: taken without waiting
         try:
             conn = await AsyncConnection.connect(self.pool.url, row_factory=tuple_row,
                                                  connect_timeout=CONNECT_TIMEOUT_SECONDS,
                                                  application_name=EXPORT_APPLICATION_NAME)
         except OperationalError as exc:
+            self._exports.release()
             raise ServiceUnavailable(f"the export could not reach the database ({exc})") from exc
+        except BaseException:
+            self._exports.release()
+            raise
         try:
             async with conn.transaction(), conn.cursor(name="export") as cur:
                 await cur.execute(sql, params)
@@ -297,6 +316,7 @@ class UsageInsight:
             raise ServiceUnavailable(f"the database connection was lost during the export ({exc}); what was "
                                      "sent is incomplete: export the range again") from exc
         finally:
+            self._exports.release()
             await conn.close()
 
     # -- this period -------------------------------------------------------------------------------

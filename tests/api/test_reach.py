@@ -1,6 +1,7 @@
 """Each role's reach over every organization route: a member or admin key of one organization gets, on another that
 exists, exactly the answer of one that does not (404 UnknownOrganization, nothing else to tell them apart); a member
-is refused (403) all but metering as itself, its balance, its own usage and limit; a platform key reaches all."""
+is refused (403) all but metering as itself (credits and quotas), its balance, its own usage and limit and the
+quotas; a platform key reaches all."""
 
 from __future__ import annotations
 
@@ -48,10 +49,25 @@ ROUTES: list[tuple[str, str, Any, dict[str, str]]] = [
     ("PUT", "/low-balance-alert", {"threshold": "5"}, {}),
     ("DELETE", "/users/u1/limit", None, {}),
     ("DELETE", "/usage-guards/ai_chat", None, {}),
+    ("GET", "/usage/events", None, {}),
+    ("GET", "/usage/summary", None, {}),
+    ("GET", "/usage/series?since=2026-01-01T00:00:00Z&until=2026-01-02T00:00:00Z", None, {}),
+    ("GET", "/usage/lifetime", None, {}),
+    ("GET", "/usage/export?what=usage&format=csv", None, {}),
+    ("GET", "/usage/projection", None, {}),
+    ("GET", "/users/u1/usage", None, {}),
+    ("GET", "/settings/runway-alert", None, {}),
+    ("PUT", "/settings/runway-alert", {"enabled": True}, {}),
+    ("GET", "/quotas", None, {}),
+    ("POST", "/quotas/sessions/usage", {"quantity": 1}, IK),
 ]
 # What a member key of the organization may do there (the rest is 403 Forbidden).
 MEMBER_MAY = {("GET", "/balance"), ("GET", "/usage?by=user"), ("GET", "/users/u1/limit"), ("POST", "/debits"),
-              ("POST", "/holds"), ("POST", "/holds/reach-1/commit"), ("POST", "/holds/reach-1/release")}
+              ("POST", "/holds"), ("POST", "/holds/reach-1/commit"), ("POST", "/holds/reach-1/release"),
+              # its own usage (the log, summary and series narrowed to its user), and quotas as it meters
+              ("GET", "/usage/events"), ("GET", "/usage/summary"),
+              ("GET", "/usage/series?since=2026-01-01T00:00:00Z&until=2026-01-02T00:00:00Z"),
+              ("GET", "/users/u1/usage"), ("GET", "/quotas"), ("POST", "/quotas/sessions/usage")}
 
 
 async def _send(http: httpx.AsyncClient, org: str, method: str, path: str, body: Any,
@@ -96,6 +112,9 @@ async def test_a_platform_key_reaches_every_organization(kit: TestKit, org: str,
     await kit.billing.subscribe(org, plan="starter", email=EMAIL)
     platform = await client("platform")
     for method, path in (("GET", "/balance"), ("GET", "/usage"), ("GET", "/transactions"), ("GET", "/invoices"),
-                         ("GET", "/subscription"), ("GET", "/auto-recharge"), ("GET", "/users/u1/limit")):
+                         ("GET", "/subscription"), ("GET", "/auto-recharge"), ("GET", "/users/u1/limit"),
+                         ("GET", "/usage/events"), ("GET", "/usage/lifetime"), ("GET", "/usage/projection"),
+                         ("GET", "/usage/export?what=transactions&format=jsonl"), ("GET", "/users/u1/usage"),
+                         ("GET", "/quotas"), ("GET", "/settings/runway-alert")):
         assert (await _send(platform, org, method, path, None, {})).status_code == 200, (method, path)
     problem(await platform.get("/v1/orgs/no-such-org-at-all/balance"), 404, "UnknownOrganization")

@@ -248,3 +248,36 @@ def test_credits_text_is_the_exact_decimal_string() -> None:
     from models.credits import MAX_CREDITS_MILLI, from_milli
     for milli in (-MAX_CREDITS_MILLI, -1350, -1000, -5, 0, 5, 999, 1000, 7500, MAX_CREDITS_MILLI):
         assert _milli_text(milli) == str(from_milli(milli))
+
+
+async def test_exports_past_the_process_cap_are_refused_until_one_ends(
+    ledger: Ledger, new_org: OrgFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each export holds a connection and a transaction for as long as its reader downloads: past max_exports at
+    once, another is refused (503: retry), before a connection is opened; a stream never started holds no slot."""
+    org = await new_org("pro")
+    for i in range(6):
+        await ledger.debit(org, "ai_chat", tier="fast", idempotency_key=f"k{i}", now=T0 + i * H)
+    monkeypatch.setattr(insight_module, "EXPORT_CHUNK_ROWS", 2)
+    capped = UsageInsight(ledger, max_exports=2)
+    never_started = await capped.export(org, what="usage", fmt="csv")
+    running = [await capped.export(org, what="usage", fmt="jsonl") for _ in range(2)]
+    for it in running:
+        assert (await anext(it)).count(b"\n") == 2  # each mid-download, its connection open
+    with pytest.raises(ServiceUnavailable, match="2 exports are running"):
+        await capped.export(org, what="transactions", fmt="csv")
+    with pytest.raises(ServiceUnavailable, match="2 exports are running"):
+        await anext(never_started)  # created before the cap was reached: refused when it starts
+    assert await _export_backends_now(ledger) == 2
+    await running[0].aclose()  # one reader goes away: its slot is free again
+    assert len(b"".join(await _all(await capped.export(org, what="usage", fmt="jsonl"))).splitlines()) == 6
+    assert b"".join([c async for c in running[1]]).count(b"\n") == 4  # the other finishes its rows
+    assert await _export_backends(ledger) == 0
+    assert len(await _all(await capped.export(org, what="transactions", fmt="jsonl"))) > 0
+
+
+async def _export_backends_now(ledger: Ledger) -> int:
+    row = await ledger.pool.fetchone("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                                     (EXPORT_APPLICATION_NAME,))
+    assert row is not None
+    return int(row[0])
