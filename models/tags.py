@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii as _json_string
+from typing import cast
 
 from models.checks import shown
 from models.errors import InvalidRequest
@@ -22,23 +24,37 @@ _KEY = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _REFUSED_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
-def _check(what: str, tags: object) -> dict[str, str]:
+def _ok(key: object, value: object) -> bool:
+    """The rule of one tag (the messages of a refusal are _refusal's)."""
+    return (isinstance(key, str) and _KEY.fullmatch(key) is not None and isinstance(value, str)
+            and 1 <= len(value) <= MAX_VALUE_CHARS and _REFUSED_CHARS.search(value) is None)
+
+
+def _refusal(what: str, key: object, value: object) -> InvalidRequest:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        return InvalidRequest(f"{what}: a tag's name is 1-32 characters of a-z, 0-9 and _ starting with a "
+                              f"letter, got {shown(key)}")
+    if not isinstance(value, str):
+        return InvalidRequest(f"{what}: tag {key!r} must be a string, got {shown(value)}")
+    if not 1 <= len(value) <= MAX_VALUE_CHARS:
+        return InvalidRequest(f"{what}: tag {key!r} must be 1-{MAX_VALUE_CHARS} characters, got {len(value):,}")
+    return InvalidRequest(f"{what}: tag {key!r} holds a control character: {shown(value)}")
+
+
+def _mapping(what: str, tags: object) -> Mapping[object, object]:
     if not isinstance(tags, Mapping):
         raise InvalidRequest(f"{what} must be a map of names to strings, got {shown(tags)}")
     if len(tags) > MAX_TAGS:
         raise InvalidRequest(f"{what}: at most {MAX_TAGS} tags, got {len(tags)}")
+    return tags
+
+
+def _check(what: str, tags: object) -> dict[str, str]:
     checked: dict[str, str] = {}
-    for key, value in tags.items():
-        if not isinstance(key, str) or not _KEY.fullmatch(key):
-            raise InvalidRequest(f"{what}: a tag's name is 1-32 characters of a-z, 0-9 and _ starting with a "
-                                 f"letter, got {shown(key)}")
-        if not isinstance(value, str):
-            raise InvalidRequest(f"{what}: tag {key!r} must be a string, got {shown(value)}")
-        if not 1 <= len(value) <= MAX_VALUE_CHARS:
-            raise InvalidRequest(f"{what}: tag {key!r} must be 1-{MAX_VALUE_CHARS} characters, "
-                                 f"got {len(value):,}")
-        if _REFUSED_CHARS.search(value):
-            raise InvalidRequest(f"{what}: tag {key!r} holds a control character: {shown(value)}")
+    for key, value in _mapping(what, tags).items():
+        if not _ok(key, value):
+            raise _refusal(what, key, value)
+        assert isinstance(key, str) and isinstance(value, str)
         checked[key] = value
     return dict(sorted(checked.items()))
 
@@ -50,6 +66,20 @@ def check_tags(tags: object) -> dict[str, str] | None:
         return None
     checked = _check("tags", tags)
     return checked or None
+
+
+def tags_json(tags: object) -> str | None:
+    """check_tags, as the JSON text of an object the ledger's functions take for their jsonb argument (None for
+    none). Built here, not by json.dumps of check_tags' dict: half the client's cost on every tagged debit's fast
+    path (bench/ledger.py). Names need no escaping (a-z, 0-9, _); jsonb keeps its own order of the keys."""
+    if tags is None:
+        return None
+    parts = []
+    for key, value in _mapping("tags", tags).items():
+        if not _ok(key, value):
+            raise _refusal("tags", key, value)
+        parts.append(f'"{key}":{_json_string(cast(str, value))}')
+    return "{" + ",".join(parts) + "}" if parts else None
 
 
 def tag_filter(filters: object) -> dict[str, str]:

@@ -5,6 +5,7 @@ idempotency key names; refused whole, nothing written, when they break the rule.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import unicodedata
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import pytest
 from ledger import Ledger
 from models.errors import IdempotencyConflict, InvalidRequest
 from models.ledger_types import DebitResult
-from models.tags import MAX_TAGS, check_tags, tag_filter
+from models.tags import MAX_TAGS, check_tags, tag_filter, tags_json
 from tests.conftest import T0, OrgFactory
 
 D = Decimal
@@ -58,6 +59,15 @@ def test_the_rule_sorts_and_reads_no_tags_as_none() -> None:
     assert tag_filter(None) == {} and tag_filter({"country": "FR"}) == {"country": "FR"}
 
 
+ODD = {"quote": 'say "hi"', "slash": "a\\b/c", "text": "é✓ 中 🙂", "space": " ", "z9_": "x" * 100}
+
+
+@pytest.mark.parametrize("tags", [None, {}, SPRING, ODD, {f"k{i}": str(i) for i in range(MAX_TAGS)}])
+def test_the_ledger_s_json_text_is_the_checked_tags(tags: dict[str, str] | None) -> None:
+    text = tags_json(tags)
+    assert (None if text is None else json.loads(text)) == check_tags(tags)
+
+
 BAD_TAGS: list[tuple[object, str]] = [
     ({f"k{i}": "v" for i in range(MAX_TAGS + 1)}, "at most 10 tags"),
     ({"Bad-Key": "v"}, "'Bad-Key'"),
@@ -83,6 +93,9 @@ def test_the_rule_refuses_bad_tags_with_a_clear_message(tags: object, message: s
     assert message in str(err.value)
     with pytest.raises(InvalidRequest):
         tag_filter(tags)
+    with pytest.raises(InvalidRequest) as same:
+        tags_json(tags)
+    assert str(same.value) == str(err.value)
 
 
 # -- stored -----------------------------------------------------------------------------------------------------
@@ -98,8 +111,10 @@ async def test_a_debit_stores_its_tags_on_the_fast_and_the_locked_path(ledger: L
                            now=T0)
         assert await usage_tags(ledger, org) == {
             "tagged": SPRING, "plain": None, "empty": None, "one": {"contact": "c-42"}}
-        assert (await ledger.balance(org, now=T0)).available == D(10000 - 4 * 5)
-    assert (await ledger.user_limit(locked, "u1", T0)).used == D(20)
+        await ledger.debit(org, "lead_enrichment", idempotency_key="odd", user_id="u1", tags=ODD, now=T0)
+        assert (await usage_tags(ledger, org))["odd"] == ODD  # quotes, backslashes, any script: as sent
+        assert (await ledger.balance(org, now=T0)).available == D(10000 - 5 * 5)
+    assert (await ledger.user_limit(locked, "u1", T0)).used == D(25)
 
 
 async def test_a_committed_hold_s_usage_row_carries_the_hold_s_tags_a_released_one_writes_none(
