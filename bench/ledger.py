@@ -14,7 +14,11 @@ loop on the same schedule (one Poisson arrival stream per pgbench thread / clien
 takes the next arrival). Latency runs from the scheduled time to completion, so a backlog counts; p50 and
 p99 from every transaction (pgbench's per-transaction log on its side). Every run then checks zero overdraft
 and exact sums, latency-phase debits included.
-Last line: spread_ratio=R1 hot_ratio=R2 p99_ratio=R3 (project p99 / pgbench p99).
+
+Tags (issue 13): each round also runs the spread debits with three tags on every debit (TAGS), right before or
+after the same debits without (the order alternates by round), on the same wallets: the fast path's cost of
+checking, sending and storing them. Both sides report their best round; tags_ratio = tags on / tags off.
+Last line: spread_ratio=R1 hot_ratio=R2 p99_ratio=R3 (project p99 / pgbench p99) tags_ratio=R4.
 
     python -m bench.ledger [--clients 16] [--seconds 10] [--latency-seconds 8]
 """
@@ -50,6 +54,8 @@ from stack.postgres import bin_dir, start_embedded
 
 T0 = datetime.now(UTC)
 BIG = Decimal("1000000000")  # enough credits that the spread run never runs dry
+# The tags of the tags-on run: three, as a caller tagging by campaign, country and result would send.
+TAGS = {"campaign": "spring", "country": "FR", "result": "ok"}
 
 
 def pgbench_tps(url: str, args: list[str], seconds: int, clients: int, threads: int) -> float:
@@ -100,8 +106,8 @@ async def _run_clients(url: str, clients: int, start_at: float,
     assert triggered == 0, f"{triggered} debits crossed an auto-recharge threshold far below the balance"
 
 
-async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, start_at: float,
-                       tag: str) -> tuple[int, int]:
+async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, tags: dict[str, str] | None,
+                       start_at: float, tag: str) -> tuple[int, int]:
     done = refused = 0
     stop = start_at + seconds
 
@@ -111,7 +117,8 @@ async def _client_proc(url: str, orgs: list[str], clients: int, seconds: float, 
         org = orgs[i % len(orgs)]
         while time.time() < stop:
             try:
-                result = await ledger.debit(org, "email_validation", idempotency_key=f"{tag}-{i}-{n}", now=T0)
+                result = await ledger.debit(org, "email_validation", idempotency_key=f"{tag}-{i}-{n}", tags=tags,
+                                            now=T0)
                 done += 1
                 triggered += result.recharge_triggered
             except Exception:
@@ -160,7 +167,8 @@ async def _latency_proc(url: str, orgs: list[str], clients: int, rate: float, se
     return latencies, refused
 
 
-def _proc_main(args: tuple[str, list[str], int, float, float, str], q: mp.Queue) -> None:  # type: ignore[type-arg]
+def _proc_main(args: tuple[str, list[str], int, float, dict[str, str] | None, float, str],
+               q: mp.Queue) -> None:  # type: ignore[type-arg]
     q.put(uvloop.run(_client_proc(*args)))  # as worker.py and the CLI run
 
 
@@ -192,8 +200,9 @@ def _run_procs(target: Callable[..., None], url: str, orgs: list[str], clients: 
     return results
 
 
-def project_dps(url: str, orgs: list[str], clients: int, procs: int, seconds: float, tag: str) -> tuple[float, int]:
-    results = _run_procs(_proc_main, url, orgs, clients, procs, lambda n: (seconds,), tag)
+def project_dps(url: str, orgs: list[str], clients: int, procs: int, seconds: float, tag: str,
+                tags: dict[str, str] | None = None) -> tuple[float, int]:
+    results = _run_procs(_proc_main, url, orgs, clients, procs, lambda n: (seconds, tags), tag)
     done = sum(r[0] for r in results)
     refused = sum(r[1] for r in results)
     return done / seconds, refused
@@ -240,6 +249,24 @@ async def check_exact(url: str, orgs: list[str], credits: Decimal) -> str:
     return "ok"
 
 
+async def check_tags_stored(url: str) -> str:
+    """Every debit of the tags-on runs (keys 't{round}-...') stored TAGS, and no other debit any tags."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE idem_key LIKE 't%%'), "
+            "count(*) FILTER (WHERE idem_key LIKE 't%%' AND tags = %s), "
+            "count(*) FILTER (WHERE idem_key NOT LIKE 't%%' AND tags IS NOT NULL) FROM usage_events",
+            (Jsonb(TAGS),))
+        row = await cur.fetchone()
+    assert row is not None
+    tagged, right, stray = row
+    assert tagged > 0 and right == tagged and stray == 0, (tagged, right, stray)
+    return f"ok ({tagged:,} tagged debits)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=16)
@@ -268,17 +295,27 @@ def main() -> None:
 
     # Rounds alternate baseline and project so drift (checkpoints, autovacuum, a noisy neighbour) hits
     # both alike; each side reports its best round.
-    rows: dict[str, list[float]] = {"spread_base": [], "spread_proj": [], "hot_base": [], "hot_proj": []}
+    rows: dict[str, list[float]] = {"spread_base": [], "spread_proj": [], "spread_tags": [], "hot_base": [],
+                                    "hot_proj": []}
     for r in range(a.rounds):
         rows["spread_base"].append(pgbench_tps(url, ["-N"], a.seconds, a.clients, a.threads))
-        rows["spread_proj"].append(project_dps(url, spread_orgs, a.clients, a.threads, a.seconds, f"s{r}-")[0])
+        # Tags off and on back to back, the first of the two alternating: neither always runs on a fuller table.
+        for tags in (None, TAGS) if r % 2 == 0 else (TAGS, None):
+            key = "spread_proj" if tags is None else "spread_tags"
+            rows[key].append(project_dps(url, spread_orgs, a.clients, a.threads, a.seconds,
+                                         f"{'s' if tags is None else 't'}{r}-", tags)[0])
         rows["hot_base"].append(pgbench_tps(url, ["-n", "-f", str(hot_sql)], a.seconds, a.clients, a.threads))
         rows["hot_proj"].append(project_dps(url, hot_orgs, a.clients, a.threads, a.seconds, f"h{r}-")[0])
         print(f"round {r + 1}: " + "  ".join(f"{k}={v[-1]:.0f}" for k, v in rows.items()), flush=True)
     base_spread, proj_spread = max(rows["spread_base"]), max(rows["spread_proj"])
     base_hot, proj_hot = max(rows["hot_base"]), max(rows["hot_proj"])
+    proj_tags = max(rows["spread_tags"])
     print(f"baseline pgbench -N               {base_spread:10.0f} tps")
     print(f"project  debit, wallet per client {proj_spread:10.0f} debits/s")
+    print(f"project  same, 3 tags per debit   {proj_tags:10.0f} debits/s  "
+          f"(tags on/off {proj_tags / proj_spread:.2f}; rounds on/off: "
+          + ", ".join(f"{on / off:.2f}" for on, off in zip(rows["spread_tags"], rows["spread_proj"], strict=True))
+          + ")")
     print(f"baseline single-row UPDATE (hot)  {base_hot:10.0f} tps")
     print(f"project  debit, one hot wallet    {proj_hot:10.0f} debits/s", flush=True)
 
@@ -297,8 +334,9 @@ def main() -> None:
           f"project {proj_p50:.2f}/{proj_p99:.2f}  p99 ratio {proj_p99 / base_p99:.2f}", flush=True)
 
     print("exact sums, no overdraft:", asyncio.run(check_exact(url, spread_orgs + hot_orgs, BIG)), flush=True)
+    print("tags stored:", asyncio.run(check_tags_stored(url)), flush=True)
     print(f"spread_ratio={proj_spread / base_spread:.2f} hot_ratio={proj_hot / base_hot:.2f} "
-          f"p99_ratio={proj_p99 / base_p99:.2f}")
+          f"p99_ratio={proj_p99 / base_p99:.2f} tags_ratio={proj_tags / proj_spread:.2f}")
 
 
 if __name__ == "__main__":
