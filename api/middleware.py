@@ -74,13 +74,15 @@ SETTLE_ATTEMPTS = 3      # a settle that could not be answered (ServiceUnavailab
 @dataclass(frozen=True)
 class Cost:
     """What a request costs: the ledger's hold arguments. `ttl` bounds how long its credits stay reserved if
-    neither commit nor release reaches the ledger (None: the ledger's default, 15 minutes)."""
+    neither commit nor release reaches the ledger (None: the ledger's default, 15 minutes). `tags` go with the
+    use to the usage log (models/tags.py; a resolver may read them from the request: the contact, the result...)."""
 
     action: str
     tier: str | None = None
     quantity: int | Decimal = 1
     country: str | None = None
     ttl: timedelta | None = None
+    tags: Mapping[str, str] | None = None
 
 
 # A route's cost: fixed, or read from the request (a query flag that changes the quantity, say).
@@ -107,7 +109,7 @@ class LedgerMeter:
     async def hold(self, org_id: str, hold_id: str, cost: Cost, *, user_id: str | None = None) -> HoldResult:
         return await self.billing.open_hold(org_id, action=cost.action, idempotency_key=hold_id, tier=cost.tier,
                                             quantity=cost.quantity, user_id=user_id, country=cost.country,
-                                            ttl=cost.ttl)
+                                            ttl=cost.ttl, tags=cost.tags)
 
     async def commit(self, org_id: str, hold_id: str) -> HoldResult:
         return await self.billing.commit_hold(org_id, hold_id)
@@ -152,6 +154,8 @@ class ApiMeter:
             body["user_id"] = user_id
         if cost.ttl is not None:
             body["ttl_seconds"] = int(cost.ttl.total_seconds())
+        if cost.tags:
+            body["tags"] = dict(cost.tags)
         return await self._call(self._url(org_id), body, {"Idempotency-Key": hold_id})
 
     async def commit(self, org_id: str, hold_id: str) -> HoldResult:
@@ -253,7 +257,10 @@ class CreditsMiddleware:
     def _cost_of(self, scope: Scope) -> CostOf | None:
         method, path = scope["method"], scope["path"]
         for methods, pattern, cost in self.routes:
-            if (methods is None or method in methods) and pattern.fullmatch(path):
+            if (methods is None or method in methods) and (match := pattern.fullmatch(path)):
+                # the route's {parameters}, for a cost function to read (conn.path_params), as Starlette's own
+                # routing gives them
+                scope["path_params"] = {**scope.get("path_params", {}), **match.groupdict()}
                 return cost
         return None
 
@@ -266,7 +273,7 @@ def _route(spec: str, cost: CostOf) -> tuple[frozenset[str] | None, re.Pattern[s
     methods = frozenset(m.strip().upper() for m in method.split("|")) if method.strip() else None
     pattern, at = "", 0
     for m in re.finditer(r"\{(\w+)(:path)?\}", path):
-        pattern += re.escape(path[at:m.start()]) + (".*" if m.group(2) else "[^/]+")
+        pattern += re.escape(path[at:m.start()]) + f"(?P<{m.group(1)}>{'.*' if m.group(2) else '[^/]+'})"
         at = m.end()
     return methods, re.compile(pattern + re.escape(path[at:])), cost
 

@@ -334,6 +334,36 @@ async def test_a_bare_asgi_app_is_metered(kit: TestKit, meter: Meter, wallet: st
     assert await state(kit, wallet) == (D(47), D(0), 0)
 
 
+async def test_a_cost_read_from_the_request_carries_its_tags_to_the_usage_log(
+    kit: TestKit, meter: Meter, wallet: str
+) -> None:
+    """Seed 004's per-feature log: the resolver tags each use with what the request was about; bad tags are the
+    API's problem, answered before the handler runs, with nothing held."""
+    served: list[str] = []
+
+    async def enrich(scope: Scope, receive: Receive, send: Send) -> None:
+        served.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def cost(conn: Any) -> Cost:
+        return Cost("lead_enrichment", tags={"contact": conn.path_params["contact"],
+                                             "country": conn.query_params.get("country", "")})
+
+    metered = CreditsMiddleware(enrich, meter=meter, org=lambda conn: wallet,
+                                routes={"POST /v1/contacts/{contact}/enrich": cost})
+    async with client(metered) as http:
+        ok = await http.post("/v1/contacts/c-17/enrich?country=FR")
+        bad = await http.post("/v1/contacts/c-18/enrich")   # country "": not a tag value
+    assert ok.status_code == 200 and credit_headers(ok)[0] == "5"
+    assert bad.status_code in (400, 422) and bad.json()["title"] == "InvalidRequest", bad.text
+    assert served == ["/v1/contacts/c-17/enrich"]
+    page = await kit.billing.usage_log(wallet)
+    assert [(e.action, e.credits, e.tags) for e in page.events] == [
+        ("lead_enrichment", D(5), {"contact": "c-17", "country": "FR"})]
+    assert await state(kit, wallet) == (D(45), D(0), 0)
+
+
 async def test_a_billing_api_that_cannot_be_reached_is_a_503(kit: TestKit, wallet: str) -> None:
     """ApiMeter against a port nobody listens on: the request is not served (fail closed), nothing held."""
     async with serving(create_app(LedgerMeter(kit.billing)), port=0) as url:
