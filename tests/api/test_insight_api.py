@@ -258,7 +258,7 @@ async def test_exports_stream_what_the_log_and_the_transactions_show(kit: TestKi
     r = await http.get(f"/v1/orgs/{org}/usage/export", params={"what": "transactions", "format": "jsonl"})
     assert [json.loads(line) for line in r.text.splitlines()] == txs
 
-    # Past one chunk of rows (2,000), streamed: every row once, in order.
+    # Past several chunks of rows (EXPORT_CHUNK_ROWS), streamed: every row once, in order.
     await _many(kit.billing.ledger, org, 2100)
     async with http.stream("GET", f"/v1/orgs/{org}/usage/export", params={"format": "jsonl",
                                                                           "since": _z(T0 + 48 * H)}) as s:
