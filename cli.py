@@ -67,7 +67,7 @@ from models.money import Money
 from models.projection import Projection
 from models.quota_types import WARNING_PERCENT, QuotaResult, QuotaUsage, percent_of
 from models.subscription_types import Subscription
-from models.tags import check_tags, tag_filter
+from models.tags import check_tags, tag_filter, tag_pairs
 from settings import InvalidSetting, Settings
 from starter import BillingClient
 from temporal_client import connect_client
@@ -463,15 +463,7 @@ def usage_grouped(
 
 def _tags(option: str, values: list[str] | None) -> dict[str, str]:
     """Repeated `--tag name=value` as a map; text without '=' or a name given twice is refused typed."""
-    tags: dict[str, str] = {}
-    for text in values or []:
-        name, sep, value = text.partition("=")
-        if not sep:
-            raise InvalidRequest(f"{option} must be name=value (campaign=spring), got {text!r}")
-        if name in tags:
-            raise InvalidRequest(f"{option} {name!r} is given twice")
-        tags[name] = value
-    return tags
+    return tag_pairs(values, sep="=", what=option) or {}
 
 
 def _opt_time(option: str, text: str | None) -> datetime | None:

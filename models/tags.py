@@ -5,7 +5,7 @@ stated once here; the ledger applies it before anything is written, the log to i
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import cast
 
@@ -87,3 +87,20 @@ def tag_filter(filters: object) -> dict[str, str]:
     if filters is None:
         return {}
     return _check("tag filter", filters)
+
+
+def tag_pairs(texts: Sequence[str] | None, *, sep: str, what: str) -> dict[str, str] | None:
+    """Tags written as text, `name<sep>value` each (the API's `tag=campaign:spring`, the CLI's
+    `--tag campaign=spring`), as a map; None for none. Text without `sep`, or a name given twice, is InvalidRequest
+    (`what` names where they came from); the names and values are checked by the rule above where they are used."""
+    if not texts:
+        return None
+    found: dict[str, str] = {}
+    for text in texts:
+        name, found_sep, value = text.partition(sep)
+        if not found_sep:
+            raise InvalidRequest(f"{what} must be name{sep}value (campaign{sep}spring), got {shown(text)}")
+        if name in found:
+            raise InvalidRequest(f"{what} {name!r} is given twice: give each tag once")
+        found[name] = value
+    return found

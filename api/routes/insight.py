@@ -29,9 +29,9 @@ from api.schemas import (
 )
 from api.service import Caller, Svc
 from models.api_types import ApiKey
-from models.checks import shown
-from models.errors import Forbidden, InvalidRequest
+from models.errors import Forbidden
 from models.insight_types import DEFAULT_LOG_LIMIT, ExportFormat, ExportWhat, SeriesBucket, SeriesBy
+from models.tags import tag_pairs
 
 router = APIRouter(prefix="/v1/orgs/{org_id}", tags=["usage"])
 
@@ -60,17 +60,7 @@ def _own(key: ApiKey, user_id: str | None) -> str | None:
 def _tags(filters: list[str] | None) -> dict[str, str] | None:
     """`tag=campaign:spring&tag=country:FR` as {"campaign": "spring", "country": "FR"} (the log checks the names
     and values by the tags' own rule, models/tags.py)."""
-    if not filters:
-        return None
-    found: dict[str, str] = {}
-    for f in filters:
-        name, sep, value = f.partition(":")
-        if not sep:
-            raise InvalidRequest(f"a tag filter is name:value (tag=campaign:spring), got {shown(f)}")
-        if name in found:
-            raise InvalidRequest(f"tag {name!r} is filtered on twice: give each tag once")
-        found[name] = value
-    return found
+    return tag_pairs(filters, sep=":", what="a tag filter")
 
 
 @router.get("/usage/events", response_model=UsageEventsOut, responses=problems(*MANAGE))
