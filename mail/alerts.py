@@ -28,6 +28,7 @@ from mail.mailer import Mailer
 from models.billing_types import SendEmail
 from models.catalog import CATALOG, Catalog
 from models.checks import utcnow
+from models.contract_types import number_text
 from models.credits import from_milli
 from models.keys import alert_key
 from models.projection import RUNWAY_BEFORE_PERCENT
@@ -92,14 +93,7 @@ class _Pending:
 
 def format_credits(milli: int) -> str:
     """2400000 -> '2,400'; 500 -> '0.5': exact, no trailing zeros."""
-    text = f"{from_milli(milli):,f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-def format_amount(value: Decimal) -> str:
-    """A quota's figure: Decimal('25000') -> '25,000', Decimal('0.500') -> '0.5'."""
-    text = f"{value:,f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
+    return number_text(from_milli(milli))
 
 
 def format_window(seconds: int) -> str:
@@ -157,7 +151,7 @@ def _quota_context(a: _Pending, catalog: Catalog) -> dict[str, str | int | bool 
         return None
     if a.kind == "quota_100" and used < limit.limit:
         return None
-    return {"quota": quota, "used": format_amount(used), "limit": format_amount(limit.limit),
+    return {"quota": quota, "used": number_text(used), "limit": number_text(limit.limit),
             "percent": percent_of(used, limit.limit), "hard": limit.hard, "plan": a.plan}
 
 
