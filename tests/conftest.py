@@ -15,6 +15,7 @@ import pytest
 
 from ledger import Ledger
 from ledger.migrate import migrate
+from ledger.quotas import Quotas
 from models.ledger_types import StartPeriod
 from stack.postgres import start_embedded
 from testkit import TestKit, start_testkit
@@ -66,6 +67,12 @@ def new_org(ledger: Ledger, request: pytest.FixtureRequest) -> OrgFactory:
         return org
 
     return make
+
+
+@pytest.fixture
+def quotas(ledger: Ledger) -> Quotas:
+    """The quotas of the session's ledger (its catalog, its clock)."""
+    return Quotas(ledger)
 
 
 

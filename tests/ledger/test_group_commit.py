@@ -20,39 +20,9 @@ from ledger import Ledger
 from models.errors import IdempotencyConflict, InsufficientCredits, TierNotAvailable, UnknownOrganization
 from models.ledger_types import DebitResult
 from tests.conftest import T0, OrgFactory
+from tests.support.statements import Statements
 
 D = Decimal
-
-
-class Statements:
-    """The debit statements a ledger's pool ran (a spy on the real pool): how many debits each carried,
-    and any that failed."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.batches: list[list[str]] = []  # the organizations of each ledger_debit_batch, in its order
-        self.singles = 0
-        self.failed: list[BaseException] = []
-        real = ledger.pool.fetchall
-
-        async def spy(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-            if "ledger_debit_batch" in sql:
-                self.batches.append(list(params[0]))
-            elif "ledger_debit(" in sql:
-                self.singles += 1
-            try:
-                return await real(sql, params)
-            except BaseException as exc:
-                self.failed.append(exc)
-                raise
-
-        ledger.pool.fetchall = spy  # type: ignore[method-assign]
-
-
-@pytest.fixture
-async def grouped(database_url: str) -> AsyncIterator[Ledger]:
-    led = await Ledger.open(database_url, pool_size=4, debit_calls=1)
-    yield led
-    await led.close()
 
 
 async def test_debits_of_many_wallets_go_in_one_statement_each_answered_on_its_own(

@@ -27,21 +27,11 @@ from models.errors import (
 from models.ledger_types import StartPeriod
 from models.quota_types import QuotaResult, QuotaUsage
 from tests.conftest import T0, OrgFactory
+from tests.support.db import rows
 
 D = Decimal
 AT = T0 + timedelta(hours=1)
 EPOCH = str(int(T0.timestamp()))
-
-
-@pytest.fixture
-def quotas(ledger: Ledger) -> Quotas:
-    return Quotas(ledger)
-
-
-async def rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        cur = await conn.execute(sql, params)
-        return await cur.fetchall()
 
 
 async def written(url: str, org: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:

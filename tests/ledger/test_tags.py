@@ -8,7 +8,6 @@ import asyncio
 import json
 import sys
 import unicodedata
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +18,7 @@ from models.errors import IdempotencyConflict, InvalidRequest
 from models.ledger_types import DebitResult
 from models.tags import MAX_TAGS, check_tags, tag_filter, tags_json
 from tests.conftest import T0, OrgFactory
+from tests.support.statements import Statements
 
 D = Decimal
 SPRING = {"campaign": "spring", "country": "FR", "result": "ok"}
@@ -135,32 +135,9 @@ async def test_a_committed_hold_s_usage_row_carries_the_hold_s_tags_a_released_o
     assert (await ledger.balance(org, now=T0)).available == D(10000 - 3 * 17)  # credit_score: 17 credits
 
 
-class _Spy:
-    """The debit statements a ledger's pool runs (the real pool, watched): the organizations of each batch."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.batches: list[list[str]] = []
-        real = ledger.pool.fetchall
-
-        async def spy(sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-            if "ledger_debit_batch" in sql:
-                self.batches.append(list(params[0]))
-            return await real(sql, params)
-
-        ledger.pool.fetchall = spy  # type: ignore[method-assign]
-
-
-@pytest.fixture
-async def grouped(database_url: str) -> AsyncIterator[Ledger]:
-    """One debit statement in flight: the debits of a burst after the first go together in the next one."""
-    led = await Ledger.open(database_url, pool_size=4, debit_calls=1)
-    yield led
-    await led.close()
-
-
 async def test_debits_in_one_batch_statement_keep_each_its_own_tags(grouped: Ledger, new_org: OrgFactory) -> None:
     org, other = await new_org("pro"), await new_org("pro")
-    spy = _Spy(grouped)
+    spy = Statements(grouped)
     # The first alone; then 4 of `org` (its locked path, in the batch) and 1 of `other` (alone in the batch:
     # ledger_debit itself, its fast path), in one ledger_debit_batch.
     calls: list[tuple[str, str, dict[str, str] | None]] = [(org, "first", {"n": "0"})]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -101,12 +101,6 @@ def request(template: str = "receipt", *, key: str | None = None, org: str | Non
             context: Context | None = None, to: str = "billing@acme.test") -> SendEmail:
     return SendEmail(org_id=org or uid("org"), key=key or uid("key"), template=template, to=to, now=T0,
                      context=CONTEXTS[template] if context is None else context)
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[SmtpSink]:
-    with SmtpSink(tmp_path / "mail") as s:
-        yield s
 
 
 @pytest.fixture

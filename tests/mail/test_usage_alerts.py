@@ -5,11 +5,9 @@ minute of its clock. Starter: 3,000 credits over 31 days from T0; enrichments 50
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -24,18 +22,13 @@ from models.errors import InvalidRequest, UnknownOrganization
 from models.ledger_types import StartPeriod
 from stack.mail import SmtpSink
 from tests.conftest import T0, OrgFactory
+from tests.support.db import rows
 
 D = Decimal
 AT = T0 + timedelta(hours=1)
 EPOCH = str(int(T0.timestamp()))
 # A fifth of the 31-day period: 700 credits used by then run at 3,500 by its end, past the 3,000 allocation.
 FIFTH = T0 + timedelta(days=6, hours=4, minutes=48)
-
-
-@pytest.fixture
-def sink(tmp_path: Path) -> Iterator[SmtpSink]:
-    with SmtpSink(tmp_path / "mail") as s:
-        yield s
 
 
 @pytest.fixture
@@ -46,17 +39,6 @@ async def sender(database_url: str, sink: SmtpSink) -> AsyncIterator[AlertSender
     yield AlertSender(pool, mailer)
     await pool.close()
     await mailer.close()
-
-
-@pytest.fixture
-def quotas(ledger: Ledger) -> Quotas:
-    return Quotas(ledger)
-
-
-async def rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        cur = await conn.execute(sql, params)
-        return await cur.fetchall()
 
 
 async def add_profile(url: str, org: str) -> None:
